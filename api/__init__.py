@@ -1,0 +1,1 @@
+"""chatq's HTTP gateway (FastAPI). Never imports ``workers``."""

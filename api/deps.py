@@ -1,0 +1,31 @@
+"""FastAPI dependency aliases, in one place."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from api.services import Services
+from shared.settings import Settings
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def get_settings(request: Request) -> Settings:
+    return get_services(request).settings
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_tenant(request: Request) -> str:
+    """The caller's tenant. Until API keys land, every caller is the default tenant."""
+    return "default"
+
+
+TenantDep = Annotated[str, Depends(get_tenant)]

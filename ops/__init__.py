@@ -1,0 +1,1 @@
+"""Operations tooling: local stack, embedded store, benchmarks, deployment files."""

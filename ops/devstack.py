@@ -1,0 +1,182 @@
+"""Start chatq's processes locally: Redis, the embedded MongoDB-compatible store,
+a worker, Flower and the API. Used by ``make run`` (``ops/run_local.py``) and by
+the test fixtures, so both run the stack the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(
+    check: Callable[[], bool], timeout: float, what: str, proc: Proc | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode} "
+                               f"while waiting for {what}; log: {proc.log_path}")
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def redis_answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.popen.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(5)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(5)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
+class Stack:
+    """A set of chatq processes sharing one environment; stop() ends them all."""
+
+    data_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    procs: list[Proc] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        path = self.env.get("PYTHONPATH")
+        self.env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{path}" if path else str(ROOT)
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+        log_path = self.data_dir / f"{name}.log"
+        with log_path.open("ab") as log:
+            popen = subprocess.Popen(
+                argv, cwd=ROOT, env={**self.env, **(env or {})}, stdout=log,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        proc = Proc(name, popen, log_path)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.procs.clear()
+
+    # --- services -----------------------------------------------------------
+
+    def start_redis(self, port: int | None = None) -> str:
+        if shutil.which("redis-server") is None:
+            raise RuntimeError("redis-server is not installed: apt-get install redis-server")
+        port = port or free_port()
+        proc = self.spawn("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                                    "--save", "", "--appendonly", "no"])
+        url = f"redis://127.0.0.1:{port}/0"
+        wait_for(lambda: redis_answers(url), 15, f"redis-server on port {port}", proc)
+        return url
+
+    def start_mongo(self, port: int | None = None, path: Path | None = None) -> str:
+        """The embedded MongoDB-compatible store (mongoeco's wire server on SQLite)."""
+        port = port or free_port()
+        path = path or self.data_dir / "mongo.sqlite3"
+        proc = self.spawn("mongo", [sys.executable, "-m", "ops.embedded_mongo",
+                                    "--port", str(port), "--path", str(path)])
+        wait_for(lambda: _port_open(port), 30, f"embedded MongoDB on port {port}", proc)
+        return f"mongodb://127.0.0.1:{port}/?directConnection=true"
+
+    def start_worker(self, queue: str = "cpu", name: str | None = None,
+                     env: dict[str, str] | None = None) -> Proc:
+        name = name or f"worker-{queue}"
+        argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", queue,
+                "-n", f"{name}@%h", "-c", "1", "-P", "prefork", "--prefetch-multiplier", "1",
+                "-E", "--loglevel", "INFO", "--without-mingle", "--without-gossip"]
+        return self.spawn(name, argv, {"CHATQ_WORKER__QUEUE": queue, **(env or {})})
+
+    def start_flower(self, port: int, basic_auth: str) -> Proc:
+        argv = [sys.executable, "-m", "celery", "-A", "ops.flower_app", "flower",
+                f"--port={port}", "--address=127.0.0.1", f"--basic-auth={basic_auth}",
+                "--persistent=True", f"--db={self.data_dir / 'flower.db'}",
+                "--state_save_interval=10000"]
+        proc = self.spawn("flower", argv)
+        wait_for(lambda: _port_open(port), 60, f"Flower on port {port}", proc)
+        return proc
+
+    def start_api(self, port: int, host: str = "127.0.0.1") -> Proc:
+        argv = [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app",
+                "--host", host, "--port", str(port), "--no-access-log"]
+        proc = self.spawn("api", argv)
+        wait_for(lambda: httpx.get(f"http://{host}:{port}/healthz").status_code == 200,
+                 60, f"the API on port {port}", proc)
+        return proc
+
+
+def wait_worker(redis_url: str, queue: str, timeout: float = 120, proc: Proc | None = None,
+                prefix: str = "chatq") -> dict[str, str]:
+    """Wait until a worker on ``queue`` has loaded its model and sent a heartbeat."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    found: dict[str, str] = {}
+
+    def ready() -> bool:
+        ids: list[str] = client.zrangebyscore(  # type: ignore[assignment]
+            f"{prefix}:workers", time.time() - 10, "+inf")
+        for worker_id in ids:
+            beat: dict[str, str] = client.hgetall(  # type: ignore[assignment]
+                f"{prefix}:worker:{worker_id}")
+            if beat.get("queue") == queue:
+                found.update(beat)
+                return True
+        return False
+
+    wait_for(ready, timeout, f"a worker on queue {queue!r}", proc)
+    return found
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.3)
+        return s.connect_ex(("127.0.0.1", port)) == 0

@@ -1,0 +1,62 @@
+"""Every Redis key and channel chatq uses, in one place.
+
+All keys start with the configured prefix (``chatq`` by default), so one Redis
+can serve several deployments. Celery's own queues (one Redis list per queue
+name, ``cpu``, ``gpu0``...) are named by the model registry, not here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Name of the Celery task the workers register and the API sends by name
+# (the API never imports the worker code).
+GENERATE_TASK = "chatq.generate"
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "chatq"
+
+    def job(self, job_id: str) -> str:
+        """Hash: the job record (status, request, usage, timings...)."""
+        return f"{self.prefix}:job:{job_id}"
+
+    def output(self, job_id: str) -> str:
+        """String: the generated text so far (APPENDed by the worker)."""
+        return f"{self.prefix}:job:{job_id}:out"
+
+    def events(self, job_id: str) -> str:
+        """List: the replay log of the job's stream events (JSON), bounded, expires with the job."""
+        return f"{self.prefix}:job:{job_id}:log"
+
+    def channel(self, job_id: str) -> str:
+        """Pub/sub channel: live stream events of one job."""
+        return f"{self.prefix}:chan:{job_id}"
+
+    def channel_pattern(self) -> str:
+        return f"{self.prefix}:chan:*"
+
+    def cancel(self, job_id: str) -> str:
+        """String flag: set when the job is cancelled; the worker checks it between tokens."""
+        return f"{self.prefix}:job:{job_id}:cancel"
+
+    def tombstone(self, job_id: str) -> str:
+        """String: left behind when a job record expires, so its id answers 410, not 404."""
+        return f"{self.prefix}:gone:{job_id}"
+
+    def waiting(self, queue: str) -> str:
+        """Sorted set: ids of the queue's jobs not yet started, scored by enqueue order."""
+        return f"{self.prefix}:waiting:{queue}"
+
+    def enqueue_seq(self) -> str:
+        """Counter giving each enqueued job its place in line."""
+        return f"{self.prefix}:enqueue_seq"
+
+    def workers(self) -> str:
+        """Sorted set: worker ids scored by their last heartbeat (unix seconds)."""
+        return f"{self.prefix}:workers"
+
+    def worker(self, worker_id: str) -> str:
+        """Hash: one worker's heartbeat (queue, model, pid, loaded_at, jobs_done...)."""
+        return f"{self.prefix}:worker:{worker_id}"

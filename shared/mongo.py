@@ -1,0 +1,18 @@
+"""MongoDB connection (PyMongo's async API; Motor reached end of life in May 2026)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pymongo import AsyncMongoClient
+
+from shared.settings import Settings
+
+
+def make_mongo_client(settings: Settings, timeout_ms: int = 2000) -> AsyncMongoClient[Any]:
+    return AsyncMongoClient(
+        settings.mongo_url.get_secret_value(),
+        serverSelectionTimeoutMS=timeout_ms,
+        connectTimeoutMS=timeout_ms,
+        tz_aware=True,
+    )

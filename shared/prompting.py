@@ -1,0 +1,52 @@
+"""Render chat messages with the model's own chat template (from the GGUF) and tokenize.
+
+The worker uses it with the loaded model; the API can use it with a
+vocabulary-only load of the same GGUF to count prompt tokens exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from llama_cpp import Llama
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+# Used only when a GGUF carries no chat template (ChatML, the common default).
+_FALLBACK_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    tokens: list[int]
+    stop: list[str]  # stop strings the template implies (e.g. its end-of-turn marker)
+
+
+class PromptRenderer:
+    def __init__(self, llm: Llama) -> None:
+        self.llm = llm
+        template = llm.metadata.get("tokenizer.chat_template") or _FALLBACK_TEMPLATE
+        self.formatter = Jinja2ChatFormatter(
+            template=template,
+            eos_token=self._token_text(llm.token_eos()),
+            bos_token=self._token_text(llm.token_bos()),
+        )
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self.llm.detokenize([token], special=True).decode("utf-8", errors="ignore")
+
+    def render(self, messages: Sequence[dict[str, str]]) -> Prompt:
+        result = self.formatter(messages=list(messages))  # type: ignore[arg-type]
+        tokens = self.llm.tokenize(
+            result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True
+        )
+        stop = result.stop if isinstance(result.stop, list) else [result.stop or ""]
+        return Prompt(tokens=tokens, stop=[s for s in stop if s])
+
+    def count(self, messages: Sequence[dict[str, str]]) -> int:
+        return len(self.render(messages).tokens)

@@ -1,0 +1,128 @@
+"""chatq settings: one pydantic-settings model, env prefix ``CHATQ_``, nested with ``__``.
+
+Build it with :func:`load_settings` once per process and pass it around; tests
+build their own with overrides instead of patching a module-level singleton.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Self
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_REGISTRY = Path(__file__).with_name("models.toml")
+
+
+class Environment(StrEnum):
+    development = "development"
+    production = "production"
+
+
+class CelerySettings(BaseModel):
+    """Time limits are ordered soft < hard < visibility timeout, everywhere.
+
+    The API, the workers and Flower all build their Celery config from this
+    group, so the broker's visibility timeout cannot drift between them.
+    """
+
+    broker_url: str | None = Field(
+        None, description="Celery broker URL; defaults to the Redis URL."
+    )
+    soft_time_limit_s: int = Field(
+        300, gt=0, description="A job still generating after this fails with `timeout`."
+    )
+    hard_time_limit_s: int = Field(
+        330, gt=0, description="The pool child is killed after this (last resort)."
+    )
+    visibility_timeout_s: int = Field(
+        3600,
+        gt=0,
+        description="An unacknowledged job is redelivered after this; above the hard limit.",
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="Deliveries of one job before it fails with `worker_lost`."
+    )
+
+    @model_validator(mode="after")
+    def _ordered_limits(self) -> Self:
+        if not self.soft_time_limit_s < self.hard_time_limit_s < self.visibility_timeout_s:
+            raise ValueError(
+                "time limits must satisfy soft_time_limit_s < hard_time_limit_s "
+                f"< visibility_timeout_s (got {self.soft_time_limit_s}, "
+                f"{self.hard_time_limit_s}, {self.visibility_timeout_s})"
+            )
+        return self
+
+
+class JobSettings(BaseModel):
+    max_age_s: int = Field(
+        86400, gt=0, description="A job record lives this long while queued or running."
+    )
+    retention_s: int = Field(
+        3600, gt=0, description="Finished jobs are kept this long, then answer 410."
+    )
+    tombstone_s: int = Field(
+        7 * 24 * 3600,
+        gt=0,
+        description="How long an expired job id is still recognised (410 rather than 404).",
+    )
+    replay_max_events: int = Field(
+        16384, gt=0, description="Token events kept per job for late stream joiners."
+    )
+    coalesce_ms: float = Field(
+        5.0, ge=0, description="Later tokens are batched for this long per Redis round trip."
+    )
+
+
+class WorkerSettings(BaseModel):
+    queue: str = Field("cpu", description="The queue this worker serves.")
+    heartbeat_interval_s: float = Field(2.0, gt=0, description="Seconds between heartbeats.")
+    heartbeat_ttl_s: float = Field(
+        10.0, gt=0, description="A worker silent for this long is considered gone."
+    )
+    model_load_timeout_s: float = Field(
+        600.0,
+        gt=4,
+        description="How long the pool child may take to load its model at start.",
+    )
+    n_threads: int | None = Field(None, description="llama.cpp threads; default: all cores.")
+
+
+class ApiSettings(BaseModel):
+    readiness_timeout_s: float = Field(2.0, gt=0, description="Per-dependency check timeout.")
+
+
+class Settings(BaseSettings):
+    """All of chatq's configuration. See README for the variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CHATQ_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    env: Environment = Field(Environment.development, description="development or production")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Job store and pub/sub.")
+    mongo_url: SecretStr = Field(
+        SecretStr("mongodb://127.0.0.1:27017/?directConnection=true"),
+        description="MongoDB (or the embedded wire-compatible store).",
+    )
+    mongo_db: str = Field("chatq", description="MongoDB database name.")
+    registry: Path = Field(DEFAULT_REGISTRY, description="Model registry TOML file.")
+    key_prefix: Annotated[str, Field(pattern=r"^[a-z0-9_]+$")] = Field(
+        "chatq", description="Prefix of every Redis key chatq writes."
+    )
+    celery: CelerySettings = CelerySettings()
+    jobs: JobSettings = JobSettings()
+    worker: WorkerSettings = WorkerSettings()
+    api: ApiSettings = ApiSettings()
+
+    @property
+    def broker_url(self) -> str:
+        return self.celery.broker_url or self.redis_url
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment (and explicit overrides) into a validated Settings."""
+    return Settings(**overrides)  # type: ignore[arg-type]

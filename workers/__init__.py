@@ -1,0 +1,1 @@
+"""chatq workers: one Celery worker per queue, one resident GGUF model each."""

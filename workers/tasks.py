@@ -1,0 +1,109 @@
+"""Running one job: start it, generate, stream, finish it with usage and timings."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from shared.jobstore import JobRecord
+from shared.schemas import JobStatus, SamplingParams
+from workers.emitter import TokenEmitter
+from workers.engine import Outcome
+from workers.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def run_job(rt: Runtime, job_id: str) -> None:
+    loaded = rt.store.load(job_id)
+    if loaded is None:
+        log.warning("job record gone; skipping", extra={"job_id": job_id})
+        return
+    record, output = loaded
+    ctx = {"job_id": job_id, "queue": record.queue, "model": record.model}
+    verdict, detail = rt.store.start(record, rt.settings.celery.max_attempts)
+    if verdict in ("missing", "terminal"):
+        log.info("job not runnable; skipping", extra={**ctx, "verdict": verdict, "status": detail})
+        return
+    if verdict == "exhausted":
+        log.error("job delivered too often; failing", extra={**ctx, "attempts": detail})
+        rt.store.finish(record, JobStatus.failed, error={
+            "code": "worker_lost",
+            "message": f"the worker died while running this job ({int(detail) - 1} attempts)",
+        })
+        return
+    record.attempts = int(detail)
+    record.started_at = record.started_at or time.time()
+    rt.heartbeat.current_job = job_id
+    try:
+        _generate(rt, record, output, ctx)
+    finally:
+        rt.heartbeat.current_job = ""
+        rt.heartbeat.jobs_done += 1
+
+
+def _generate(rt: Runtime, record: JobRecord, output: str, ctx: dict[str, Any]) -> None:
+    attempt_started = time.monotonic()
+    prompt = rt.engine.renderer.render(record.messages)
+    tokens = list(prompt.tokens)
+    if output:  # a redelivered job continues after the text already streamed
+        tokens += rt.engine.llm.tokenize(output.encode(), add_bos=False, special=False)
+    params = record.params
+    remaining = SamplingParams.model_validate(
+        {**params.model_dump(), "max_tokens": max(params.max_tokens - record.completion_tokens, 0)}
+    )
+    emitter = TokenEmitter(rt.store, record, output, rt.settings.jobs.coalesce_ms / 1000)
+    outcome = Outcome()
+    status, error = JobStatus.succeeded, None
+    log.info("job started", extra={**ctx, "attempt": record.attempts,
+                                   "prompt_tokens": len(prompt.tokens)})
+    try:
+        for piece in rt.engine.generate(tokens, remaining, [*params.stop, *prompt.stop], outcome):
+            if emitter.add(piece):
+                status, outcome.finish_reason = JobStatus.cancelled, "cancelled"
+                break
+    except SoftTimeLimitExceeded:
+        status, outcome.finish_reason = JobStatus.failed, "timeout"
+        error = {"code": "timeout", "message": "generation exceeded the job time limit"}
+    except Exception as exc:
+        log.exception("generation failed", extra=ctx)
+        status, outcome.finish_reason = JobStatus.failed, "error"
+        error = {"code": "generation_error", "message": str(exc)}
+    finally:
+        emitter.flush()  # a cancel seen only here came after the last token: keep the answer
+    finished = time.time()
+    rt.store.finish(
+        record, status, error=error, finish_reason=outcome.finish_reason,
+        prompt_tokens=len(prompt.tokens),
+        usage={"prompt_tokens": len(prompt.tokens),
+               "completion_tokens": emitter.completion_tokens,
+               "total_tokens": len(prompt.tokens) + emitter.completion_tokens},
+        timings=_timings(record, emitter, attempt_started, finished),
+    )
+    log.info("job finished", extra={**ctx, "status": status.value,
+                                    "finish_reason": outcome.finish_reason,
+                                    "completion_tokens": emitter.completion_tokens})
+
+
+def _timings(
+    record: JobRecord, emitter: TokenEmitter, attempt_started: float, finished: float
+) -> dict[str, float | None]:
+    """queue wait, time to first token, duration and decode rate, in ms and tokens/s."""
+    started_at = record.started_at or finished
+    ttft = None
+    rate = None
+    if emitter.first_token_at is not None:
+        ttft = (emitter.first_token_at - attempt_started) * 1000
+        decode_s = (emitter.last_token_at or emitter.first_token_at) - emitter.first_token_at
+        new_tokens = emitter.completion_tokens - record.completion_tokens
+        if decode_s > 0 and new_tokens > 1:
+            rate = (new_tokens - 1) / decode_s
+    return {
+        "queue_wait_ms": round((started_at - record.created_at) * 1000, 3),
+        "ttft_ms": None if ttft is None else round(ttft, 3),
+        "duration_ms": round((finished - started_at) * 1000, 3),
+        "tokens_per_s": None if rate is None else round(rate, 2),
+    }
