@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
+import anyio
 from redis.exceptions import RedisError
 
 from api.services import Services
@@ -86,3 +87,14 @@ async def view(svc: Services, record: JobRecord, output: str) -> Job:
         metadata=record.metadata, created_at=record.created_at,
         started_at=utc(record.started_at), finished_at=utc(record.finished_at),
     )
+
+
+async def wait_terminal(svc: Services, job_id: str, tenant: str,
+                        timeout: float) -> tuple[JobRecord, str]:
+    """The job once it is finished, or as it is when ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        record, output = await fetch(svc, job_id, tenant)
+        if record.status.terminal or time.monotonic() >= deadline:
+            return record, output
+        await anyio.sleep(min(0.05, max(deadline - time.monotonic(), 0)))
