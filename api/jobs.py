@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import anyio
 from redis.exceptions import RedisError
@@ -91,10 +92,23 @@ async def view(svc: Services, record: JobRecord, output: str) -> Job:
 
 async def wait_terminal(svc: Services, job_id: str, tenant: str,
                         timeout: float) -> tuple[JobRecord, str]:
-    """The job once it is finished, or as it is when ``timeout`` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    while True:
-        record, output = await fetch(svc, job_id, tenant)
-        if record.status.terminal or time.monotonic() >= deadline:
-            return record, output
-        await anyio.sleep(min(0.05, max(deadline - time.monotonic(), 0)))
+    """The job once it is finished, or as it is when ``timeout`` seconds have passed.
+
+    Event-driven: it wakes on the job's status events (or a hub reconnect), not by polling.
+    """
+    async with svc.hub.subscribe(job_id) as events:
+        with anyio.move_on_after(timeout):
+            while True:
+                record, output = await fetch(svc, job_id, tenant)
+                if record.status.terminal:
+                    return record, output
+                while not _ends(await events.get()):
+                    pass
+    return await fetch(svc, job_id, tenant)
+
+
+def _ends(events: list[dict[str, Any]] | None) -> bool:
+    """True for a batch holding a terminal status, or for a hub resync marker (None)."""
+    return events is None or any(
+        e.get("type") == "status" and JobStatus(e["status"]).terminal for e in events
+    )

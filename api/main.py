@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import errors
-from api.routers import health, jobs, models
+from api.routers import events, health, jobs, models
 from api.services import Services
 from shared.logs import setup_logging
 from shared.settings import Settings, load_settings
@@ -21,6 +21,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         setup_logging()
         app.state.services = Services.build(settings)
+        await app.state.services.start()
         try:
             yield
         finally:
@@ -28,6 +29,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="chatq", version="0.1.0", lifespan=lifespan)
     errors.install(app)
-    for module in (health, jobs, models):
+    for module in (health, jobs, events, models):
         app.include_router(module.router)
     return app

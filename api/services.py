@@ -12,6 +12,7 @@ import redis.asyncio as aredis
 from celery import Celery
 from pymongo import AsyncMongoClient
 
+from api.streams import StreamHub
 from shared.celeryconf import make_celery
 from shared.errors import Unavailable
 from shared.jobstore import JobStore, store_config
@@ -50,6 +51,7 @@ class Services:
     store: JobStore
     mongo: AsyncMongoClient[Any]
     enqueuer: Enqueuer
+    hub: StreamHub
 
     @property
     def keys(self) -> Keys:
@@ -59,18 +61,24 @@ class Services:
     def build(cls, settings: Settings) -> Services:
         client = aredis.Redis.from_url(
             settings.redis_url, decode_responses=True, socket_connect_timeout=2,
-            socket_timeout=10,
+            socket_timeout=None, health_check_interval=30, client_name="chatq-api",
         )
+        config = store_config(settings)
         return cls(
             settings=settings,
             registry=Registry.load(settings.registry),
             redis=client,
-            store=JobStore(client, store_config(settings)),
+            store=JobStore(client, config),
             mongo=make_mongo_client(settings),
             enqueuer=Enqueuer(settings),
+            hub=StreamHub(client, config.keys),
         )
 
+    async def start(self) -> None:
+        await self.hub.start()
+
     async def close(self) -> None:
+        await self.hub.stop()
         self.enqueuer.close()
         await self.mongo.close()
         await self.redis.aclose()

@@ -210,6 +210,12 @@ class JobStore:
         """True when the id belonged to a job whose record has expired."""
         return bool(await self.redis.exists(self.keys.tombstone(job_id)))
 
+    async def read_log(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's replay log: every stream event so far, oldest first."""
+        raw: list[str] = await self.redis.lrange(  # type: ignore[assignment]
+            self.keys.events(job_id), 0, -1)
+        return [json.loads(item) for item in raw]
+
     async def position(self, record: JobRecord) -> int | None:
         """How many of the queue's waiting jobs are ahead of this one."""
         rank: int | None = await self.redis.zrank(  # type: ignore[assignment]

@@ -93,6 +93,9 @@ class WorkerSettings(BaseModel):
 
 class ApiSettings(BaseModel):
     readiness_timeout_s: float = Field(2.0, gt=0, description="Per-dependency check timeout.")
+    sse_keepalive_s: float = Field(
+        15.0, gt=0, description="An idle event stream gets a comment line this often."
+    )
 
 
 class Settings(BaseSettings):

@@ -15,8 +15,9 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+async def healthz(svc: ServicesDep) -> dict[str, Any]:
+    """The process is up; also how many event-stream clients it is serving."""
+    return {"status": "ok", "stream_subscribers": svc.hub.subscriber_count}
 
 
 async def _check_redis(svc: ServicesDep) -> str | None:

@@ -1,0 +1,106 @@
+"""``GET /v1/jobs/{id}/events``: the job's tokens as Server-Sent Events, resumable.
+
+    id: 7            event: status            event: done
+    event: token     data: {"status": ...}    data: {final job}
+    data: {"seq": 7, "text": "..."}
+
+A stream opened late, after the job finished, or with ``Last-Event-ID: k``
+yields every token after ``k`` exactly once, in order, then ``done`` (or
+``error`` when the job failed), and ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import StreamingResponse
+
+from api import jobs
+from api.deps import ServicesDep, TenantDep
+from api.services import Services
+from api.streams import EventMerger
+from shared.errors import InvalidRequest
+from shared.jobstore import JobRecord
+from shared.schemas import JobStatus
+
+router = APIRouter(prefix="/v1/jobs", tags=["streaming"])
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def frame(event: str, data: Any, event_id: int | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def _last_seq(header: str | None, query: int | None) -> int:
+    if header is None:
+        return query or 0
+    try:
+        value = int(header)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise InvalidRequest("Last-Event-ID must be a token sequence number (an integer >= 0)",
+                             details=[{"field": "Last-Event-ID", "message": "not an integer"}])
+    return value
+
+
+@router.get("/{job_id}/events", response_class=StreamingResponse)
+async def job_events(
+    job_id: str,
+    svc: ServicesDep,
+    tenant: TenantDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    after: Annotated[int | None, Query(ge=0, description="Resume after this seq.")] = None,
+) -> StreamingResponse:
+    record, _ = await jobs.fetch(svc, job_id, tenant)  # 404 / 410 before the stream opens
+    stream = job_event_stream(svc, record, tenant, _last_seq(last_event_id, after))
+    return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def job_event_stream(
+    svc: Services, record: JobRecord, tenant: str, last_seq: int
+) -> AsyncIterator[str]:
+    merger = EventMerger(last_seq)
+    keepalive = svc.settings.api.sse_keepalive_s
+    async with svc.hub.subscribe(record.id) as queue:
+        if not record.status.terminal:
+            merger.statuses.add(record.status.value)
+            yield frame("status", {"status": record.status.value})
+        pending: list[dict[str, Any]] | None = None  # None: read the replay log
+        while True:
+            if pending is None:
+                pending = await svc.store.read_log(record.id)
+                if record.status.terminal and not _has_terminal(pending):
+                    pending.append({"type": "status", "status": record.status.value})
+            for event in merger.fresh(pending):
+                if event["type"] == "token":
+                    yield frame("token", {"seq": event["seq"], "text": event["text"]},
+                                event["seq"])
+                    continue
+                yield frame("status", {k: v for k, v in event.items() if k != "type"})
+                if JobStatus(event["status"]).terminal:
+                    yield await _final(svc, record.id, tenant)
+                    return
+            try:
+                pending = await asyncio.wait_for(queue.get(), keepalive)
+            except TimeoutError:
+                pending = []
+                yield ": keep-alive\n\n"
+
+
+def _has_terminal(events: list[dict[str, Any]]) -> bool:
+    return any(e.get("type") == "status" and JobStatus(e["status"]).terminal for e in events)
+
+
+async def _final(svc: Services, job_id: str, tenant: str) -> str:
+    record, output = await jobs.fetch(svc, job_id, tenant)
+    job = (await jobs.view(svc, record, output)).model_dump(mode="json")
+    if record.status is JobStatus.failed:
+        return frame("error", {"error": record.error, "job": job})
+    return frame("done", job)
