@@ -15,6 +15,23 @@ from shared.errors import ChatqError, InvalidRequest, Unavailable
 log = logging.getLogger(__name__)
 
 
+# Paths whose errors use OpenAI's error object (the SDK parses it).
+OPENAI_PATHS = ("/v1/chat/completions",)
+_OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+                 404: "not_found_error", 409: "invalid_request_error",
+                 422: "invalid_request_error", 429: "rate_limit_error"}
+
+
+def openai_body(exc: ChatqError) -> dict[str, Any]:
+    """``{"error": {"message", "type", "param", "code"}}`` as OpenAI answers errors."""
+    param = None
+    if isinstance(exc.details, list) and exc.details and isinstance(exc.details[0], dict):
+        param = exc.details[0].get("field")
+    return {"error": {"message": exc.message,
+                      "type": _OPENAI_TYPES.get(exc.status, "server_error"),
+                      "param": param, "code": exc.code}}
+
+
 def _field(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     return ".".join(parts) or "body"
@@ -31,8 +48,8 @@ def validation_error(exc: RequestValidationError) -> InvalidRequest:
 
 async def _chatq(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ChatqError)
-    headers = getattr(exc, "headers", None)
-    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+    body = openai_body(exc) if request.url.path.startswith(OPENAI_PATHS) else exc.body()
+    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
 
 async def _validation(request: Request, exc: Exception) -> JSONResponse:

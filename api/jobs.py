@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 from redis.exceptions import RedisError
 
 from api.services import Services
-from shared.errors import Gone, NotFound, Unavailable, UnknownModel
+from api.streams import EventMerger
+from shared.errors import (
+    ContextOverflow,
+    Gone,
+    NotFound,
+    QueueFull,
+    Unavailable,
+    UnknownModel,
+)
 from shared.jobstore import JobRecord, new_job_id
 from shared.registry import ModelSpec
 from shared.schemas import Job, JobRequest, JobStatus, SamplingParams, utc
 
 log = logging.getLogger(__name__)
+
+RETRY_AFTER_FULL_S = 5
 
 
 def resolve_model(svc: Services, name: str | None) -> ModelSpec:
@@ -38,20 +50,41 @@ def sampling(spec: ModelSpec, req: JobRequest) -> SamplingParams:
     )
 
 
+async def check_context(svc: Services, spec: ModelSpec, messages: list[dict[str, str]],
+                        max_tokens: int) -> int:
+    """Count the prompt with the model's tokenizer; 400 when it cannot fit with max_tokens."""
+    prompt_tokens = await svc.tokens.count(spec, messages)
+    if prompt_tokens + max_tokens > spec.context_size:
+        raise ContextOverflow(
+            f"prompt ({prompt_tokens} tokens) + max_tokens ({max_tokens}) exceeds the "
+            f"context of {spec.name} ({spec.context_size} tokens)",
+            details={"prompt_tokens": prompt_tokens, "max_tokens": max_tokens,
+                     "context_size": spec.context_size},
+        )
+    return prompt_tokens
+
+
 async def submit(svc: Services, req: JobRequest, tenant: str) -> JobRecord:
     """Admit and enqueue a job. Nothing is left behind when it cannot be queued."""
     spec = resolve_model(svc, req.model)
+    params = sampling(spec, req)
+    messages = [m.model_dump() for m in req.messages]
+    await check_context(svc, spec, messages, params.max_tokens)
     await svc.require_worker(spec.queue)
     record = JobRecord(
         id=new_job_id(), status=JobStatus.queued, model=spec.name, queue=spec.queue,
-        tenant=tenant, params=sampling(spec, req),
-        messages=[m.model_dump() for m in req.messages], created_at=time.time(),
+        tenant=tenant, params=params, messages=messages, created_at=time.time(),
         conversation_id=req.conversation_id, persona=req.persona, metadata=req.metadata,
     )
     try:
-        await svc.store.create(record)
+        place = await svc.store.create(record)
     except RedisError as exc:
         raise Unavailable(f"Redis is unreachable; the job was not accepted ({exc})") from exc
+    if place is None:
+        limit = svc.settings.api.max_queue_depth
+        raise QueueFull(f"queue {spec.queue!r} is full ({limit} jobs waiting); retry later",
+                        details={"queue": spec.queue, "limit": limit},
+                        headers={"Retry-After": str(RETRY_AFTER_FULL_S)})
     try:
         await svc.enqueuer.send(record.id, spec.queue)
     except Exception as exc:
@@ -60,7 +93,8 @@ async def submit(svc: Services, req: JobRequest, tenant: str) -> JobRecord:
         except RedisError:
             log.warning("could not discard unqueued job", extra={"job_id": record.id})
         raise Unavailable(f"the broker is unreachable; the job was not accepted ({exc})") from exc
-    log.info("job queued", extra={"job_id": record.id, "queue": spec.queue, "model": spec.name})
+    log.info("job queued", extra={"job_id": record.id, "queue": spec.queue, "model": spec.name,
+                                  "tenant": tenant})
     return record
 
 
@@ -112,3 +146,35 @@ def _ends(events: list[dict[str, Any]] | None) -> bool:
     return events is None or any(
         e.get("type") == "status" and JobStatus(e["status"]).terminal for e in events
     )
+
+
+async def iterate_events(
+    svc: Services, record: JobRecord, last_seq: int = 0
+) -> AsyncIterator[dict[str, Any]]:
+    """The job's events after ``last_seq``: tokens once each and in order, status changes,
+    ``keepalive`` markers while idle; ends after the terminal status."""
+    merger = EventMerger(last_seq)
+    keepalive = svc.settings.api.sse_keepalive_s
+    async with svc.hub.subscribe(record.id) as queue:
+        if not record.status.terminal:
+            merger.statuses.add(record.status.value)
+            yield {"type": "status", "status": record.status.value}
+        pending: list[dict[str, Any]] | None = None  # None: read the replay log
+        while True:
+            if pending is None:
+                pending = await svc.store.read_log(record.id)
+                if record.status.terminal and not _has_terminal(pending):
+                    pending.append({"type": "status", "status": record.status.value})
+            for event in merger.fresh(pending):
+                yield event
+                if event["type"] == "status" and JobStatus(event["status"]).terminal:
+                    return
+            try:
+                pending = await asyncio.wait_for(queue.get(), keepalive)
+            except TimeoutError:
+                pending = []
+                yield {"type": "keepalive"}
+
+
+def _has_terminal(events: list[dict[str, Any]]) -> bool:
+    return any(e.get("type") == "status" and JobStatus(e["status"]).terminal for e in events)

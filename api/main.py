@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import errors
-from api.routers import events, health, jobs, models
+from api.routers import events, health, invocations, jobs, models, openai
 from api.services import Services
 from shared.logs import setup_logging
 from shared.settings import Settings, load_settings
@@ -29,6 +29,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="chatq", version="0.1.0", lifespan=lifespan)
     errors.install(app)
-    for module in (health, jobs, events, models):
+    for module in (health, jobs, events, invocations, openai, models):
         app.include_router(module.router)
     return app

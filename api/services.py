@@ -12,7 +12,9 @@ import redis.asyncio as aredis
 from celery import Celery
 from pymongo import AsyncMongoClient
 
+from api.auth import KeyRing
 from api.streams import StreamHub
+from api.tokens import TokenCounter
 from shared.celeryconf import make_celery
 from shared.errors import Unavailable
 from shared.jobstore import JobStore, store_config
@@ -52,6 +54,8 @@ class Services:
     mongo: AsyncMongoClient[Any]
     enqueuer: Enqueuer
     hub: StreamHub
+    keys_ring: KeyRing
+    tokens: TokenCounter
 
     @property
     def keys(self) -> Keys:
@@ -64,14 +68,17 @@ class Services:
             socket_timeout=None, health_check_interval=30, client_name="chatq-api",
         )
         config = store_config(settings)
+        registry = Registry.load(settings.registry)
         return cls(
             settings=settings,
-            registry=Registry.load(settings.registry),
+            registry=registry,
             redis=client,
             store=JobStore(client, config),
             mongo=make_mongo_client(settings),
             enqueuer=Enqueuer(settings),
             hub=StreamHub(client, config.keys),
+            keys_ring=KeyRing(settings),
+            tokens=TokenCounter(registry),
         )
 
     async def start(self) -> None:

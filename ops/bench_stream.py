@@ -25,7 +25,7 @@ from llama_cpp import Llama
 
 from ops.devstack import Stack, free_port, wait_worker
 from shared.registry import Registry
-from shared.settings import load_settings
+from shared.settings import DEV_API_KEY, load_settings
 
 PROMPTS = [
     "Count from 1 to 200, separated by commas.",
@@ -117,7 +117,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         stack, base_url = start_stack(Path(tmp))
         try:
-            with httpx.Client(base_url=base_url, timeout=120) as client:
+            auth = {"Authorization": f"Bearer {DEV_API_KEY}"}
+            with httpx.Client(base_url=base_url, timeout=120, headers=auth) as client:
                 direct(llm, PROMPTS[0], 8)  # warm-up, both paths
                 through_chatq(client, PROMPTS[0], 8)
                 d_runs: list[Run] = []

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from ops.devstack import ROOT, Stack, redis_answers, wait_worker
+from shared.settings import DEV_API_KEY
 
 API_PORT = int(os.environ.get("CHATQ_API_PORT", "8000"))
 FLOWER_PORT = int(os.environ.get("CHATQ_FLOWER_PORT", "5555"))
@@ -75,11 +76,15 @@ chatq is running.
   MongoDB    {urls['mongo']}
   logs       {urls['logs']}/*.log
 
-Try:
-  curl -s -X POST {api}/v1/jobs -H 'Content-Type: application/json' \\
-       -H 'Prefer: respond-async' \\
+Try (the development API key is {DEV_API_KEY}; set CHATQ_API__KEYS=key=tenant,... for yours):
+  curl -s -X POST {api}/v1/jobs -H 'Authorization: Bearer {DEV_API_KEY}' \\
+       -H 'Content-Type: application/json' -H 'Prefer: respond-async' \\
        -d '{{"messages":[{{"role":"user","content":"Hi"}}]}}'
-  curl -s {api}/v1/jobs/<id from above>
+  curl -s {api}/v1/jobs/<id from above> -H 'Authorization: Bearer {DEV_API_KEY}'
+  curl -sN {api}/v1/jobs/<id>/events -H 'Authorization: Bearer {DEV_API_KEY}'   # SSE
+  curl -s -X POST {api}/v1/jobs -H 'Authorization: Bearer {DEV_API_KEY}' \\
+       -H 'Prefer: wait=30' -d '{{"messages":[{{"role":"user","content":"Hi"}}]}}'
+  OpenAI SDK: OpenAI(base_url="{api}/v1", api_key="{DEV_API_KEY}")
 
 Ctrl-C stops everything.
 """, flush=True)

@@ -31,14 +31,19 @@ _JSON_FIELDS = ("params", "messages", "persona", "metadata", "usage", "timings",
 _FLOAT_FIELDS = ("created_at", "started_at", "finished_at")
 _INT_FIELDS = ("attempts", "seq", "completion_tokens", "prompt_tokens")
 
-# KEYS: job, waiting, enqueue_seq, tombstone. ARGV: id, max_age, tombstone_ttl, field, value...
+# KEYS: job, waiting, tombstone. ARGV: id, now, max_age, tombstone_ttl, max_depth, field, value...
+# The waiting line is scored by enqueue time; entries older than max_age (jobs
+# whose records expired unrun) are dropped first. Returns the job's place in
+# line, or -1 when the line is at max_depth (nothing written).
 _CREATE = """
-local seq = redis.call('INCR', KEYS[3])
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('ZADD', KEYS[2], seq, ARGV[1])
-redis.call('SET', KEYS[4], '1', 'EX', ARGV[3])
-return seq
+local now = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[3]))
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then return -1 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+redis.call('SET', KEYS[3], '1', 'EX', ARGV[4])
+return redis.call('ZRANK', KEYS[2], ARGV[1])
 """
 
 # KEYS: job, waiting, out, log, channel. ARGV: id, now, max_attempts, max_age.
@@ -60,14 +65,16 @@ redis.call('PUBLISH', KEYS[5], '[' .. ev .. ']')
 return {'run', tostring(attempts)}
 """
 
-# KEYS: job, waiting, out, log, channel. ARGV: id, status, retention, now, field, value...
-# Only a non-terminal job can finish; returns 'ok' or the status it already had.
+# KEYS: job, waiting, out, log, channel.
+# ARGV: id, status, retention, now, required ('' or the state the job must be in), field, value...
+# Only a non-terminal job can finish; returns 'ok' or the status it had (then nothing changed).
 _FINISH = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 'missing' end
 if st == 'succeeded' or st == 'failed' or st == 'cancelled' then return st end
+if ARGV[5] ~= '' and st ~= ARGV[5] then return st end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[4])
-if #ARGV > 4 then redis.call('HSET', KEYS[1], unpack(ARGV, 5)) end
+if #ARGV > 5 then redis.call('HSET', KEYS[1], unpack(ARGV, 6)) end
 redis.call('ZREM', KEYS[2], ARGV[1])
 local ev = cjson.encode({type='status', status=ARGV[2]})
 redis.call('RPUSH', KEYS[4], ev)
@@ -147,6 +154,7 @@ class StoreConfig:
     max_age_s: int  # TTL of a job record while queued or running
     retention_s: int  # TTL after it finishes
     tombstone_s: int  # how long an expired id still answers 410
+    max_queue_depth: int = 100  # waiting jobs per queue before new ones are refused
     replay_max_events: int = 16384  # newest stream events kept for late joiners
 
 
@@ -158,6 +166,7 @@ def store_config(settings: Settings) -> StoreConfig:
         retention_s=jobs.retention_s,
         tombstone_s=jobs.tombstone_s,
         replay_max_events=jobs.replay_max_events,
+        max_queue_depth=settings.api.max_queue_depth,
     )
 
 
@@ -171,7 +180,8 @@ class JobStore:
         self._create = client.register_script(_CREATE)
         self._finish = client.register_script(_FINISH)
 
-    async def create(self, record: JobRecord) -> None:
+    async def create(self, record: JobRecord) -> int | None:
+        """Write a queued job; its place in line, or None when the queue is full."""
         k = self.keys
         fields = {
             name: getattr(record, name)
@@ -182,13 +192,31 @@ class JobStore:
         }
         fields["params"] = record.params.model_dump()
         fields["attempts"] = 0
-        await self._create(
-            keys=[k.job(record.id), k.waiting(record.queue), k.enqueue_seq(),
-                  k.tombstone(record.id)],
-            args=[record.id, self.cfg.max_age_s,
+        place = int(await self._create(
+            keys=[k.job(record.id), k.waiting(record.queue), k.tombstone(record.id)],
+            args=[record.id, record.created_at, self.cfg.max_age_s,
                   self.cfg.max_age_s + self.cfg.retention_s + self.cfg.tombstone_s,
-                  *_encode(fields)],
+                  self.cfg.max_queue_depth, *_encode(fields)],
+        ))
+        return None if place < 0 else place
+
+    async def cancel(self, record: JobRecord) -> tuple[bool, str]:
+        """Cancel a job. Returns (changed, status): (True, ``cancelled``) when it was
+        queued (it will never run); (True, ``running``) when the worker is asked to stop
+        between tokens; (False, status) when it had already finished."""
+        k = self.keys
+        result = await self._finish(
+            keys=[k.job(record.id), k.waiting(record.queue), k.output(record.id),
+                  k.events(record.id), k.channel(record.id)],
+            args=[record.id, JobStatus.cancelled.value, self.cfg.retention_s, time.time(),
+                  JobStatus.queued.value, *_encode({"finish_reason": "cancelled"})],
         )
+        if result == "ok":
+            return True, JobStatus.cancelled.value
+        if result == JobStatus.running.value:
+            await self.redis.set(k.cancel(record.id), "1", ex=self.cfg.max_age_s)
+            return True, JobStatus.running.value
+        return False, str(result)
 
     async def discard(self, record: JobRecord) -> None:
         """Undo :meth:`create` when the job could not be queued (no half-written job)."""
@@ -263,7 +291,8 @@ class WorkerJobStore:
         result = self._finish(
             keys=[k.job(record.id), k.waiting(record.queue), k.output(record.id),
                   k.events(record.id), k.channel(record.id)],
-            args=[record.id, status.value, self.cfg.retention_s, time.time(), *_encode(fields)],
+            args=[record.id, status.value, self.cfg.retention_s, time.time(), "",
+                  *_encode(fields)],
         )
         return str(result)
 

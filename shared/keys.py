@@ -46,12 +46,8 @@ class Keys:
         return f"{self.prefix}:gone:{job_id}"
 
     def waiting(self, queue: str) -> str:
-        """Sorted set: ids of the queue's jobs not yet started, scored by enqueue order."""
+        """Sorted set: ids of the queue's jobs not yet started, scored by enqueue time."""
         return f"{self.prefix}:waiting:{queue}"
-
-    def enqueue_seq(self) -> str:
-        """Counter giving each enqueued job its place in line."""
-        return f"{self.prefix}:enqueue_seq"
 
     def workers(self) -> str:
         """Sorted set: worker ids scored by their last heartbeat (unix seconds)."""

@@ -91,8 +91,31 @@ class WorkerSettings(BaseModel):
     n_threads: int | None = Field(None, description="llama.cpp threads; default: all cores.")
 
 
+DEV_API_KEY = "chatq-dev-key"  # development only; refused when env=production
+
+
+class Mode(StrEnum):
+    sync = "sync"
+    async_ = "async"
+
+
 class ApiSettings(BaseModel):
     readiness_timeout_s: float = Field(2.0, gt=0, description="Per-dependency check timeout.")
+    keys: SecretStr | None = Field(
+        None, description="API keys as `key=tenant` pairs separated by commas."
+    )
+    keys_file: Path | None = Field(
+        None, description="A file of `key=tenant` lines (# comments allowed)."
+    )
+    modes: set[Mode] = Field(
+        {Mode.sync, Mode.async_}, description="Invocation modes callers may ask for."
+    )
+    default_mode: Mode = Field(Mode.async_, description="Mode used when no Prefer header.")
+    default_wait_s: float = Field(30.0, gt=0, description="Sync-mode wait with no `wait=N`.")
+    max_wait_s: float = Field(120.0, gt=0, description="Cap on any `Prefer: wait=N`.")
+    max_queue_depth: int = Field(
+        100, gt=0, description="Jobs waiting per queue before new ones get 429."
+    )
     sse_keepalive_s: float = Field(
         15.0, gt=0, description="An idle event stream gets a comment line this often."
     )
@@ -120,6 +143,17 @@ class Settings(BaseSettings):
     jobs: JobSettings = JobSettings()
     worker: WorkerSettings = WorkerSettings()
     api: ApiSettings = ApiSettings()
+
+    @model_validator(mode="after")
+    def _safe_outside_development(self) -> Self:
+        if self.env is Environment.development:
+            return self
+        if self.api.keys is None and self.api.keys_file is None:
+            raise ValueError("production needs API keys: set CHATQ_API__KEYS or "
+                             "CHATQ_API__KEYS_FILE (the development key is refused)")
+        if self.api.keys and DEV_API_KEY in self.api.keys.get_secret_value():
+            raise ValueError("the development API key is refused outside development")
+        return self
 
     @property
     def broker_url(self) -> str:

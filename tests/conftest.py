@@ -14,12 +14,14 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import redis
 
 from ops.devstack import Proc, Stack, free_port, wait_worker
+from shared.settings import DEV_API_KEY
 
 # Fast heartbeats so tests notice a stopped worker quickly.
 TEST_ENV = {
@@ -41,8 +43,10 @@ class Chatq:
     worker: Proc | None
     api: Proc
 
-    def client(self, **kwargs: object) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=30, **kwargs)  # type: ignore[arg-type]
+    def client(self, key: str | None = DEV_API_KEY, **kwargs: Any) -> httpx.Client:
+        """An HTTP client for the API, sending ``key`` (the development key by default)."""
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.base_url, timeout=30, headers=headers, **kwargs)
 
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis_url, decode_responses=True)

@@ -11,7 +11,6 @@ yields every token after ``k`` exactly once, in order, then ``done`` (or
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -22,7 +21,6 @@ from fastapi.responses import StreamingResponse
 from api import jobs
 from api.deps import ServicesDep, TenantDep
 from api.services import Services
-from api.streams import EventMerger
 from shared.errors import InvalidRequest
 from shared.jobstore import JobRecord
 from shared.schemas import JobStatus
@@ -66,36 +64,15 @@ async def job_events(
 async def job_event_stream(
     svc: Services, record: JobRecord, tenant: str, last_seq: int
 ) -> AsyncIterator[str]:
-    merger = EventMerger(last_seq)
-    keepalive = svc.settings.api.sse_keepalive_s
-    async with svc.hub.subscribe(record.id) as queue:
-        if not record.status.terminal:
-            merger.statuses.add(record.status.value)
-            yield frame("status", {"status": record.status.value})
-        pending: list[dict[str, Any]] | None = None  # None: read the replay log
-        while True:
-            if pending is None:
-                pending = await svc.store.read_log(record.id)
-                if record.status.terminal and not _has_terminal(pending):
-                    pending.append({"type": "status", "status": record.status.value})
-            for event in merger.fresh(pending):
-                if event["type"] == "token":
-                    yield frame("token", {"seq": event["seq"], "text": event["text"]},
-                                event["seq"])
-                    continue
-                yield frame("status", {k: v for k, v in event.items() if k != "type"})
-                if JobStatus(event["status"]).terminal:
-                    yield await _final(svc, record.id, tenant)
-                    return
-            try:
-                pending = await asyncio.wait_for(queue.get(), keepalive)
-            except TimeoutError:
-                pending = []
-                yield ": keep-alive\n\n"
-
-
-def _has_terminal(events: list[dict[str, Any]]) -> bool:
-    return any(e.get("type") == "status" and JobStatus(e["status"]).terminal for e in events)
+    async for event in jobs.iterate_events(svc, record, last_seq):
+        kind = event["type"]
+        if kind == "token":
+            yield frame("token", {"seq": event["seq"], "text": event["text"]}, event["seq"])
+        elif kind == "keepalive":
+            yield ": keep-alive\n\n"
+        else:
+            yield frame("status", {k: v for k, v in event.items() if k != "type"})
+    yield await _final(svc, record.id, tenant)
 
 
 async def _final(svc: Services, job_id: str, tenant: str) -> str:

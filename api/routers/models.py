@@ -6,13 +6,13 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from api.deps import ServicesDep
+from api.deps import ServicesDep, TenantDep
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
 @router.get("")
-async def list_models(svc: ServicesDep) -> dict[str, Any]:
+async def list_models(svc: ServicesDep, tenant: TenantDep) -> dict[str, Any]:
     registry = svc.registry
     return {
         "object": "list",

@@ -7,6 +7,7 @@ import time
 
 import httpx
 
+from shared.settings import DEV_API_KEY
 from tests.conftest import Chatq
 from tests.helpers import SseStream, hi, parse_sse, stream_job, submit, wait_done
 
@@ -48,7 +49,7 @@ def test_stream_of_a_200_token_answer_equals_the_final_output(client: httpx.Clie
 
 
 def test_client_joining_mid_generation_gets_the_full_text_once(client: httpx.Client) -> None:
-    job = submit(client, hi(LONG, max_tokens=150))
+    job = submit(client, hi(LONG, max_tokens=150, temperature=0))
     partial = wait_for_output(client, job["id"], 20)
     assert partial["status"] == "running"  # the job had started before we joined
     stream = stream_job(client, job["id"])
@@ -66,7 +67,7 @@ def test_client_joining_after_the_job_finished_gets_the_full_text(client: httpx.
 
 
 def test_last_event_id_resumes_after_that_token(client: httpx.Client) -> None:
-    job = wait_done(client, submit(client, hi(LONG, max_tokens=60))["id"])
+    job = wait_done(client, submit(client, hi(LONG, max_tokens=60, temperature=0))["id"])
     full = stream_job(client, job["id"])
     k = full.tokens[len(full.tokens) // 2].id
     assert k is not None
@@ -88,7 +89,7 @@ def test_unknown_job_stream_is_404(client: httpx.Client) -> None:
 
 
 def test_idle_stream_gets_keepalive_comments_while_queued(client: httpx.Client) -> None:
-    ahead = submit(client, hi(LONG, max_tokens=150))
+    ahead = submit(client, hi(LONG, max_tokens=150, temperature=0))
     job = submit(client, hi(max_tokens=8))
     stream = stream_job(client, job["id"])
     assert stream.events[0].event == "status" and stream.events[0].data["status"] == "queued"
@@ -98,7 +99,8 @@ def test_idle_stream_gets_keepalive_comments_while_queued(client: httpx.Client) 
 
 
 async def _collect(base_url: str, job_id: str) -> SseStream:
-    async with (httpx.AsyncClient(base_url=base_url, timeout=60) as c,
+    auth = {"Authorization": f"Bearer {DEV_API_KEY}"}
+    async with (httpx.AsyncClient(base_url=base_url, timeout=60, headers=auth) as c,
                 c.stream("GET", f"/v1/jobs/{job_id}/events") as response):
         assert response.status_code == 200
         lines = [line async for line in response.aiter_lines()]
@@ -116,7 +118,7 @@ def pubsub_connections(chatq: Chatq, name: str | None = None) -> int:
 def test_fifty_clients_get_identical_text_over_one_pubsub_connection(
     chatq: Chatq, client: httpx.Client
 ) -> None:
-    job = submit(client, hi(LONG, max_tokens=120))
+    job = submit(client, hi(LONG, max_tokens=120, temperature=0))
     before = pubsub_connections(chatq)
 
     async def main() -> list[SseStream]:
@@ -144,7 +146,7 @@ def test_fifty_clients_get_identical_text_over_one_pubsub_connection(
 def test_disconnecting_client_leaves_nothing_behind_and_job_runs_on(
     client: httpx.Client,
 ) -> None:
-    job = submit(client, hi(LONG, max_tokens=100))
+    job = submit(client, hi(LONG, max_tokens=100, temperature=0))
     with client.stream("GET", f"/v1/jobs/{job['id']}/events") as response:
         for line in response.iter_lines():
             if line.startswith("event: token"):
@@ -157,10 +159,10 @@ def test_disconnecting_client_leaves_nothing_behind_and_job_runs_on(
 
 
 def test_failed_job_ends_its_stream_with_error_and_keeps_partial_output(make_stack) -> None:  # type: ignore[no-untyped-def]
-    stack = make_stack(env={"CHATQ_CELERY__SOFT_TIME_LIMIT_S": "1",
-                            "CHATQ_CELERY__HARD_TIME_LIMIT_S": "5"})
+    stack = make_stack(env={"CHATQ_CELERY__SOFT_TIME_LIMIT_S": "3",
+                            "CHATQ_CELERY__HARD_TIME_LIMIT_S": "8"})
     with stack.client() as c:
-        job = submit(c, hi(LONG, max_tokens=1500))
+        job = submit(c, hi(LONG, max_tokens=1500, temperature=0))
         stream = stream_job(c, job["id"])
         final = c.get(f"/v1/jobs/{job['id']}").json()
     assert final["status"] == "failed"

@@ -1,0 +1,19 @@
+"""``POST /invocations``: the platform path, with the same modes as ``POST /v1/jobs``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from api.deps import ServicesDep, TenantDep
+from api.routers.jobs import RESPONSES, PreferHeader, submit_response
+from shared.schemas import Job, JobRequest
+
+router = APIRouter(tags=["platform"])
+
+
+@router.post("/invocations", response_model=Job, status_code=202, responses=RESPONSES)
+async def invocations(
+    body: JobRequest, svc: ServicesDep, tenant: TenantDep, prefer: PreferHeader = None
+) -> JSONResponse:
+    return await submit_response(svc, body, tenant, prefer)

@@ -1,0 +1,204 @@
+"""``POST /v1/chat/completions`` in OpenAI's wire format, through chatq's queues.
+
+The response ``id`` is the chatq job id (``GET /v1/jobs/{id}`` works on it).
+If the client goes away before the answer is complete, its job is cancelled.
+Errors on this path use OpenAI's error object (see ``api.errors``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import anyio
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from api import jobs
+from api.deps import ServicesDep, TenantDep
+from api.routers.events import SSE_HEADERS
+from api.services import Services
+from shared.errors import ChatqError, InvalidRequest
+from shared.jobstore import JobRecord
+from shared.schemas import (
+    JobRequest,
+    JobStatus,
+    MaxTokensField,
+    Message,
+    SeedField,
+    StopField,
+    TemperatureField,
+    TopPField,
+)
+
+router = APIRouter(prefix="/v1/chat", tags=["openai"])
+
+_FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
+
+
+class JobFailed(ChatqError):
+    """The job behind a completion failed (504 for a timeout, else 500)."""
+
+    def __init__(self, record: JobRecord) -> None:
+        error = record.error or {}
+        super().__init__(error.get("message", "generation failed"))
+        self.code = error.get("code", "generation_error")  # type: ignore[misc]
+        self.status = 504 if self.code == "timeout" else 500  # type: ignore[misc]
+
+
+class ContentPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+    def to_message(self) -> Message:
+        text = (self.content if isinstance(self.content, str)
+                else "".join(p.text for p in self.content or []))
+        return Message(role="system" if self.role == "developer" else self.role, content=text)
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    # Fields chatq does not implement (logprobs, tools...) are ignored, as many servers do.
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: MaxTokensField = None
+    max_completion_tokens: MaxTokensField = None
+    temperature: TemperatureField = None
+    top_p: TopPField = None
+    stop: StopField = None
+    seed: SeedField = None
+    n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, n: int) -> int:
+        if n != 1:
+            raise ValueError("chatq returns one choice: n must be 1")
+        return n
+
+    def to_job(self) -> JobRequest:
+        try:
+            return JobRequest(
+                model=self.model, messages=[m.to_message() for m in self.messages],
+                max_tokens=self.max_completion_tokens or self.max_tokens,
+                temperature=self.temperature, top_p=self.top_p, stop=self.stop, seed=self.seed,
+                metadata={"user": self.user} if self.user else None,
+            )
+        except ValueError as exc:
+            raise InvalidRequest(f"invalid request: {exc}") from exc
+
+
+def _chunk(record: JobRecord, created: int, delta: dict[str, Any], finish: str | None = None,
+           usage: bool = False) -> str:
+    body: dict[str, Any] = {
+        "id": record.id, "object": "chat.completion.chunk", "created": created,
+        "model": record.model, "system_fingerprint": None,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
+    if usage:
+        body["usage"] = None
+    return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
+
+
+def _usage(record: JobRecord) -> dict[str, int]:
+    return dict(record.usage or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0})
+
+
+@router.post("/completions", response_model=None)
+async def chat_completions(
+    body: ChatCompletionRequest, request: Request, svc: ServicesDep, tenant: TenantDep
+) -> JSONResponse | StreamingResponse:
+    record = await jobs.submit(svc, body.to_job(), tenant)
+    created = int(record.created_at)
+    if body.stream:
+        usage = bool(body.stream_options and body.stream_options.include_usage)
+        stream = _stream(svc, record, tenant, created, usage)
+        return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
+    done = await _wait_unless_disconnected(request, svc, record, tenant)
+    if done is None:
+        return JSONResponse({}, status_code=499)  # nobody is listening any more
+    record, output = done
+    if record.status is JobStatus.failed:
+        raise JobFailed(record)
+    return JSONResponse({
+        "id": record.id, "object": "chat.completion", "created": created,
+        "model": record.model, "system_fingerprint": None,
+        "choices": [{"index": 0, "logprobs": None,
+                     "message": {"role": "assistant", "content": output, "refusal": None},
+                     "finish_reason": _FINISH.get(record.finish_reason or "stop", "stop")}],
+        "usage": _usage(record),
+    })
+
+
+async def _wait_unless_disconnected(
+    request: Request, svc: Services, record: JobRecord, tenant: str
+) -> tuple[JobRecord, str] | None:
+    """Wait for the job; cancel it (and return None) if the client disconnects first."""
+    timeout = svc.settings.celery.hard_time_limit_s + 60
+    result: list[tuple[JobRecord, str]] = []
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            while not await request.is_disconnected():
+                await anyio.sleep(0.2)
+            await svc.store.cancel(record)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        result.append(await jobs.wait_terminal(svc, record.id, tenant, timeout))
+        tg.cancel_scope.cancel()
+    return result[0] if result else None
+
+
+async def _stream(
+    svc: Services, record: JobRecord, tenant: str, created: int, usage: bool
+) -> AsyncIterator[str]:
+    finished = False
+    try:
+        yield _chunk(record, created, {"role": "assistant", "content": ""}, usage=usage)
+        async for event in jobs.iterate_events(svc, record):
+            if event["type"] == "token":
+                yield _chunk(record, created, {"content": event["text"]}, usage=usage)
+            elif event["type"] == "keepalive":
+                yield ": keep-alive\n\n"
+        finished = True
+        final, _ = await jobs.fetch(svc, record.id, tenant)
+        async for line in _ending(final, created, usage):
+            yield line
+    finally:
+        if not finished:  # the client went away mid-answer: stop generating for nobody
+            with anyio.CancelScope(shield=True):
+                await svc.store.cancel(record)
+
+
+async def _ending(final: JobRecord, created: int, usage: bool) -> AsyncIterator[str]:
+    if final.status is JobStatus.failed:
+        error = JobFailed(final)
+        yield f"data: {json.dumps({'error': {'message': error.message, 'type': 'server_error', 'param': None, 'code': error.code}})}\n\n"  # noqa: E501
+    else:
+        finish = _FINISH.get(final.finish_reason or "stop", "stop")
+        yield _chunk(final, created, {}, finish, usage=usage)
+        if usage:
+            body = {"id": final.id, "object": "chat.completion.chunk", "created": created,
+                    "model": final.model, "system_fingerprint": None, "choices": [],
+                    "usage": _usage(final)}
+            yield f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
+    yield "data: [DONE]\n\n"
