@@ -23,6 +23,7 @@ import redis
 import redis.asyncio as aredis
 
 from shared.keys import Keys
+from shared.opstats import RECORD_FINISHED_LUA
 from shared.schemas import JobStatus, SamplingParams
 from shared.settings import Settings
 
@@ -60,8 +61,9 @@ redis.call('PUBLISH', KEYS[5], '[' .. ev .. ']')
 return {'run', tostring(attempts)}
 """
 
-# KEYS: job, waiting, out, log, channel. ARGV: id, status, retention, now, field, value...
-# Only a non-terminal job can finish; returns 'ok' or the status it already had.
+# KEYS: job, waiting, out, log, channel[, queue stats, queue recent]. ARGV: id, status,
+# retention, now, field, value... Only a non-terminal job can finish; returns 'ok' or the
+# status it already had. With the stats keys, the finished job is also counted (shared.opstats).
 _FINISH = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 'missing' end
@@ -75,6 +77,7 @@ redis.call('PUBLISH', KEYS[5], '[' .. ev .. ']')
 for i = 1, 4 do
   if i ~= 2 then redis.call('EXPIRE', KEYS[i], ARGV[3]) end
 end
+""" + RECORD_FINISHED_LUA + """
 return 'ok'
 """
 
@@ -95,6 +98,13 @@ def _encode(fields: dict[str, Any]) -> list[str]:
         else:
             flat.append(str(value))
     return flat
+
+
+def finish_keys(k: Keys, record: JobRecord) -> list[str]:
+    """KEYS of the finish script, the queue's operator stats included."""
+    return [k.job(record.id), k.waiting(record.queue), k.output(record.id),
+            k.events(record.id), k.channel(record.id),
+            k.queue_stats(record.queue), k.queue_recent(record.queue)]
 
 
 @dataclass
@@ -255,8 +265,7 @@ class WorkerJobStore:
         """Move a running job to a terminal state; returns 'ok' or the status it already had."""
         k = self.keys
         result = self._finish(
-            keys=[k.job(record.id), k.waiting(record.queue), k.output(record.id),
-                  k.events(record.id), k.channel(record.id)],
+            keys=finish_keys(k, record),
             args=[record.id, status.value, self.cfg.retention_s, time.time(), *_encode(fields)],
         )
         return str(result)
