@@ -1,7 +1,9 @@
-"""Flower beside the stack: behind basic auth, it sees the worker and the finished job."""
+"""Flower beside the stack: behind basic auth, it sees the worker and the finished job.
+And every process of that stack logs JSON lines, with job id, queue and model on a job's lines."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -55,3 +57,20 @@ def test_flower_sees_the_worker_and_the_finished_task(make_stack: Callable[..., 
     (task,) = poll(task_seen)
     assert task["worker"].startswith("worker-cpu@")
     flower.close()
+    check_logs(chatq, job["id"])
+
+
+def check_logs(chatq: Chatq, job_id: str) -> None:
+    lines: dict[str, list[dict[str, Any]]] = {}
+    for name in ("api", "worker-cpu", "flower"):
+        text = (chatq.stack.data_dir / f"{name}.log").read_text()
+        lines[name] = [json.loads(line) for line in text.splitlines() if line.strip()]
+        assert lines[name], f"{name} logged nothing"
+    about_job = [entry for name in ("api", "worker-cpu") for entry in lines[name]
+                 if entry.get("job_id") == job_id or job_id in entry["msg"]]
+    # queued (API), received (worker parent), started, finished, task succeeded (child)
+    assert len(about_job) >= 5, about_job
+    for entry in about_job:
+        assert entry.get("job_id") == job_id, entry
+        assert entry.get("queue") == "cpu" and entry.get("model") == "smollm2-135m", entry
+    assert any(e["logger"].startswith("uvicorn") for e in lines["api"])
