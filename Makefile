@@ -42,7 +42,10 @@ lock:
 	/tmp/chatq-lock/bin/pip install -q . '.[dev]' --no-deps
 	@echo "edit requirements.lock from: /tmp/chatq-lock/bin/pip freeze"
 
+# Validates docker-compose.yml; placeholder secrets stand in for .env (compose refuses without).
 compose-check:
+	MONGO_PASSWORD=$${MONGO_PASSWORD:-placeholder} CHATQ_API__KEYS=$${CHATQ_API__KEYS:-placeholder} \
+	FLOWER_BASIC_AUTH=$${FLOWER_BASIC_AUTH:-user:placeholder} \
 	docker-compose -f docker-compose.yml config -q
 
 clean:

@@ -7,8 +7,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import errors
-from api.routers import events, health, invocations, jobs, models, openai
+from api import errors, telemetry
+from api.routers import events, health, invocations, jobs, metrics, models, openai, queues
 from api.services import Services
 from shared.logs import setup_logging
 from shared.settings import Settings, load_settings
@@ -29,6 +29,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="chatq", version="0.1.0", lifespan=lifespan)
     errors.install(app)
-    for module in (health, jobs, events, invocations, openai, models):
+    telemetry.install(app)
+    for module in (health, jobs, events, invocations, openai, models, metrics, queues):
         app.include_router(module.router)
     return app

@@ -132,13 +132,19 @@ class Stack:
     def start_worker(self, queue: str = "cpu", name: str | None = None,
                      env: dict[str, str] | None = None) -> Proc:
         name = name or f"worker-{queue}"
-        argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", queue,
-                "-n", f"{name}@%h", "-c", "1", "-P", "prefork", "--prefetch-multiplier", "1",
-                "-E", "--loglevel", "INFO", "--without-mingle", "--without-gossip"]
-        return self.spawn(name, argv, {"CHATQ_WORKER__QUEUE": queue, **(env or {})})
+        argv = [sys.executable, "-m", "celery", "-A", "workers.app", "--quiet", "worker",
+                "-Q", queue, "-n", f"{name}@%h", "-c", "1", "-P", "prefork",
+                "--prefetch-multiplier", "1", "-E", "--loglevel", "INFO",
+                "--without-mingle", "--without-gossip"]
+        # Celery warns about running as root before logging is set up, so the warning
+        # would be the one non-JSON line; dev machines and CI often run as root (the
+        # images run as an unprivileged user).
+        quiet_root = {"PYTHONWARNINGS": "ignore:You're running the worker with superuser"}
+        return self.spawn(name, argv, {"CHATQ_WORKER__QUEUE": queue, **quiet_root,
+                                       **(env or {})})
 
     def start_flower(self, port: int, basic_auth: str) -> Proc:
-        argv = [sys.executable, "-m", "celery", "-A", "ops.flower_app", "flower",
+        argv = [sys.executable, "-m", "celery", "-A", "ops.flower_app", "--quiet", "flower",
                 f"--port={port}", "--address=127.0.0.1", f"--basic-auth={basic_auth}",
                 "--persistent=True", f"--db={self.data_dir / 'flower.db'}",
                 "--state_save_interval=10000"]
@@ -148,7 +154,8 @@ class Stack:
 
     def start_api(self, port: int, host: str = "127.0.0.1") -> Proc:
         argv = [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app",
-                "--host", host, "--port", str(port), "--no-access-log"]
+                "--host", host, "--port", str(port), "--no-access-log",
+                "--log-config", str(ROOT / "ops" / "logging.json")]
         proc = self.spawn("api", argv)
         wait_for(lambda: httpx.get(f"http://{host}:{port}/healthz").status_code == 200,
                  60, f"the API on port {port}", proc)

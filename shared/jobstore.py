@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +22,7 @@ import redis
 import redis.asyncio as aredis
 
 from shared.keys import Keys
+from shared.opstats import RECORD_FINISHED_LUA
 from shared.schemas import JobStatus, SamplingParams
 from shared.settings import Settings
 
@@ -65,9 +65,10 @@ redis.call('PUBLISH', KEYS[5], '[' .. ev .. ']')
 return {'run', tostring(attempts)}
 """
 
-# KEYS: job, waiting, out, log, channel.
+# KEYS: job, waiting, out, log, channel[, queue stats, queue recent].
 # ARGV: id, status, retention, now, required ('' or the state the job must be in), field, value...
 # Only a non-terminal job can finish; returns 'ok' or the status it had (then nothing changed).
+# With the stats keys, the finished job is also counted (shared.opstats).
 _FINISH = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 'missing' end
@@ -82,7 +83,33 @@ redis.call('PUBLISH', KEYS[5], '[' .. ev .. ']')
 for i = 1, 4 do
   if i ~= 2 then redis.call('EXPIRE', KEYS[i], ARGV[3]) end
 end
+""" + RECORD_FINISHED_LUA + """
 return 'ok'
+"""
+
+
+# KEYS: job, out, log, channel, cancel. ARGV: completion_tokens, replay_max, event...
+# Events at or below the job's stored seq were already written and are skipped.
+_EMIT = """
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+local fresh, text = {}, {}
+for i = 3, #ARGV do
+  local ev = cjson.decode(ARGV[i])
+  if ev.seq > seq then
+    fresh[#fresh + 1] = ARGV[i]
+    text[#text + 1] = ev.text
+    seq = ev.seq
+  end
+end
+if #fresh > 0 then
+  redis.call('APPEND', KEYS[2], table.concat(text))
+  redis.call('RPUSH', KEYS[3], unpack(fresh))
+  redis.call('LTRIM', KEYS[3], -tonumber(ARGV[2]), -1)
+  redis.call('PUBLISH', KEYS[4], '[' .. table.concat(fresh, ',') .. ']')
+  redis.call('HSET', KEYS[1], 'seq', seq)
+end
+redis.call('HSET', KEYS[1], 'completion_tokens', ARGV[1])
+return redis.call('EXISTS', KEYS[5])
 """
 
 
@@ -102,6 +129,13 @@ def _encode(fields: dict[str, Any]) -> list[str]:
         else:
             flat.append(str(value))
     return flat
+
+
+def finish_keys(k: Keys, record: JobRecord) -> list[str]:
+    """KEYS of the finish script, the queue's operator stats included."""
+    return [k.job(record.id), k.waiting(record.queue), k.output(record.id),
+            k.events(record.id), k.channel(record.id),
+            k.queue_stats(record.queue), k.queue_recent(record.queue)]
 
 
 @dataclass
@@ -206,8 +240,7 @@ class JobStore:
         between tokens; (False, status) when it had already finished."""
         k = self.keys
         result = await self._finish(
-            keys=[k.job(record.id), k.waiting(record.queue), k.output(record.id),
-                  k.events(record.id), k.channel(record.id)],
+            keys=finish_keys(k, record),
             args=[record.id, JobStatus.cancelled.value, self.cfg.retention_s, time.time(),
                   JobStatus.queued.value, *_encode({"finish_reason": "cancelled"})],
         )
@@ -263,6 +296,7 @@ class WorkerJobStore:
         self.keys = config.keys
         self._start = client.register_script(_START)
         self._finish = client.register_script(_FINISH)
+        self._emit = client.register_script(_EMIT)
 
     def load(self, job_id: str) -> tuple[JobRecord, str] | None:
         with self.redis.pipeline(transaction=True) as pipe:
@@ -289,32 +323,28 @@ class WorkerJobStore:
         """Move a running job to a terminal state; returns 'ok' or the status it already had."""
         k = self.keys
         result = self._finish(
-            keys=[k.job(record.id), k.waiting(record.queue), k.output(record.id),
-                  k.events(record.id), k.channel(record.id)],
+            keys=finish_keys(k, record),
             args=[record.id, status.value, self.cfg.retention_s, time.time(), "",
                   *_encode(fields)],
         )
         return str(result)
 
-    def emit(self, record: JobRecord, events: list[dict[str, Any]], text: str,
-             counters: Mapping[Any, str | int | float]) -> bool:
-        """Append output, log and publish token events in one round trip.
+    def emit(self, record: JobRecord, events: list[dict[str, Any]],
+             completion_tokens: int) -> bool:
+        """Append a batch of token events to output, replay log and channel, in one
+        round trip; returns True when the job has been asked to cancel.
 
-        Returns True when the job has been asked to cancel.
+        Idempotent: events at or below the job's stored seq were already written and
+        are skipped, so re-sending a batch after an interruption is harmless.
         """
         k = self.keys
-        encoded = [json.dumps(e) for e in events]
-        with self.redis.pipeline(transaction=True) as pipe:
-            if text:
-                pipe.append(k.output(record.id), text)
-            if encoded:
-                pipe.rpush(k.events(record.id), *encoded)
-                pipe.ltrim(k.events(record.id), -self.cfg.replay_max_events, -1)
-                pipe.publish(k.channel(record.id), "[" + ",".join(encoded) + "]")
-            pipe.hset(k.job(record.id), mapping=counters)
-            pipe.exists(k.cancel(record.id))
-            results = pipe.execute()
-        return bool(results[-1])
+        cancel = self._emit(
+            keys=[k.job(record.id), k.output(record.id), k.events(record.id),
+                  k.channel(record.id), k.cancel(record.id)],
+            args=[completion_tokens, self.cfg.replay_max_events,
+                  *(json.dumps(e, separators=(",", ":")) for e in events)],
+        )
+        return bool(cancel)
 
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.redis.exists(self.keys.cancel(job_id)))

@@ -13,6 +13,16 @@ from dataclasses import dataclass
 # (the API never imports the worker code).
 GENERATE_TASK = "chatq.generate"
 
+# Celery's Redis transport keeps a queue as a list named by the queue, plus one
+# list per priority step named ``{queue}\x06\x16{step}`` (kombu's PRIORITY_STEPS).
+CELERY_PRIORITY_SEP = "\x06\x16"
+CELERY_PRIORITY_STEPS = (3, 6, 9)
+
+
+def celery_queue_lists(queue: str) -> list[str]:
+    """The broker lists holding a Celery queue's messages; its depth is the sum of their LLENs."""
+    return [queue, *(f"{queue}{CELERY_PRIORITY_SEP}{step}" for step in CELERY_PRIORITY_STEPS)]
+
 
 @dataclass(frozen=True)
 class Keys:
@@ -56,3 +66,13 @@ class Keys:
     def worker(self, worker_id: str) -> str:
         """Hash: one worker's heartbeat (queue, model, pid, loaded_at, jobs_done...)."""
         return f"{self.prefix}:worker:{worker_id}"
+
+    def queue_stats(self, queue: str) -> str:
+        """Hash: a queue's lifetime counters, written by the finish script (see shared.opstats):
+        ``jobs|{status}|{model}``, ``tokens|{model}``, ``prompt_tokens|{model}``,
+        ``hist|{metric}|{le}|{model}`` (per-bucket counts) and ``hsum|{metric}|{model}``."""
+        return f"{self.prefix}:stats:{queue}"
+
+    def queue_recent(self, queue: str) -> str:
+        """List: compact JSON of the queue's most recent finished jobs, newest first, capped."""
+        return f"{self.prefix}:stats:{queue}:recent"

@@ -6,11 +6,30 @@ vocabulary-only load of the same GGUF to count prompt tokens exactly.
 
 from __future__ import annotations
 
+import ctypes
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import llama_cpp
 from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+_llama_log = logging.getLogger("llama.cpp")
+# ggml log levels: 1 info, 2 warn, 3 error, 4 debug, 5 continuation of the previous line
+_LEVELS = {1: logging.DEBUG, 2: logging.WARNING, 3: logging.ERROR, 4: logging.DEBUG}
+
+
+@llama_cpp.llama_log_callback
+def _forward_llama_log(level: int, text: bytes, _: ctypes.c_void_p) -> None:
+    message = text.decode("utf-8", errors="replace").strip()
+    if message:
+        _llama_log.log(_LEVELS.get(level, logging.DEBUG), message)
+
+
+def route_llama_logs() -> None:
+    """Send llama.cpp's own log lines through Python logging (JSON), not raw stderr."""
+    llama_cpp.llama_log_set(_forward_llama_log, ctypes.c_void_p(0))
 
 # Used only when a GGUF carries no chat template (ChatML, the common default).
 _FALLBACK_TEMPLATE = (
@@ -23,6 +42,9 @@ _FALLBACK_TEMPLATE = (
 class Prompt:
     tokens: list[int]
     stop: list[str]  # stop strings the template implies (e.g. its end-of-turn marker)
+
+
+route_llama_logs()
 
 
 class PromptRenderer:

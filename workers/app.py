@@ -13,7 +13,7 @@ from celery import signals
 
 from shared.celeryconf import make_celery
 from shared.keys import GENERATE_TASK
-from shared.logs import setup_logging
+from shared.logs import set_log_context, setup_logging
 from shared.registry import Registry
 from shared.settings import load_settings
 from workers.runtime import Runtime
@@ -41,6 +41,7 @@ def _check_model_file(**_: Any) -> None:
     """Fail fast in the parent (without loading the model) if the GGUF is missing."""
     registry = Registry.load(settings.registry)
     spec = registry.for_queue(settings.worker.queue)
+    set_log_context(queue=spec.queue, model=spec.name)  # every line; pool children inherit it
     log.info("worker starting", extra={"queue": spec.queue, "model": spec.name,
                                       "path": str(registry.gguf_path(spec))})
 

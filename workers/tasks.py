@@ -55,7 +55,7 @@ def _generate(rt: Runtime, record: JobRecord, output: str, ctx: dict[str, Any]) 
     remaining = SamplingParams.model_validate(
         {**params.model_dump(), "max_tokens": max(params.max_tokens - record.completion_tokens, 0)}
     )
-    emitter = TokenEmitter(rt.store, record, output, rt.settings.jobs.coalesce_ms / 1000)
+    emitter = TokenEmitter(rt.store, record, rt.settings.jobs.coalesce_ms / 1000)
     outcome = Outcome()
     status, error = JobStatus.succeeded, None
     log.info("job started", extra={**ctx, "attempt": record.attempts,

@@ -1,0 +1,100 @@
+"""The operator's view of the queues: depth, running jobs, live workers, finished-job stats.
+
+Read from Redis on every request (Celery's broker lists, the workers'
+heartbeats and the stats the finish script keeps, see :mod:`shared.opstats`),
+so it is the same in every API process. Serves ``/v1/queues`` and ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aredis
+
+from api.services import Services
+from shared.errors import Unavailable
+from shared.keys import celery_queue_lists
+from shared.opstats import QueueCounters, read_queue
+
+
+@dataclass
+class QueueView:
+    queue: str
+    model: str | None  # the registry's model for the queue (None: not in the registry)
+    depth: int  # messages waiting in the broker, every priority level
+    workers: list[dict[str, str]] = field(default_factory=list)  # live heartbeats
+    counters: QueueCounters = field(default_factory=QueueCounters)
+    recent: list[dict[str, Any]] = field(default_factory=list)  # newest first
+    running: int = 0  # jobs a live worker is running now
+
+
+async def _running(svc: Services, workers: list[dict[str, str]]) -> dict[str, int]:
+    """Per queue, live workers whose current job is still running.
+
+    The heartbeat's ``current_job`` can lag a job's end by one beat; the job's
+    own status (set atomically by the finish script) settles it.
+    """
+    busy = [w for w in workers if w.get("current_job")]
+    async with svc.redis.pipeline(transaction=False) as pipe:
+        for w in busy:
+            pipe.hget(svc.keys.job(w["current_job"]), "status")
+        statuses = await pipe.execute()
+    counts: dict[str, int] = {}
+    for w, status in zip(busy, statuses, strict=True):
+        if status == "running":
+            counts[w["queue"]] = counts.get(w["queue"], 0) + 1
+    return counts
+
+
+async def _depths(svc: Services, queues: list[str]) -> dict[str, int]:
+    """Sum of LLEN over each queue's broker lists (the broker may be another Redis)."""
+    same = svc.settings.broker_url == svc.settings.redis_url
+    client = svc.redis if same else aredis.Redis.from_url(
+        svc.settings.broker_url, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        async with client.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                for name in celery_queue_lists(queue):
+                    pipe.llen(name)
+            lengths = await pipe.execute()
+    finally:
+        if not same:
+            await client.aclose()
+    per = len(celery_queue_lists(""))
+    return {q: sum(lengths[i * per:(i + 1) * per]) for i, q in enumerate(queues)}
+
+
+async def overview(svc: Services, recent: int = 1000) -> list[QueueView]:
+    """Every queue of the registry (and any other queue a live worker serves)."""
+    workers = await svc.live_workers()
+    queues = sorted(set(svc.registry.queues) | {w["queue"] for w in workers if w.get("queue")})
+    try:
+        depths = await _depths(svc, queues)
+        running = await _running(svc, workers)
+        stats = {q: await read_queue(svc.redis, svc.keys, q, recent) for q in queues}
+    except aredis.RedisError as exc:
+        raise Unavailable(f"Redis is unreachable: {exc}") from exc
+    models = {spec.queue: spec.name for spec in svc.registry.models.values()}
+    return [
+        QueueView(queue=q, model=models.get(q), depth=depths[q],
+                  workers=[w for w in workers if w.get("queue") == q],
+                  counters=stats[q][0], recent=stats[q][1], running=running.get(q, 0))
+        for q in queues
+    ]
+
+
+def worker_summary(beat: dict[str, str], now: float | None = None) -> dict[str, Any]:
+    """What an operator wants to see of one worker's heartbeat."""
+    now = now or time.time()
+    return {
+        "worker_id": beat.get("worker_id"),
+        "hostname": beat.get("hostname"),
+        "pid": int(beat["pid"]) if beat.get("pid") else None,
+        "model": beat.get("model"),
+        "gpu_layers": int(beat["gpu_layers"]) if beat.get("gpu_layers") else None,
+        "jobs_done": int(beat.get("jobs_done") or 0),
+        "current_job": beat.get("current_job") or None,
+        "seconds_since_beat": round(now - float(beat.get("last_beat") or now), 3),
+    }

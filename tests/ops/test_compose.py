@@ -1,0 +1,75 @@
+"""The production compose file validates, refuses to run without its secrets, and wires
+one worker per GPU with its device reserved and the models mounted read-only."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from shared.registry import Registry
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRETS = {"MONGO_PASSWORD": "pw", "CHATQ_API__KEYS": "key", "FLOWER_BASIC_AUTH": "u:p"}
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("docker-compose") is None,
+    reason="docker-compose is not installed (apt-get install docker-compose)")
+
+
+def compose(*args: str, env: dict[str, str], tmp: Path) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in SECRETS}
+    # An empty --env-file: a developer's own .env must not stand in for the secrets.
+    (tmp / "empty.env").write_text("")
+    argv = ["docker-compose", "--env-file", str(tmp / "empty.env"), "-f", "docker-compose.yml",
+            *args]
+    return subprocess.run(argv, check=False, cwd=ROOT, env={**clean, **env},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_make_compose_check_passes() -> None:
+    result = subprocess.run(["make", "-s", "compose-check"], check=False, cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("missing", sorted(SECRETS))
+def test_compose_refuses_without_a_secret(missing: str, tmp_path: Path) -> None:
+    result = compose("config", "-q", env={k: v for k, v in SECRETS.items() if k != missing},
+                     tmp=tmp_path)
+    assert result.returncode != 0
+    assert missing in result.stderr
+
+
+def test_services_are_wired_for_production(tmp_path: Path) -> None:
+    result = compose("config", env=SECRETS, tmp=tmp_path)
+    assert result.returncode == 0, result.stderr
+    services: dict[str, Any] = yaml.safe_load(result.stdout)["services"]
+    assert set(services) == {"redis", "mongo", "api", "gpu0", "gpu1", "flower"}
+    assert all(s["platform"] == "linux/amd64" for s in services.values())
+    assert "--appendonly" in services["redis"]["command"]
+    registry = Registry.load(ROOT / "ops" / "models.prod.toml")
+    assert registry.queues == ["gpu0", "gpu1"]
+    for index, queue in enumerate(registry.queues):
+        worker = services[queue]
+        assert worker["environment"]["CHATQ_WORKER__QUEUE"] == queue
+        assert worker["command"][worker["command"].index("-Q") + 1] == queue
+        (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and device["device_ids"] == [str(index)]
+        assert device["capabilities"] == ["gpu"]
+        mounts = {v["target"]: v for v in worker["volumes"]}
+        assert mounts["/models"]["read_only"] is True
+        assert mounts["/etc/chatq/models.toml"]["read_only"] is True
+        assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert "healthcheck" in worker
+    for spec in registry.models.values():
+        assert spec.path is not None and str(spec.path).startswith("/models/")
+    assert services["api"]["depends_on"]["mongo"]["condition"] == "service_healthy"
+    assert services["flower"]["environment"]["FLOWER_BASIC_AUTH"] == "u:p"
+    assert "mongo-data:/data/db" in str(services["mongo"]["volumes"]) or any(
+        v.get("target") == "/data/db" for v in services["mongo"]["volumes"])
