@@ -8,7 +8,9 @@ import time
 import anyio
 from redis.exceptions import RedisError
 
+from api import conversations
 from api.services import Services
+from shared.conversations import new_conversation_id
 from shared.errors import Gone, NotFound, Unavailable, UnknownModel
 from shared.jobstore import JobRecord, new_job_id
 from shared.registry import ModelSpec
@@ -41,11 +43,15 @@ async def submit(svc: Services, req: JobRequest, tenant: str) -> JobRecord:
     """Admit and enqueue a job. Nothing is left behind when it cannot be queued."""
     spec = resolve_model(svc, req.model)
     await svc.require_worker(spec.queue)
+    if req.conversation_id:
+        await conversations.check_owner(svc, req.conversation_id, tenant)
     record = JobRecord(
         id=new_job_id(), status=JobStatus.queued, model=spec.name, queue=spec.queue,
         tenant=tenant, params=sampling(spec, req),
         messages=[m.model_dump() for m in req.messages], created_at=time.time(),
-        conversation_id=req.conversation_id, persona=req.persona, metadata=req.metadata,
+        conversation_id=req.conversation_id or new_conversation_id(),
+        persona=req.persona.model_dump() if req.persona else None, metadata=req.metadata,
+        user_id=req.user_id,
     )
     try:
         await svc.store.create(record)
@@ -84,6 +90,8 @@ async def view(svc: Services, record: JobRecord, output: str) -> Job:
         position=position, output=output, finish_reason=record.finish_reason,
         usage=record.usage, timings=record.timings or {}, error=record.error,
         attempts=record.attempts, conversation_id=record.conversation_id,
+        persisted=record.persisted, history_messages=record.history_messages,
+        history_trimmed=record.history_trimmed,
         metadata=record.metadata, created_at=record.created_at,
         started_at=utc(record.started_at), finished_at=utc(record.finished_at),
     )

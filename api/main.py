@@ -7,8 +7,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import errors
-from api.routers import health, jobs, models
+from api import conversations, errors
+from api.routers import ancestor, health, jobs, models
+from api.routers import conversations as conversations_router
 from api.services import Services
 from shared.logs import setup_logging
 from shared.settings import Settings, load_settings
@@ -21,6 +22,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         setup_logging()
         app.state.services = Services.build(settings)
+        await conversations.ensure_indexes(app.state.services)
         try:
             yield
         finally:
@@ -28,6 +30,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="chatq", version="0.1.0", lifespan=lifespan)
     errors.install(app)
-    for module in (health, jobs, models):
+    for module in (health, jobs, models, conversations_router, ancestor):
         app.include_router(module.router)
     return app

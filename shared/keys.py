@@ -60,3 +60,18 @@ class Keys:
     def worker(self, worker_id: str) -> str:
         """Hash: one worker's heartbeat (queue, model, pid, loaded_at, jobs_done...)."""
         return f"{self.prefix}:worker:{worker_id}"
+
+    # --- conversations (MongoDB) ----------------------------------------------
+
+    def outbox(self) -> str:
+        """List: conversation writes (JSON) that MongoDB did not take yet; oldest first.
+
+        A worker pushes a job's turn here when MongoDB is down; the workers'
+        drainer writes them (idempotently) once it is back.
+        """
+        return f"{self.prefix}:conv:outbox"
+
+    def outbox_dead(self) -> str:
+        """List: outbox entries MongoDB refused for good (e.g. a conversation id
+        taken by another tenant), kept for an operator instead of retried forever."""
+        return f"{self.prefix}:conv:outbox:dead"

@@ -95,6 +95,22 @@ class ApiSettings(BaseModel):
     readiness_timeout_s: float = Field(2.0, gt=0, description="Per-dependency check timeout.")
 
 
+class ConversationSettings(BaseModel):
+    mongo_timeout_ms: int = Field(
+        1500, gt=0,
+        description="MongoDB server selection/connect timeout; a job waits at most about "
+                    "this long before its conversation write goes to the outbox.",
+    )
+    outbox_interval_s: float = Field(
+        2.0, gt=0, description="Seconds between a worker's tries to drain the outbox."
+    )
+    ancestor_wait_s: float = Field(
+        120.0, gt=0,
+        description="How long /office/Llama and /character/Llama wait for the answer "
+                    "before answering 202 with the job id.",
+    )
+
+
 class Settings(BaseSettings):
     """All of chatq's configuration. See README for the variables."""
 
@@ -117,6 +133,7 @@ class Settings(BaseSettings):
     jobs: JobSettings = JobSettings()
     worker: WorkerSettings = WorkerSettings()
     api: ApiSettings = ApiSettings()
+    conversations: ConversationSettings = ConversationSettings()
 
     @property
     def broker_url(self) -> str:
