@@ -36,7 +36,12 @@ class Persister:
         self.keys = jobs.keys
 
     def persist(self, write: TurnWrite) -> bool:
-        """Write the turn now (True) or park it in the outbox (False)."""
+        """Write the turn now (True) or park it in the outbox (False).
+
+        When parking, the job's ``persisted: false`` is set in the same
+        transaction as the push, so a drainer that lands the entry right away
+        always flips it to true afterwards (never the other way round).
+        """
         ctx = {"job_id": write.job_id, "conversation_id": write.conversation_id}
         try:
             self.store.append(write)
@@ -44,12 +49,18 @@ class Persister:
         except PERMANENT as exc:
             log.error("conversation write refused; kept in the dead list",
                       extra={**ctx, "error": repr(exc)})
-            self.redis.rpush(self.keys.outbox_dead(), write.to_json())
+            self._park(write, self.keys.outbox_dead())
         except PyMongoError as exc:
             log.warning("MongoDB unavailable; conversation write queued in the outbox",
                         extra={**ctx, "error": type(exc).__name__})
-            self.redis.rpush(self.keys.outbox(), write.to_json())
+            self._park(write, self.keys.outbox())
         return False
+
+    def _park(self, write: TurnWrite, key: str) -> None:
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.job(write.job_id), "persisted", "false")  # JSON, as stored
+            pipe.rpush(key, write.to_json())
+            pipe.execute()
 
     def drain(self, batch: int = 100) -> int:
         """Write up to ``batch`` outbox entries, oldest first; stops while MongoDB is down.

@@ -82,7 +82,9 @@ def _generate(rt: Runtime, record: JobRecord, output: str, ctx: dict[str, Any]) 
     finished = time.time()
     rt.store.finish(
         record, status, error=error, finish_reason=outcome.finish_reason,
-        persisted=persisted, history_messages=plan.history_used,
+        # Only true is written here: a parked write already set false, and the
+        # outbox drainer may have flipped it to true since.
+        persisted=True if persisted else None, history_messages=plan.history_used,
         history_trimmed=plan.history_trimmed,
         prompt_tokens=len(prompt.tokens),
         usage={"prompt_tokens": len(prompt.tokens),
