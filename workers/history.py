@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from jinja2 import TemplateError
 from pymongo.errors import PyMongoError
 
 from shared.conversations import WorkerConversationStore
@@ -61,6 +62,23 @@ def fit_history(renderer: PromptRenderer, head: Messages, history: Messages, tai
     return lo, render(lo)
 
 
+def compatible_head(renderer: PromptRenderer, head: Messages) -> Messages:
+    """The persona head as this model's template accepts it.
+
+    Some templates (Gemma's, Mistral's) insist that turns alternate starting
+    with the user, so a greeting cannot open the conversation; for those the
+    greeting is folded into the system message instead.
+    """
+    if len(head) != 2 or head[1]["role"] != "assistant":
+        return head
+    try:
+        renderer.render([*head, {"role": "user", "content": "Hi"}])
+    except (ValueError, TemplateError):
+        opening = f"You opened the conversation by saying: {head[1]['content']}"
+        return [{"role": "system", "content": f"{head[0]['content']}\n\n{opening}"}]
+    return head
+
+
 def _stored(store: WorkerConversationStore, record: JobRecord, limit: int,
             ctx: dict[str, Any]) -> tuple[dict[str, Any] | None, Messages]:
     if not record.conversation_id:
@@ -82,7 +100,7 @@ def plan_prompt(store: WorkerConversationStore, renderer: PromptRenderer, contex
     persona = parse_persona(record.persona or stored_persona)
     system = [m["content"] for m in record.messages if m["role"] == "system"]
     turn = [m for m in record.messages if m["role"] != "system"]
-    head = persona_turns(persona, system)
+    head = compatible_head(renderer, persona_turns(persona, system))
     budget = context_size - record.params.max_tokens
     dropped, prompt = fit_history(renderer, head, history, turn, budget)
     if dropped:

@@ -49,7 +49,9 @@ def run_job(rt: Runtime, job_id: str) -> None:
 
 def _generate(rt: Runtime, record: JobRecord, output: str, ctx: dict[str, Any]) -> None:
     attempt_started = time.monotonic()
-    plan = plan_prompt(rt.conversations, rt.engine.renderer, rt.spec.context_size, record, ctx)
+    plan = _plan(rt, record, ctx)
+    if plan is None:
+        return
     prompt = plan.prompt
     tokens = list(prompt.tokens)
     if output:  # a redelivered job continues after the text already streamed
@@ -95,6 +97,19 @@ def _generate(rt: Runtime, record: JobRecord, output: str, ctx: dict[str, Any]) 
     log.info("job finished", extra={**ctx, "status": status.value,
                                     "finish_reason": outcome.finish_reason,
                                     "completion_tokens": emitter.completion_tokens})
+
+
+def _plan(rt: Runtime, record: JobRecord, ctx: dict[str, Any]) -> PromptPlan | None:
+    """The job's prompt, or None after failing the job when it cannot be built
+    (e.g. the model's chat template refuses the messages' roles)."""
+    try:
+        return plan_prompt(rt.conversations, rt.engine.renderer, rt.spec.context_size,
+                           record, ctx)
+    except Exception as exc:
+        log.exception("prompt could not be built", extra=ctx)
+        rt.store.finish(record, JobStatus.failed, finish_reason="error",
+                        error={"code": "prompt_error", "message": str(exc)})
+        return None
 
 
 def _persist(rt: Runtime, record: JobRecord, plan: PromptPlan, answer: str) -> bool | None:

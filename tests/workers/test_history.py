@@ -7,12 +7,13 @@ from collections.abc import Iterator
 
 import pytest
 from llama_cpp import Llama
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from shared.personas import CharacterPersona, OfficePersona, persona_turns
 from shared.prompting import PromptRenderer
 from shared.registry import Registry
 from shared.settings import DEFAULT_REGISTRY
-from workers.history import fit_history
+from workers.history import compatible_head, fit_history
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +90,21 @@ def test_trimming_drops_the_fewest_oldest_messages(renderer: PromptRenderer) -> 
 def test_everything_is_dropped_when_nothing_fits(renderer: PromptRenderer) -> None:
     dropped, _ = fit_history(renderer, [], history(3), [{"role": "user", "content": "x"}], 5)
     assert dropped == 6
+
+
+def test_a_template_that_wants_user_first_gets_the_greeting_in_the_system_message(
+        renderer: PromptRenderer) -> None:
+    strict = PromptRenderer(renderer.llm)
+    # Like Gemma's: a leading system message, then strictly user/assistant/user...
+    strict.formatter = Jinja2ChatFormatter(
+        template="{% set rest = messages[1:] if messages[0]['role'] == 'system' else messages %}"
+                 "{% for m in rest %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+                 "{{ raise_exception('roles must alternate') }}{% endif %}"
+                 "<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>",
+        eos_token="", bos_token="")
+    head = persona_turns(CharacterPersona(character_name="Ada", greeting="Hello there."), [])
+    assert compatible_head(renderer, head) == head
+    folded = compatible_head(strict, head)
+    assert [m["role"] for m in folded] == ["system"]
+    assert "Hello there." in folded[0]["content"]
+    strict.render([*folded, {"role": "user", "content": "Hi"}])  # renders now
