@@ -30,27 +30,47 @@ def test_history_over_the_context_is_trimmed_oldest_first(
     registry = tmp_path / "small.toml"
     registry.write_text(SMALL_REGISTRY)
     stack = make_stack(env={"CHATQ_REGISTRY": str(registry)})
+    persona = {"type": "character", "character_name": "Ada", "greeting": "Hello there.",
+               "context": "A mathematician."}
+    with stack.client() as c:
+        first = wait_done(c, submit(c, hi("Hi.", persona=persona, max_tokens=4))["id"])
+        conversation = first["conversation_id"]
     client: MongoClient[Any] = MongoClient(stack.stack.env["CHATQ_MONGO_URL"],
                                            serverSelectionTimeoutMS=3000, tz_aware=True)
     store = WorkerConversationStore(client, "chatq")
-    persona = {"type": "character", "character_name": "Ada", "greeting": "Hello there.",
-               "context": "A mathematician."}
-    for i in range(12):  # about 12 x 90 tokens: twice the 512-token context
+    owner = store.conversations.find_one({"_id": conversation})
+    assert owner is not None
+    for i in range(12):  # older turns, about 12 x 90 tokens: twice the 512-token context
         store.append(TurnWrite(
-            conversation_id="long", tenant="default", job_id=f"job_old{i}", at=1000.0 + i,
+            conversation_id=conversation, tenant=owner["tenant"], job_id=f"job_old{i}",
+            at=1000.0 + i,
             messages=[{"role": "user", "content": f"Turn {i}: " + "tell me more " * 12},
-                      {"role": "assistant", "content": "numbers " * 25}],
-            persona=persona))
+                      {"role": "assistant", "content": "numbers " * 25}]))
     client.close()
     with stack.client() as c:
-        job = wait_done(c, submit(c, hi("Summarise.", conversation_id="long",
+        job = wait_done(c, submit(c, hi("Summarise.", conversation_id=conversation,
                                         max_tokens=16))["id"])
         assert job["status"] == "succeeded", job
-        assert job["history_trimmed"] > 0 and job["history_messages"] > 0
-        assert job["history_trimmed"] + job["history_messages"] == 24
+        assert job["history_trimmed"] > 0 and job["history_messages"] >= 2
+        assert job["history_trimmed"] + job["history_messages"] == 26
         assert job["usage"]["prompt_tokens"] + 16 <= 512
         assert job["persisted"] is True
-        assert len(c.get("/v1/conversations/long").json()["messages"]) == 26
+        stored = c.get(f"/v1/conversations/{conversation}").json()
+        assert len(stored["messages"]) == 28
+        assert stored["persona"] == persona  # kept, and used although the job sent none
+
+
+def test_ancestor_route_answers_202_with_the_job_when_the_wait_passes(
+        make_stack: Callable[..., Chatq]) -> None:
+    stack = make_stack(env={"CHATQ_CONVERSATIONS__ANCESTOR_WAIT_S": "0.05"})
+    with stack.client() as c:
+        response = c.post("/office/Llama", json={"input_data": "Write a long essay.",
+                                                 "db_id": "slow", "user_id": "u1"})
+        assert response.status_code == 202, response.text
+        job = response.json()
+        assert response.headers["Location"] == f"/v1/jobs/{job['id']}"
+        assert job["conversation_id"] == "slow" and job["status"] in ("queued", "running")
+        assert wait_done(c, job["id"])["status"] == "succeeded"
 
 
 @pytest.mark.skipif(bool(os.environ.get("CHATQ_TEST_MONGO_URL")),
