@@ -89,12 +89,17 @@ class TurnWrite:
 
     def conversation_update(self) -> dict[str, Any]:
         now = datetime.fromtimestamp(self.written_at or self.at, UTC)
+        # A turn that names the user or the persona sets it (latest wins); one that
+        # does not leaves the conversation's as it was.
+        latest = {name: value for name, value in
+                  (("user_id", self.user_id), ("persona", self.persona)) if value is not None}
         update: dict[str, Any] = {
-            "$setOnInsert": {"created_at": now, "user_id": self.user_id},
+            "$setOnInsert": {"created_at": now,
+                             **({} if self.user_id is not None else {"user_id": None})},
             "$max": {"updated_at": now},
         }
-        if self.persona is not None:
-            update["$set"] = {"persona": self.persona}
+        if latest:
+            update["$set"] = latest
         return update
 
 

@@ -97,6 +97,14 @@ def test_persona_is_kept_on_the_conversation(worker_store: WorkerConversationSto
     assert stored == persona
 
 
+def test_a_later_turn_can_name_the_user(worker_store: WorkerConversationStore) -> None:
+    worker_store.append(turn("c1", "job_a", 1000.0, "hello", user=None))
+    assert (worker_store.conversations.find_one({"_id": "c1"}) or {})["user_id"] is None
+    worker_store.append(turn("c1", "job_b", 1001.0, "again", user="u9"))
+    worker_store.append(turn("c1", "job_c", 1002.0, "more", user=None))
+    assert (worker_store.conversations.find_one({"_id": "c1"}) or {})["user_id"] == "u9"
+
+
 def test_a_tenant_sees_only_its_own_conversations(
         worker_store: WorkerConversationStore, mongo_url: str, database: str) -> None:
     worker_store.append(turn("mine", "job_a", 1000.0, "secret", tenant="t1"))
