@@ -11,8 +11,10 @@ from typing import Any
 import anyio
 from redis.exceptions import RedisError
 
+from api import conversations
 from api.services import Services
 from api.streams import EventMerger
+from shared.conversations import new_conversation_id
 from shared.errors import (
     ContextOverflow,
     Gone,
@@ -22,6 +24,7 @@ from shared.errors import (
     UnknownModel,
 )
 from shared.jobstore import JobRecord, new_job_id
+from shared.personas import persona_turns
 from shared.registry import ModelSpec
 from shared.schemas import Job, JobRequest, JobStatus, SamplingParams, utc
 
@@ -69,12 +72,20 @@ async def submit(svc: Services, req: JobRequest, tenant: str) -> JobRecord:
     spec = resolve_model(svc, req.model)
     params = sampling(spec, req)
     messages = [m.model_dump() for m in req.messages]
-    await check_context(svc, spec, messages, params.max_tokens)
+    # Count what the worker will render at least: persona head + this request's turns
+    # (stored history is trimmed by the worker to fit).
+    head = persona_turns(req.persona, [m["content"] for m in messages if m["role"] == "system"])
+    await check_context(svc, spec, head + [m for m in messages if m["role"] != "system"],
+                        params.max_tokens)
     await svc.require_worker(spec.queue)
+    if req.conversation_id:
+        await conversations.check_owner(svc, req.conversation_id, tenant)
     record = JobRecord(
         id=new_job_id(), status=JobStatus.queued, model=spec.name, queue=spec.queue,
         tenant=tenant, params=params, messages=messages, created_at=time.time(),
-        conversation_id=req.conversation_id, persona=req.persona, metadata=req.metadata,
+        conversation_id=req.conversation_id or new_conversation_id(),
+        persona=req.persona.model_dump() if req.persona else None, metadata=req.metadata,
+        user_id=req.user_id,
     )
     try:
         place = await svc.store.create(record)
@@ -119,6 +130,8 @@ async def view(svc: Services, record: JobRecord, output: str) -> Job:
         position=position, output=output, finish_reason=record.finish_reason,
         usage=record.usage, timings=record.timings or {}, error=record.error,
         attempts=record.attempts, conversation_id=record.conversation_id,
+        persisted=record.persisted, history_messages=record.history_messages,
+        history_trimmed=record.history_trimmed,
         metadata=record.metadata, created_at=record.created_at,
         started_at=utc(record.started_at), finished_at=utc(record.finished_at),
     )

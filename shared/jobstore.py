@@ -27,9 +27,11 @@ from shared.schemas import JobStatus, SamplingParams
 from shared.settings import Settings
 
 # Fields stored as JSON inside the job hash; the rest are plain strings/numbers.
-_JSON_FIELDS = ("params", "messages", "persona", "metadata", "usage", "timings", "error")
+_JSON_FIELDS = ("params", "messages", "persona", "metadata", "usage", "timings", "error",
+                "persisted")
 _FLOAT_FIELDS = ("created_at", "started_at", "finished_at")
-_INT_FIELDS = ("attempts", "seq", "completion_tokens", "prompt_tokens")
+_INT_FIELDS = ("attempts", "seq", "completion_tokens", "prompt_tokens", "history_messages",
+               "history_trimmed")
 
 # KEYS: job, waiting, tombstone. ARGV: id, now, max_age, tombstone_ttl, max_depth, field, value...
 # The waiting line is scored by enqueue time; entries older than max_age (jobs
@@ -85,6 +87,14 @@ for i = 1, 4 do
 end
 """ + RECORD_FINISHED_LUA + """
 return 'ok'
+"""
+
+# KEYS: job. ARGV: field, value. Sets a field only on a job that still exists
+# (an HSET on an expired record would leave a partial one behind).
+_SET_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
 """
 
 
@@ -163,6 +173,10 @@ class JobRecord:
     seq: int = 0
     completion_tokens: int = 0
     prompt_tokens: int = 0
+    user_id: str | None = None
+    persisted: bool | None = None  # conversation write landed (False: waiting in the outbox)
+    history_messages: int | None = None  # stored conversation messages in the prompt
+    history_trimmed: int | None = None  # stored messages left out to fit the context
 
     @classmethod
     def decode(cls, raw: dict[str, str]) -> JobRecord:
@@ -221,7 +235,7 @@ class JobStore:
             name: getattr(record, name)
             for name in (
                 "id", "status", "model", "queue", "tenant", "messages", "created_at",
-                "conversation_id", "persona", "metadata",
+                "conversation_id", "persona", "metadata", "user_id",
             )
         }
         fields["params"] = record.params.model_dump()
@@ -297,6 +311,7 @@ class WorkerJobStore:
         self._start = client.register_script(_START)
         self._finish = client.register_script(_FINISH)
         self._emit = client.register_script(_EMIT)
+        self._set_if_exists = client.register_script(_SET_IF_EXISTS)
 
     def load(self, job_id: str) -> tuple[JobRecord, str] | None:
         with self.redis.pipeline(transaction=True) as pipe:
@@ -345,6 +360,14 @@ class WorkerJobStore:
                   *(json.dumps(e, separators=(",", ":")) for e in events)],
         )
         return bool(cancel)
+
+    def mark_persisted(self, job_id: str) -> None:
+        """The job's conversation write has landed (after waiting in the outbox)."""
+        self._set_if_exists(keys=[self.keys.job(job_id)], args=["persisted", "true"])
+
+    def output(self, job_id: str) -> str:
+        """The job's output text as written so far."""
+        return str(self.redis.get(self.keys.output(job_id)) or "")
 
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.redis.exists(self.keys.cancel(job_id)))

@@ -76,3 +76,18 @@ class Keys:
     def queue_recent(self, queue: str) -> str:
         """List: compact JSON of the queue's most recent finished jobs, newest first, capped."""
         return f"{self.prefix}:stats:{queue}:recent"
+
+    # --- conversations (MongoDB) ----------------------------------------------
+
+    def outbox(self) -> str:
+        """List: conversation writes (JSON) that MongoDB did not take yet; oldest first.
+
+        A worker pushes a job's turn here when MongoDB is down; the workers'
+        drainer writes them (idempotently) once it is back.
+        """
+        return f"{self.prefix}:conv:outbox"
+
+    def outbox_dead(self) -> str:
+        """List: outbox entries MongoDB refused for good (e.g. a conversation id
+        taken by another tenant), kept for an operator instead of retried forever."""
+        return f"{self.prefix}:conv:outbox:dead"

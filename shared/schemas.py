@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from shared.personas import Persona
+
 
 class JobStatus(StrEnum):
     queued = "queued"
@@ -69,8 +71,16 @@ class JobRequest(BaseModel):
 
     model: str | None = Field(None, description="Registry model name; default model if absent.")
     messages: list[Message] = Field(min_length=1, description="OpenAI-style chat messages.")
-    conversation_id: str | None = Field(None, max_length=128)
-    persona: dict[str, Any] | None = Field(None, description="Persona block (office/character).")
+    conversation_id: str | None = Field(
+        None, min_length=1, max_length=128,
+        description="Continue this conversation (send only the new turn); a new one if absent.",
+    )
+    persona: Persona | None = Field(
+        None, description="`office` or `character` persona; kept on the conversation."
+    )
+    user_id: str | None = Field(
+        None, max_length=128, description="The end user; conversations are listed by it."
+    )
     max_tokens: MaxTokensField = None
     temperature: TemperatureField = None
     top_p: TopPField = None
@@ -126,6 +136,15 @@ class Job(BaseModel):
     error: JobError | None = None
     attempts: int = 0
     conversation_id: str | None = None
+    persisted: bool | None = Field(
+        None, description="The turn is in the conversation store (false: queued for retry)."
+    )
+    history_messages: int | None = Field(
+        None, description="Stored conversation messages included in the prompt."
+    )
+    history_trimmed: int | None = Field(
+        None, description="Oldest stored messages left out to fit the model's context."
+    )
     metadata: dict[str, Any] | None = None
     created_at: datetime
     started_at: datetime | None = None

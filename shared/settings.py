@@ -121,6 +121,22 @@ class ApiSettings(BaseModel):
     )
 
 
+class ConversationSettings(BaseModel):
+    mongo_timeout_ms: int = Field(
+        1500, gt=0,
+        description="MongoDB server selection/connect timeout; a job waits at most about "
+                    "this long before its conversation write goes to the outbox.",
+    )
+    outbox_interval_s: float = Field(
+        2.0, gt=0, description="Seconds between a worker's tries to drain the outbox."
+    )
+    ancestor_wait_s: float = Field(
+        120.0, gt=0,
+        description="How long /office/Llama and /character/Llama wait for the answer "
+                    "before answering 202 with the job id.",
+    )
+
+
 class Settings(BaseSettings):
     """All of chatq's configuration. See README for the variables."""
 
@@ -143,6 +159,7 @@ class Settings(BaseSettings):
     jobs: JobSettings = JobSettings()
     worker: WorkerSettings = WorkerSettings()
     api: ApiSettings = ApiSettings()
+    conversations: ConversationSettings = ConversationSettings()
 
     @model_validator(mode="after")
     def _safe_outside_development(self) -> Self:

@@ -5,7 +5,10 @@
 - ``chatq``: a real Celery worker process with the demo model and the API
   (uvicorn) on top of them, shared by the session.
 - ``make_stack``: a factory for tests that need a stack of their own (stopping
-  a worker, breaking Redis...); everything it starts is stopped at teardown.
+  a worker, breaking Redis, stopping MongoDB...); everything it starts is
+  stopped at teardown.
+- ``mongo_url``: a MongoDB-compatible store for store-level tests (the
+  embedded one, or CHATQ_TEST_MONGO_URL).
 """
 
 from __future__ import annotations
@@ -42,6 +45,20 @@ class Chatq:
     redis_url: str
     worker: Proc | None
     api: Proc
+    mongo_port: int | None = None  # the embedded store's port; None with CHATQ_TEST_MONGO_URL
+
+    def mongo_proc(self) -> Proc | None:
+        return next((p for p in reversed(self.stack.procs) if p.name == "mongo"), None)
+
+    def stop_mongo(self) -> None:
+        proc = self.mongo_proc()
+        assert proc is not None, "this stack uses an external MongoDB"
+        proc.stop()
+
+    def start_mongo(self) -> None:
+        """Start the embedded store again on the same port and SQLite file."""
+        assert self.mongo_port is not None, "this stack uses an external MongoDB"
+        self.stack.start_mongo(self.mongo_port, self.stack.data_dir / "mongo.sqlite3")
 
     def client(self, key: str | None = DEV_API_KEY, **kwargs: Any) -> httpx.Client:
         """An HTTP client for the API, sending ``key`` (the development key by default)."""
@@ -59,7 +76,12 @@ def _new_stack(root: Path, name: str) -> Stack:
     stack = Stack(root / name, env=dict(TEST_ENV))
     stack.env["CHATQ_REDIS_URL"] = stack.start_redis()
     mongo = os.environ.get("CHATQ_TEST_MONGO_URL")
-    stack.env["CHATQ_MONGO_URL"] = mongo or stack.start_mongo()
+    if mongo:
+        stack.env["CHATQ_MONGO_URL"] = mongo
+    else:
+        port = free_port()
+        stack.env["CHATQ_MONGO_URL"] = stack.start_mongo(port)
+        stack.env["CHATQ_TEST_MONGO_PORT"] = str(port)
     return stack
 
 
@@ -70,7 +92,9 @@ def _start_chatq(stack: Stack, with_worker: bool = True) -> Chatq:
         wait_worker(stack.env["CHATQ_REDIS_URL"], "cpu", timeout=120, proc=worker)
     port = free_port()
     api = stack.start_api(port)
-    return Chatq(stack, f"http://127.0.0.1:{port}", stack.env["CHATQ_REDIS_URL"], worker, api)
+    mongo_port = stack.env.get("CHATQ_TEST_MONGO_PORT")
+    return Chatq(stack, f"http://127.0.0.1:{port}", stack.env["CHATQ_REDIS_URL"], worker, api,
+                 int(mongo_port) if mongo_port else None)
 
 
 @pytest.fixture(scope="session")
@@ -109,6 +133,20 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     stack = Stack(tmp_path_factory.mktemp("redis"))
     try:
         yield stack.start_redis()
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A MongoDB-compatible store of the unit tests' own (or CHATQ_TEST_MONGO_URL)."""
+    external = os.environ.get("CHATQ_TEST_MONGO_URL")
+    if external:
+        yield external
+        return
+    stack = Stack(tmp_path_factory.mktemp("mongo"))
+    try:
+        yield stack.start_mongo()
     finally:
         stack.stop()
 

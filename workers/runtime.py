@@ -15,11 +15,14 @@ from typing import Any
 
 import redis
 
+from shared.conversations import WorkerConversationStore
 from shared.jobstore import WorkerJobStore, store_config
 from shared.keys import Keys
+from shared.mongo import make_sync_mongo_client
 from shared.registry import ModelSpec, Registry
 from shared.settings import Settings
 from workers.engine import Engine
+from workers.persistence import OutboxDrainer, Persister
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +92,15 @@ class Runtime:
         self.heartbeat = Heartbeat(self.redis, store_config(settings).keys, settings, info)
         self.heartbeat.beat()
         self.heartbeat.start()
+        conv = settings.conversations
+        self.mongo = make_sync_mongo_client(settings, conv.mongo_timeout_ms)
+        self.conversations = WorkerConversationStore(self.mongo, settings.mongo_db)
+        self.persister = Persister(self.conversations, self.store)
+        self.drainer = OutboxDrainer(self.persister, conv.outbox_interval_s)
+        self.drainer.start()
 
     def close(self) -> None:
+        self.drainer.stop()
         self.heartbeat.stop()
+        self.mongo.close()
         self.redis.close()

@@ -8,10 +8,12 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
+from shared.conversations import TurnWrite
 from shared.jobstore import JobRecord
 from shared.schemas import JobStatus, SamplingParams
 from workers.emitter import TokenEmitter
 from workers.engine import Outcome
+from workers.history import PromptPlan, plan_prompt
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,10 @@ def run_job(rt: Runtime, job_id: str) -> None:
 
 def _generate(rt: Runtime, record: JobRecord, output: str, ctx: dict[str, Any]) -> None:
     attempt_started = time.monotonic()
-    prompt = rt.engine.renderer.render(record.messages)
+    plan = _plan(rt, record, ctx)
+    if plan is None:
+        return
+    prompt = plan.prompt
     tokens = list(prompt.tokens)
     if output:  # a redelivered job continues after the text already streamed
         tokens += rt.engine.llm.tokenize(output.encode(), add_bos=False, special=False)
@@ -74,9 +79,16 @@ def _generate(rt: Runtime, record: JobRecord, output: str, ctx: dict[str, Any]) 
         error = {"code": "generation_error", "message": str(exc)}
     finally:
         emitter.flush()  # a cancel seen only here came after the last token: keep the answer
+    succeeded = status is JobStatus.succeeded
+    answer = rt.store.output(record.id) if succeeded else ""  # what the clients saw
+    persisted = _persist(rt, record, plan, answer) if succeeded else None
     finished = time.time()
     rt.store.finish(
         record, status, error=error, finish_reason=outcome.finish_reason,
+        # Only true is written here: a parked write already set false, and the
+        # outbox drainer may have flipped it to true since.
+        persisted=True if persisted else None, history_messages=plan.history_used,
+        history_trimmed=plan.history_trimmed,
         prompt_tokens=len(prompt.tokens),
         usage={"prompt_tokens": len(prompt.tokens),
                "completion_tokens": emitter.completion_tokens,
@@ -86,6 +98,35 @@ def _generate(rt: Runtime, record: JobRecord, output: str, ctx: dict[str, Any]) 
     log.info("job finished", extra={**ctx, "status": status.value,
                                     "finish_reason": outcome.finish_reason,
                                     "completion_tokens": emitter.completion_tokens})
+
+
+def _plan(rt: Runtime, record: JobRecord, ctx: dict[str, Any]) -> PromptPlan | None:
+    """The job's prompt, or None after failing the job when it cannot be built
+    (e.g. the model's chat template refuses the messages' roles)."""
+    try:
+        return plan_prompt(rt.conversations, rt.engine.renderer, rt.spec.context_size,
+                           record, ctx)
+    except Exception as exc:
+        log.exception("prompt could not be built", extra=ctx)
+        rt.store.finish(record, JobStatus.failed, finish_reason="error",
+                        error={"code": "prompt_error", "message": str(exc)})
+        return None
+
+
+def _persist(rt: Runtime, record: JobRecord, plan: PromptPlan, answer: str) -> bool | None:
+    """Append the request's turn and the answer to the conversation, exactly once.
+
+    Done before the job is marked finished, so its final state says whether the
+    write landed (``persisted``) or waits in the outbox.
+    """
+    if not record.conversation_id:
+        return None
+    write = TurnWrite(
+        conversation_id=record.conversation_id, tenant=record.tenant, job_id=record.id,
+        at=record.created_at, messages=[*plan.turn, {"role": "assistant", "content": answer}],
+        user_id=record.user_id, persona=record.persona, written_at=time.time(),
+    )
+    return rt.persister.persist(write)
 
 
 def _timings(

@@ -1,0 +1,110 @@
+"""Prompt building with a conversation: personas and token-exact trimming, with the
+demo model's real tokenizer and chat template (a vocabulary-only load)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from llama_cpp import Llama
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from shared.personas import CharacterPersona, OfficePersona, persona_turns
+from shared.prompting import PromptRenderer
+from shared.registry import Registry
+from shared.settings import DEFAULT_REGISTRY
+from workers.history import compatible_head, fit_history
+
+
+@pytest.fixture(scope="module")
+def renderer() -> Iterator[PromptRenderer]:
+    registry = Registry.load(DEFAULT_REGISTRY)
+    path = registry.gguf_path(registry.models[registry.default_name])
+    llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
+    yield PromptRenderer(llm)
+    llm.close()
+
+
+def text(renderer: PromptRenderer, messages: list[dict[str, str]]) -> str:
+    tokens = renderer.render(messages).tokens
+    return renderer.llm.detokenize(tokens, special=True).decode()
+
+
+def history(turns: int, words: int = 40) -> list[dict[str, str]]:
+    out = []
+    for i in range(turns):
+        out.append({"role": "user", "content": f"question {i}: " + "lorem " * words})
+        out.append({"role": "assistant", "content": f"answer {i}: " + "ipsum " * words})
+    return out
+
+
+def test_character_greeting_is_the_first_assistant_turn(renderer: PromptRenderer) -> None:
+    persona = CharacterPersona(character_name="Captain Nemo", greeting="Welcome aboard.",
+                               context="A reclusive submarine captain.")
+    head = persona_turns(persona, [])
+    assert [m["role"] for m in head] == ["system", "assistant"]
+    rendered = text(renderer, [*head, {"role": "user", "content": "Who are you?"}])
+    assert rendered.index("Captain Nemo") < rendered.index("Welcome aboard.")
+    assert rendered.index("Welcome aboard.") < rendered.index("Who are you?")
+    assert "A reclusive submarine captain." in rendered
+
+
+def test_office_reference_data_is_offered_only_when_relevant(renderer: PromptRenderer) -> None:
+    head = persona_turns(OfficePersona(reference_data="Q3 revenue: 4.2M EUR"),
+                         ["Answer in French."])
+    assert len(head) == 1 and head[0]["role"] == "system"
+    system = head[0]["content"]
+    assert "Q3 revenue: 4.2M EUR" in system and "only when it is relevant" in system
+    assert system.endswith("Answer in French.")
+    assert "reference" not in persona_turns(OfficePersona(), [])[0]["content"].lower()
+
+
+def test_no_persona_no_head() -> None:
+    assert persona_turns(None, []) == []
+
+
+def test_history_that_fits_is_kept_whole(renderer: PromptRenderer) -> None:
+    past = history(2)
+    dropped, prompt = fit_history(renderer, [], past, [{"role": "user", "content": "hi"}], 2000)
+    assert dropped == 0
+    assert prompt.tokens == renderer.render([*past, {"role": "user", "content": "hi"}]).tokens
+
+
+def test_trimming_drops_the_fewest_oldest_messages(renderer: PromptRenderer) -> None:
+    head = persona_turns(CharacterPersona(character_name="Ada", greeting="Hello there."), [])
+    past = history(10)
+    tail = [{"role": "user", "content": "And now?"}]
+    budget = 400
+    assert renderer.count([*head, *past, *tail]) > budget
+    dropped, prompt = fit_history(renderer, head, past, tail, budget)
+    assert 0 < dropped < len(past)
+    assert len(prompt.tokens) <= budget
+    assert past[dropped]["role"] == "user"  # the kept history starts on a user turn
+    # One user turn fewer dropped would not fit: the trim is minimal.
+    assert renderer.count([*head, *past[dropped - 2:], *tail]) > budget
+    rendered = renderer.llm.detokenize(prompt.tokens, special=True).decode()
+    assert "Ada" in rendered and "Hello there." in rendered and "And now?" in rendered
+    assert "question 9" in rendered and "question 0" not in rendered
+
+
+def test_everything_is_dropped_when_nothing_fits(renderer: PromptRenderer) -> None:
+    dropped, _ = fit_history(renderer, [], history(3), [{"role": "user", "content": "x"}], 5)
+    assert dropped == 6
+
+
+def test_a_template_that_wants_user_first_gets_the_greeting_in_the_system_message(
+        renderer: PromptRenderer) -> None:
+    strict = PromptRenderer(renderer.llm)
+    # Like Gemma's: a leading system message, then strictly user/assistant/user...
+    strict.formatter = Jinja2ChatFormatter(
+        template="{% set rest = messages[1:] if messages[0]['role'] == 'system' else messages %}"
+                 "{% for m in rest %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+                 "{{ raise_exception('roles must alternate') }}{% endif %}"
+                 "<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>",
+        eos_token="", bos_token="")
+    head = persona_turns(CharacterPersona(character_name="Ada", greeting="Hello there."), [])
+    assert compatible_head(renderer, head) == head
+    folded = compatible_head(strict, head)
+    assert [m["role"] for m in folded] == ["system"]
+    assert "Hello there." in folded[0]["content"]
+    strict.render([*folded, {"role": "user", "content": "Hi"}])  # renders now

@@ -1,0 +1,110 @@
+"""A job's prompt with its conversation: persona, stored history, the new turn.
+
+The history is trimmed oldest-first, by the model's real token count, until
+the rendered prompt plus ``max_tokens`` fits the model's context. The persona
+(system message, character greeting) and the request's own messages are
+always kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from jinja2 import TemplateError
+from pymongo.errors import PyMongoError
+
+from shared.conversations import WorkerConversationStore
+from shared.jobstore import JobRecord
+from shared.personas import parse_persona, persona_turns
+from shared.prompting import Prompt, PromptRenderer
+
+log = logging.getLogger(__name__)
+
+Messages = list[dict[str, str]]
+
+
+@dataclass
+class PromptPlan:
+    prompt: Prompt
+    turn: Messages  # the request's user/assistant messages: persisted with the answer
+    history_used: int = 0  # stored messages that made it into the prompt
+    history_trimmed: int = 0  # stored messages left out to fit the context
+
+
+def fit_history(renderer: PromptRenderer, head: Messages, history: Messages, tail: Messages,
+                budget: int) -> tuple[int, Prompt]:
+    """Drop the fewest oldest history messages so the prompt is at most ``budget`` tokens.
+
+    Returns how many were dropped and the rendered prompt. Binary search: the
+    token count only falls as messages are dropped, so O(log n) renders. When
+    even no history does not fit, all of it is dropped (the engine then caps
+    the answer at what is left of the context).
+    """
+
+    def render(dropped: int) -> Prompt:
+        return renderer.render([*head, *history[dropped:], *tail])
+
+    full = render(0)
+    if len(full.tokens) <= budget or not history:
+        return 0, full
+    lo, hi = 1, len(history)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(render(mid).tokens) <= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    # Start the kept history on a user turn, so roles keep alternating.
+    while lo < len(history) and history[lo]["role"] != "user":
+        lo += 1
+    return lo, render(lo)
+
+
+def compatible_head(renderer: PromptRenderer, head: Messages) -> Messages:
+    """The persona head as this model's template accepts it.
+
+    Some templates (Gemma's, Mistral's) insist that turns alternate starting
+    with the user, so a greeting cannot open the conversation; for those the
+    greeting is folded into the system message instead.
+    """
+    if len(head) != 2 or head[1]["role"] != "assistant":
+        return head
+    try:
+        renderer.render([*head, {"role": "user", "content": "Hi"}])
+    except (ValueError, TemplateError):
+        opening = f"You opened the conversation by saying: {head[1]['content']}"
+        return [{"role": "system", "content": f"{head[0]['content']}\n\n{opening}"}]
+    return head
+
+
+def _stored(store: WorkerConversationStore, record: JobRecord, limit: int,
+            ctx: dict[str, Any]) -> tuple[dict[str, Any] | None, Messages]:
+    if not record.conversation_id:
+        return None, []
+    try:
+        return store.load(record.conversation_id, record.tenant, record.id, limit)
+    except PyMongoError as exc:
+        # MongoDB down: the job still answers, without the stored history.
+        log.warning("conversation history unavailable; going on without it",
+                    extra={**ctx, "conversation_id": record.conversation_id,
+                           "error": type(exc).__name__})
+        return None, []
+
+
+def plan_prompt(store: WorkerConversationStore, renderer: PromptRenderer, context_size: int,
+                record: JobRecord, ctx: dict[str, Any]) -> PromptPlan:
+    # A message costs at least one token, so no more than context_size can ever fit.
+    stored_persona, history = _stored(store, record, context_size, ctx)
+    persona = parse_persona(record.persona or stored_persona)
+    system = [m["content"] for m in record.messages if m["role"] == "system"]
+    turn = [m for m in record.messages if m["role"] != "system"]
+    head = compatible_head(renderer, persona_turns(persona, system))
+    budget = context_size - record.params.max_tokens
+    dropped, prompt = fit_history(renderer, head, history, turn, budget)
+    if dropped:
+        log.info("history trimmed to fit the context",
+                 extra={**ctx, "dropped": dropped, "kept": len(history) - dropped})
+    return PromptPlan(prompt=prompt, turn=turn, history_used=len(history) - dropped,
+                      history_trimmed=dropped)

@@ -1,0 +1,119 @@
+"""Writing a finished job's turn to its conversation, and the outbox for when MongoDB is down.
+
+A job's answer must not depend on MongoDB: when the write fails, the turn is
+pushed to a Redis list (``Keys.outbox``) and the job finishes with
+``persisted: false``. The :class:`OutboxDrainer` thread in every worker child
+retries the oldest entries until MongoDB takes them, then flips the job's
+``persisted`` to true. Writes are idempotent (see :mod:`shared.conversations`),
+so an entry written twice (two drainers, a crash between write and removal)
+still lands once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+
+import redis
+from bson.errors import InvalidDocument
+from pymongo.errors import DocumentTooLarge, PyMongoError
+
+from shared.conversations import ConversationTaken, TurnWrite, WorkerConversationStore
+from shared.jobstore import WorkerJobStore
+
+log = logging.getLogger(__name__)
+
+# Errors retrying cannot fix: the entry goes to the dead list instead of blocking the outbox.
+PERMANENT = (ConversationTaken, InvalidDocument, DocumentTooLarge, ValueError, TypeError)
+
+
+class Persister:
+    def __init__(self, store: WorkerConversationStore, jobs: WorkerJobStore) -> None:
+        self.store = store
+        self.jobs = jobs
+        self.redis: redis.Redis = jobs.redis
+        self.keys = jobs.keys
+
+    def persist(self, write: TurnWrite) -> bool:
+        """Write the turn now (True) or park it in the outbox (False).
+
+        When parking, the job's ``persisted: false`` is set in the same
+        transaction as the push, so a drainer that lands the entry right away
+        always flips it to true afterwards (never the other way round).
+        """
+        ctx = {"job_id": write.job_id, "conversation_id": write.conversation_id}
+        try:
+            self.store.append(write)
+            return True
+        except PERMANENT as exc:
+            log.error("conversation write refused; kept in the dead list",
+                      extra={**ctx, "error": repr(exc)})
+            self._park(write, self.keys.outbox_dead())
+        except PyMongoError as exc:
+            log.warning("MongoDB unavailable; conversation write queued in the outbox",
+                        extra={**ctx, "error": type(exc).__name__})
+            self._park(write, self.keys.outbox())
+        return False
+
+    def _park(self, write: TurnWrite, key: str) -> None:
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.job(write.job_id), "persisted", "false")  # JSON, as stored
+            pipe.rpush(key, write.to_json())
+            pipe.execute()
+
+    def drain(self, batch: int = 100) -> int:
+        """Write up to ``batch`` outbox entries, oldest first; stops while MongoDB is down.
+
+        Returns how many landed.
+        """
+        landed = 0
+        outbox = self.keys.outbox()
+        while landed < batch:
+            head = self.redis.lindex(outbox, 0)
+            if head is None:
+                break
+            raw = str(head)
+            try:
+                write = TurnWrite.from_json(raw)
+                self.store.append(write)
+            except (*PERMANENT, json.JSONDecodeError) as exc:
+                log.error("outbox entry refused; moved to the dead list",
+                          extra={"error": repr(exc)})
+                self.redis.rpush(self.keys.outbox_dead(), raw)
+            except PyMongoError:
+                break  # still down: try again on the next round
+            else:
+                self.jobs.mark_persisted(write.job_id)
+                landed += 1
+                log.info("outbox entry written", extra={"job_id": write.job_id,
+                                                        "conversation_id": write.conversation_id})
+            self.redis.lrem(outbox, 1, raw)
+        return landed
+
+
+class OutboxDrainer(threading.Thread):
+    """Drains the outbox every ``interval`` seconds; creates the indexes once MongoDB answers."""
+
+    def __init__(self, persister: Persister, interval: float) -> None:
+        super().__init__(name="chatq-outbox", daemon=True)
+        self.persister = persister
+        self.interval = interval
+        self.indexed = False
+        self._stop = threading.Event()
+
+    def tick(self) -> None:
+        if not self.indexed:
+            self.persister.store.ensure_indexes()
+            self.indexed = True
+        self.persister.drain()
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.tick()
+            except (PyMongoError, redis.RedisError) as exc:
+                log.debug("outbox round skipped", extra={"error": type(exc).__name__})
+
+    def stop(self) -> None:
+        self._stop.set()
