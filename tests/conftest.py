@@ -63,7 +63,8 @@ class Chatq:
     def client(self, key: str | None = DEV_API_KEY, **kwargs: Any) -> httpx.Client:
         """An HTTP client for the API, sending ``key`` (the development key by default)."""
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.Client(base_url=self.base_url, timeout=30, headers=headers, **kwargs)
+        kwargs.setdefault("timeout", 30)
+        return httpx.Client(base_url=self.base_url, headers=headers, **kwargs)
 
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis_url, decode_responses=True)

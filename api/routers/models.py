@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
-from api.deps import ServicesDep, TenantDep
+from api.deps import ServicesDep, get_tenant
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-@router.get("")
-async def list_models(svc: ServicesDep, tenant: TenantDep) -> dict[str, Any]:
+@router.get("", dependencies=[Depends(get_tenant)])
+async def list_models(svc: ServicesDep) -> dict[str, Any]:
     registry = svc.registry
     return {
         "object": "list",

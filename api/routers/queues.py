@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
 from api import queues
-from api.deps import ServicesDep
+from api.deps import ServicesDep, get_tenant
 from shared.opstats import RECENT_MAX, summarize
 
 router = APIRouter(prefix="/v1/queues", tags=["operations"])
@@ -62,7 +62,7 @@ def _info(view: queues.QueueView) -> QueueInfo:
     )
 
 
-@router.get("", response_model=QueueList)
+@router.get("", response_model=QueueList, dependencies=[Depends(get_tenant)])
 async def list_queues(
     svc: ServicesDep,
     window: int = Query(RECENT_MAX, ge=1, le=RECENT_MAX,

@@ -1,0 +1,85 @@
+"""Admission: every bad request answered clearly, before anything is queued."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from shared.settings import load_settings
+from tests.helpers import hi, submit, wait_done
+
+LONG = "Count from 1 to 300, separated by commas."
+
+
+def test_prompt_plus_max_tokens_over_context_is_400_with_both_counts(
+    client: httpx.Client,
+) -> None:
+    response = client.post("/v1/jobs", json=hi("Hello there", max_tokens=2040))
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "context_length_exceeded"
+    details = error["details"]
+    assert details["max_tokens"] == 2040 and details["context_size"] == 2048
+    assert 10 < details["prompt_tokens"] < 100  # counted with the model's tokenizer
+    assert str(details["prompt_tokens"]) in error["message"] and "2040" in error["message"]
+    # the same prompt fits with a smaller max_tokens: the count is exact, not a guess
+    fits = 2048 - details["prompt_tokens"]
+    ok = client.post("/v1/jobs", json=hi("Hello there", max_tokens=fits),
+                     headers={"Prefer": "respond-async"})
+    assert ok.status_code == 202
+    client.post(f"/v1/jobs/{ok.json()['id']}/cancel")
+    too_many = client.post("/v1/jobs", json=hi("Hello there", max_tokens=fits + 1))
+    assert too_many.status_code == 400
+
+
+def test_long_prompt_alone_over_context_is_400(client: httpx.Client) -> None:
+    response = client.post("/v1/jobs", json=hi("word " * 3000, max_tokens=10))
+    assert response.status_code == 400
+    assert response.json()["error"]["details"]["prompt_tokens"] > 2048
+
+
+def test_full_queue_is_429_with_retry_after(make_stack) -> None:  # type: ignore[no-untyped-def]
+    stack = make_stack(env={"CHATQ_API__MAX_QUEUE_DEPTH": "1"})
+    with stack.client() as c:
+        running = submit(c, hi(LONG, max_tokens=300, temperature=0))
+        deadline = time.monotonic() + 20
+        while c.get(f"/v1/jobs/{running['id']}").json()["status"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        waiting_job = submit(c, hi(max_tokens=4))
+        refused = c.post("/v1/jobs", json=hi(max_tokens=4))
+        assert refused.status_code == 429
+        assert int(refused.headers["Retry-After"]) > 0
+        error = refused.json()["error"]
+        assert error["code"] == "queue_full" and "'cpu'" in error["message"]
+        c.post(f"/v1/jobs/{running['id']}/cancel")
+        assert wait_done(c, waiting_job["id"])["status"] == "succeeded"
+        # room again once the line moved
+        assert c.post("/v1/jobs", json=hi(max_tokens=4), headers={
+            "Prefer": "wait=30"}).status_code == 200
+
+
+def test_redis_down_is_503_and_nothing_half_written(make_stack) -> None:  # type: ignore[no-untyped-def]
+    stack = make_stack()
+    redis_proc = next(p for p in stack.stack.procs if p.name == "redis")
+    with stack.client() as c:
+        redis_proc.kill()
+        response = c.post("/v1/jobs", json=hi(max_tokens=4))
+        assert response.status_code == 503
+        assert "Redis" in response.json()["error"]["message"]
+        assert c.get("/healthz").status_code == 200
+        ready = c.get("/readyz")
+        assert ready.status_code == 503 and "Redis" in ready.json()["error"]["message"]
+
+
+def test_production_refuses_unsafe_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHATQ_ENV", "production")
+    with pytest.raises(ValueError, match="production needs API keys"):
+        load_settings()
+    monkeypatch.setenv("CHATQ_API__KEYS", "chatq-dev-key=ops")
+    with pytest.raises(ValueError, match="development API key is refused"):
+        load_settings()
+    monkeypatch.setenv("CHATQ_API__KEYS", "s3cret-key-1=ops")
+    assert load_settings().env.value == "production"
