@@ -1,8 +1,10 @@
 """API keys: ``Authorization: Bearer <key>``; each key belongs to a tenant.
 
 Keys come from ``CHATQ_API__KEYS`` (``key=tenant,key=tenant``) and/or a keys
-file (one ``key=tenant`` per line). With neither, development mode accepts the
-built-in development key (tenant ``dev``); production refuses to start.
+file (one ``key=tenant`` per line). With neither, development mode runs open:
+a request without a key, or with the built-in development key, is tenant
+``dev`` (so ``make run`` answers a bare curl); any other key is still refused.
+Production refuses to start without keys, and refuses the development key.
 Keys are held as SHA-256 digests and compared in constant time.
 """
 
@@ -43,14 +45,18 @@ class KeyRing:
             except OSError as exc:
                 raise ConfigError(f"cannot read keys file: {exc}") from exc
             pairs += _pairs(text, str(settings.api.keys_file))
+        self.anonymous_tenant: str | None = None
         if not pairs and settings.env is Environment.development:
             pairs = [(DEV_API_KEY, "dev")]
+            self.anonymous_tenant = "dev"
         if settings.env is not Environment.development and any(
                 k == DEV_API_KEY for k, _ in pairs):
             raise ConfigError("the development API key is refused outside development")
         self._tenants = {_digest(k): t for k, t in pairs}
 
     def tenant(self, authorization: str | None) -> str:
+        if not authorization and self.anonymous_tenant is not None:
+            return self.anonymous_tenant
         scheme, _, key = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api import conversations, errors, telemetry
 from api.routers import ancestor, events, health, invocations, jobs, metrics, models, openai, queues
@@ -13,6 +14,23 @@ from api.routers import conversations as conversations_router
 from api.services import Services
 from shared.logs import setup_logging
 from shared.settings import Settings, load_settings
+
+
+class JsonBodies:
+    """Treat request bodies as JSON when the client named no type, or curl's default
+    form type (``curl -d '{...}'``): every chatq body is JSON. A body that is not
+    JSON still gets a clear 422."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            kind = dict(scope["headers"]).get(b"content-type", b"")
+            if not kind or kind.startswith(b"application/x-www-form-urlencoded"):
+                scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -31,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="chatq", version="0.1.0", lifespan=lifespan)
     errors.install(app)
+    app.add_middleware(JsonBodies)
     telemetry.install(app)
     for module in (health, jobs, events, invocations, openai, models, metrics, queues,
                    conversations_router, ancestor):

@@ -25,7 +25,8 @@ FLOWER_PORT = int(os.environ.get("CHATQ_FLOWER_PORT", "5555"))
 def main() -> int:
     data_dir = Path(os.environ.get("CHATQ_DATA_DIR", ROOT / ".data"))
     stack = Stack(data_dir / "run")
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)  # also when started with SIGINT ignored (background)
     try:
         urls = _start(stack, data_dir)
         _banner(urls)
@@ -43,6 +44,10 @@ def main() -> int:
         return 1
     finally:
         stack.stop()
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _start(stack: Stack, data_dir: Path) -> dict[str, str]:

@@ -8,17 +8,27 @@ from tests.conftest import Chatq
 from tests.helpers import hi, submit, wait_done
 
 
-def test_missing_and_invalid_keys_are_401(chatq: Chatq) -> None:
-    for key in (None, "not-a-key"):
-        with chatq.client(key=key) as c:
-            for method, path in (("POST", "/v1/jobs"), ("GET", "/v1/jobs/job_x"),
-                                 ("GET", "/v1/models"), ("GET", "/v1/queues"),
-                                 ("POST", "/invocations")):
-                response = c.request(method, path, json=hi())
-                assert response.status_code == 401, (key, path)
-                assert response.json()["error"]["code"] == "unauthorized"
-    with chatq.client(key=None) as c:
-        assert "Authorization: Bearer" in c.get("/v1/models").json()["error"]["message"]
+def test_invalid_keys_are_401(chatq: Chatq) -> None:
+    with chatq.client(key="not-a-key") as c:
+        for method, path in (("POST", "/v1/jobs"), ("GET", "/v1/jobs/job_x"),
+                             ("GET", "/v1/models"), ("GET", "/v1/queues"),
+                             ("POST", "/invocations")):
+            response = c.request(method, path, json=hi())
+            assert response.status_code == 401, path
+            assert response.json()["error"]["code"] == "unauthorized"
+
+
+def test_development_default_answers_the_readme_curl_without_a_key(chatq: Chatq) -> None:
+    """`curl -X POST .../v1/jobs -H 'Prefer: respond-async' -d '{...}'`: no key, and
+    curl's default form content type."""
+    with httpx.Client(base_url=chatq.base_url) as bare:
+        response = bare.post("/v1/jobs", content=b'{"messages":[{"role":"user","content":"Hi"}]}',
+                             headers={"Prefer": "respond-async",
+                                      "Content-Type": "application/x-www-form-urlencoded"})
+        assert response.status_code == 202, response.text
+        assert wait_done(bare, response.json()["id"])["status"] == "succeeded"
+        garbage = bare.post("/v1/jobs", content=b"messages=hi")
+        assert garbage.status_code == 422
 
 
 def test_health_and_metrics_need_no_key(chatq: Chatq) -> None:
@@ -39,8 +49,14 @@ def test_tenants_see_only_their_own_jobs(make_stack) -> None:  # type: ignore[no
                              ("POST", f"/v1/jobs/{job['id']}/cancel")):
             response = beta.request(method, path)
             assert response.status_code == 404, path
-        # configured keys replace the development key
+        # configured keys replace the development default: no anonymous access either
         assert dev.get(f"/v1/jobs/{job['id']}").status_code == 401
+    with stack.client(key=None) as anonymous:
+        for method, path in (("POST", "/v1/jobs"), ("GET", "/v1/models"),
+                             ("POST", "/v1/chat/completions")):
+            response = anonymous.request(method, path, json=hi())
+            assert response.status_code == 401, path
+            assert "Authorization: Bearer" in response.json()["error"]["message"]
 
 
 def test_key_file(make_stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
