@@ -156,9 +156,7 @@ async def wait_terminal(svc: Services, job_id: str, tenant: str,
 
 def _ends(events: list[dict[str, Any]] | None) -> bool:
     """True for a batch holding a terminal status, or for a hub resync marker (None)."""
-    return events is None or any(
-        e.get("type") == "status" and JobStatus(e["status"]).terminal for e in events
-    )
+    return events is None or _has_terminal(events)
 
 
 async def iterate_events(

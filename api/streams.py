@@ -39,7 +39,6 @@ class StreamHub:
         self._prefix = keys.channel("")
         self._subscribers: dict[str, set[asyncio.Queue[list[Event] | None]]] = {}
         self._task: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
 
     @property
     def subscriber_count(self) -> int:
@@ -53,11 +52,6 @@ class StreamHub:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-
-    async def wait_ready(self, timeout: float) -> bool:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), timeout)
-        return self._ready.is_set()
 
     @contextlib.asynccontextmanager
     async def subscribe(self, job_id: str) -> AsyncIterator[asyncio.Queue[list[Event] | None]]:
@@ -81,7 +75,6 @@ class StreamHub:
             except Exception as exc:
                 log.warning("stream hub lost its Redis connection; retrying",
                             extra={"error": str(exc)})
-            self._ready.clear()
             self._broadcast(None)  # subscribers re-read the replay log
             await asyncio.sleep(0.5)
 
@@ -92,7 +85,6 @@ class StreamHub:
             async for message in pubsub.listen():
                 kind = message["type"]
                 if kind == "psubscribe":
-                    self._ready.set()
                     self._broadcast(None)  # anything missed while reconnecting
                 elif kind == "pmessage":
                     self._dispatch(message["channel"], message["data"])

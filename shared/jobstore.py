@@ -369,5 +369,3 @@ class WorkerJobStore:
         """The job's output text as written so far."""
         return str(self.redis.get(self.keys.output(job_id)) or "")
 
-    def cancel_requested(self, job_id: str) -> bool:
-        return bool(self.redis.exists(self.keys.cancel(job_id)))

@@ -89,7 +89,7 @@ class Runtime:
             "loaded_at": str(self.engine.loaded_at),
             "gpu_layers": str(self.spec.gpu_layers),
         }
-        self.heartbeat = Heartbeat(self.redis, store_config(settings).keys, settings, info)
+        self.heartbeat = Heartbeat(self.redis, self.store.keys, settings, info)
         self.heartbeat.beat()
         self.heartbeat.start()
         conv = settings.conversations

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api import jobs
 from api.deps import ServicesDep, TenantDep
+from api.errors import openai_body
 from api.routers.events import SSE_HEADERS
 from api.services import Services
 from shared.errors import ChatqError, InvalidRequest
@@ -106,16 +107,23 @@ class ChatCompletionRequest(BaseModel):
             raise InvalidRequest(f"invalid request: {exc}") from exc
 
 
+def _data(body: dict[str, Any]) -> str:
+    return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
+
+
 def _chunk(record: JobRecord, created: int, delta: dict[str, Any], finish: str | None = None,
            usage: bool = False) -> str:
-    body: dict[str, Any] = {
-        "id": record.id, "object": "chat.completion.chunk", "created": created,
-        "model": record.model, "system_fingerprint": None,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-    }
+    """A content chunk; with ``usage`` (include_usage asked) it carries ``"usage": null``."""
+    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    body = _chunk_body(record, created, [choice])
     if usage:
         body["usage"] = None
-    return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
+    return _data(body)
+
+
+def _chunk_body(record: JobRecord, created: int, choices: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"id": record.id, "object": "chat.completion.chunk", "created": created,
+            "model": record.model, "system_fingerprint": None, "choices": choices}
 
 
 def _usage(record: JobRecord) -> dict[str, int]:
@@ -191,14 +199,10 @@ async def _stream(
 
 async def _ending(final: JobRecord, created: int, usage: bool) -> AsyncIterator[str]:
     if final.status is JobStatus.failed:
-        error = JobFailed(final)
-        yield f"data: {json.dumps({'error': {'message': error.message, 'type': 'server_error', 'param': None, 'code': error.code}})}\n\n"  # noqa: E501
+        yield _data(openai_body(JobFailed(final)))
     else:
         finish = _FINISH.get(final.finish_reason or "stop", "stop")
         yield _chunk(final, created, {}, finish, usage=usage)
         if usage:
-            body = {"id": final.id, "object": "chat.completion.chunk", "created": created,
-                    "model": final.model, "system_fingerprint": None, "choices": [],
-                    "usage": _usage(final)}
-            yield f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
+            yield _data({**_chunk_body(final, created, []), "usage": _usage(final)})
     yield "data: [DONE]\n\n"
