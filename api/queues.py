@@ -7,6 +7,7 @@ so it is the same in every API process. Serves ``/v1/queues`` and ``/metrics``.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,22 +30,24 @@ class QueueView:
     recent: list[dict[str, Any]] = field(default_factory=list)  # newest first
     running: int = 0  # jobs a live worker is running now
 
+    @property
+    def slots(self) -> int:
+        """Jobs the live workers can generate at once."""
+        return sum(int(w.get("slots") or 1) for w in self.workers)
+
+    @property
+    def slots_busy(self) -> int:
+        return sum(int(w.get("slots_busy") or 0) for w in self.workers)
+
 
 async def _running(svc: Services, workers: list[dict[str, str]]) -> dict[str, int]:
-    """Per queue, live workers whose current job is still running.
-
-    The heartbeat's ``current_job`` can lag a job's end by one beat; the job's
-    own status (set atomically by the finish script) settles it.
-    """
-    busy = [w for w in workers if w.get("current_job")]
-    async with svc.redis.pipeline(transaction=False) as pipe:
-        for w in busy:
-            pipe.hget(svc.keys.job(w["current_job"]), "status")
-        statuses = await pipe.execute()
+    """Per queue, the running jobs of live workers (from the lifecycle's running list,
+    which is exact, rather than heartbeats, which lag by up to one beat)."""
+    queue_of = {w.get("worker_id"): w.get("queue", "") for w in workers}
     counts: dict[str, int] = {}
-    for w, status in zip(busy, statuses, strict=True):
-        if status == "running":
-            counts[w["queue"]] = counts.get(w["queue"], 0) + 1
+    for worker in (await svc.jobs(svc.jobs.ops.running())).values():
+        if worker in queue_of:
+            counts[queue_of[worker]] = counts.get(queue_of[worker], 0) + 1
     return counts
 
 
@@ -94,7 +97,15 @@ def worker_summary(beat: dict[str, str], now: float | None = None) -> dict[str, 
         "pid": int(beat["pid"]) if beat.get("pid") else None,
         "model": beat.get("model"),
         "gpu_layers": int(beat["gpu_layers"]) if beat.get("gpu_layers") else None,
+        # as llama.cpp reports them from the loaded context
+        "n_ctx": int(beat["n_ctx"]) if beat.get("n_ctx") else None,
+        "n_batch": int(beat["n_batch"]) if beat.get("n_batch") else None,
+        # a worker that forwards to a remote OpenAI-compatible server (no credentials)
+        "upstream": {"kind": beat.get("upstream_kind"), "url": beat.get("upstream_url"),
+                     "model": beat.get("upstream_model")} if beat.get("upstream_url") else None,
         "jobs_done": int(beat.get("jobs_done") or 0),
-        "current_job": beat.get("current_job") or None,
+        "slots": int(beat.get("slots") or 1),
+        "slots_busy": int(beat.get("slots_busy") or 0),
+        "running": json.loads(beat.get("running") or "[]"),
         "seconds_since_beat": round(now - float(beat.get("last_beat") or now), 3),
     }

@@ -3,46 +3,46 @@
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import redis
 import redis.asyncio as aredis
-from celery import Celery
 from pymongo import AsyncMongoClient
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.auth import KeyRing
-from api.streams import StreamHub
+from api.idempotency import Idempotency
+from api.streams import FinalViews, StreamHub
 from api.tokens import TokenCounter
-from shared.celeryconf import make_celery
+from shared.dispatch import Dispatcher
 from shared.errors import Unavailable
-from shared.jobstore import JobStore, store_config
-from shared.keys import GENERATE_TASK, Keys
+from shared.keys import Keys
+from shared.lifecycle import AsyncJobs, BlockingJobs, JobRecord, Priority, store_config
 from shared.mongo import make_mongo_client
+from shared.recovery import Sweeper, SweeperThread
 from shared.registry import Registry
 from shared.settings import Settings
+from shared.webhooks import TargetPolicy
 
 log = logging.getLogger(__name__)
 
 
-class Enqueuer:
-    """Puts job ids on Celery queues by task name (the API never imports the worker)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.celery: Celery = make_celery(settings, "chatq-api")
-        self.celery.conf.task_publish_retry_policy = {
-            "max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5,
-        }
-
-    async def send(self, job_id: str, queue: str) -> None:
-        def _send() -> None:
-            self.celery.send_task(GENERATE_TASK, args=[job_id], queue=queue)
-
-        await anyio.to_thread.run_sync(_send)
-
-    def close(self) -> None:
-        self.celery.close()
+def redis_pool(settings: Settings) -> aredis.BlockingConnectionPool:
+    """A bounded pool: a request waits for a free connection (up to the wait limit)
+    rather than failing when many streams need Redis at once."""
+    api = settings.api
+    return aredis.BlockingConnectionPool.from_url(
+        settings.redis_url, decode_responses=True, socket_connect_timeout=2,
+        socket_timeout=None, health_check_interval=30, client_name="chatq-api",
+        max_connections=api.redis_max_connections, timeout=api.redis_wait_s,
+        # Ride out a blip; a real outage answers 503 quickly (streams wait longer).
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError])
 
 
 @dataclass
@@ -50,60 +50,63 @@ class Services:
     settings: Settings
     registry: Registry
     redis: aredis.Redis
-    store: JobStore
+    jobs: AsyncJobs
     mongo: AsyncMongoClient[Any]
-    enqueuer: Enqueuer
+    dispatcher: Dispatcher
     hub: StreamHub
-    keys_ring: KeyRing
+    api_keys: KeyRing
     tokens: TokenCounter
+    sweeper: SweeperThread
+    finals: FinalViews[tuple[JobRecord, str]]
+    idempotency: Idempotency
+    webhook_policy: TargetPolicy
 
     @property
     def keys(self) -> Keys:
-        return self.store.keys
+        """The Redis key layout."""
+        return self.jobs.keys
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
-        client = aredis.Redis.from_url(
-            settings.redis_url, decode_responses=True, socket_connect_timeout=2,
-            socket_timeout=None, health_check_interval=30, client_name="chatq-api",
-        )
+        client = aredis.Redis(connection_pool=redis_pool(settings))
         config = store_config(settings)
         registry = Registry.load(settings.registry)
+        dispatcher = Dispatcher(settings, "chatq-api")
+        blocking = redis.Redis.from_url(settings.redis_url, decode_responses=True,
+                                        socket_connect_timeout=2, client_name="chatq-sweeper")
+        sweeper = SweeperThread(Sweeper(BlockingJobs(blocking, config), dispatcher, settings),
+                                settings.jobs.sweep_interval_s)
         return cls(
-            settings=settings,
-            registry=registry,
-            redis=client,
-            store=JobStore(client, config),
-            mongo=make_mongo_client(settings),
-            enqueuer=Enqueuer(settings),
-            hub=StreamHub(client, config.keys),
-            keys_ring=KeyRing(settings),
-            tokens=TokenCounter(registry),
+            settings=settings, registry=registry, redis=client, jobs=AsyncJobs(client, config),
+            mongo=make_mongo_client(settings), dispatcher=dispatcher,
+            hub=StreamHub(client, config.keys), api_keys=KeyRing(settings),
+            tokens=TokenCounter(registry), sweeper=sweeper, finals=FinalViews(),
+            idempotency=Idempotency(client, config.keys),
+            webhook_policy=TargetPolicy.from_settings(settings),
         )
 
     async def start(self) -> None:
         await self.hub.start()
+        self.sweeper.start()
 
     async def close(self) -> None:
+        self.sweeper.stop()
         await self.hub.stop()
-        self.enqueuer.close()
+        self.dispatcher.close()
         await self.mongo.close()
         await self.redis.aclose()
 
+    async def send(self, job_id: str, queue: str, dispatch: int, priority: Priority) -> None:
+        """Hand a job's message to the broker (Celery's client blocks: a thread does it)."""
+        await anyio.to_thread.run_sync(self.dispatcher.send, job_id, queue, dispatch, priority)
+
     async def live_workers(self) -> list[dict[str, str]]:
         """Workers whose heartbeat is fresh, with what they reported."""
-        keys = self.keys
-        horizon = time.time() - self.settings.worker.heartbeat_ttl_s
         try:
-            ids: list[str] = await self.redis.zrangebyscore(  # type: ignore[assignment]
-                keys.workers(), horizon, "+inf")
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for worker_id in ids:
-                    pipe.hgetall(keys.worker(worker_id))
-                beats = await pipe.execute()
+            return await self.jobs(self.jobs.ops.live_workers(
+                self.settings.worker.heartbeat_ttl_s))
         except aredis.RedisError as exc:
-            raise Unavailable(f"Redis is unreachable: {exc}") from exc
-        return [b for b in beats if b]
+            raise Unavailable("Redis is unreachable") from exc
 
     async def require_worker(self, queue: str) -> None:
         if not any(w.get("queue") == queue for w in await self.live_workers()):

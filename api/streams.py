@@ -18,18 +18,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import redis.asyncio as aredis
+from pydantic import ValidationError
 
+from shared.events import StatusEvent, StreamEventT, TokenEvent, parse_batch
 from shared.keys import Keys
 
 log = logging.getLogger(__name__)
 
-Event = dict[str, Any]
+Event = StreamEventT
 
 
 class StreamHub:
@@ -92,10 +93,16 @@ class StreamHub:
             await pubsub.aclose()
 
     def _dispatch(self, channel: str, data: str) -> None:
-        subs = self._subscribers.get(channel[len(self._prefix):])
+        job_id = channel[len(self._prefix):]
+        subs = self._subscribers.get(job_id)
         if not subs:
             return
-        events: list[Event] = json.loads(data)
+        try:
+            events = parse_batch(data)  # once per message, however many subscribers
+        except ValidationError:
+            log.error("unreadable stream event; subscribers re-read the log",
+                      extra={"job_id": job_id})
+            events = None
         for queue in subs:
             queue.put_nowait(events)
 
@@ -115,13 +122,47 @@ class EventMerger:
     def fresh(self, events: list[Event]) -> list[Event]:
         out = []
         for event in events:
-            if event.get("type") == "token":
-                if event["seq"] <= self.last_seq:
+            if isinstance(event, TokenEvent):
+                if event.seq <= self.last_seq:
                     continue
-                self.last_seq = event["seq"]
-            elif event.get("type") == "status":
-                if event["status"] in self.statuses:
+                self.last_seq = event.seq
+            elif isinstance(event, StatusEvent):
+                if event.status in self.statuses:
                     continue
-                self.statuses.add(event["status"])
+                self.statuses.add(event.status)
             out.append(event)
         return out
+
+
+class FinalViews[T]:
+    """Single-flight, short-lived cache of finished jobs, keyed by job id.
+
+    Concurrent callers for one job share one read; the result is kept for
+    ``ttl_s`` (a finished job does not change), at most ``size`` entries.
+    A failed read is not kept.
+    """
+
+    def __init__(self, ttl_s: float = 30.0, size: int = 4096) -> None:
+        self.ttl_s = ttl_s
+        self.size = size
+        self._entries: dict[str, tuple[float, asyncio.Future[T]]] = {}
+
+    async def get(self, key: str, load: Callable[[], Awaitable[T]]) -> T:
+        now = time.monotonic()
+        entry = self._entries.get(key)
+        if entry is None or entry[0] < now:
+            self._evict(now)
+            entry = (now + self.ttl_s, asyncio.ensure_future(load()))
+            self._entries[key] = entry
+        try:
+            return await asyncio.shield(entry[1])
+        except Exception:
+            if self._entries.get(key) is entry:
+                del self._entries[key]
+            raise
+
+    def _evict(self, now: float) -> None:
+        for key in [k for k, (expires, _) in self._entries.items() if expires < now]:
+            del self._entries[key]
+        while len(self._entries) >= self.size:
+            del self._entries[next(iter(self._entries))]

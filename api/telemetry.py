@@ -27,7 +27,7 @@ from prometheus_client.process_collector import ProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.queues import QueueView
-from shared.opstats import HISTOGRAMS
+from shared.opstats import BATCH_SIZE, HISTOGRAMS
 
 
 class HttpMetrics:
@@ -100,12 +100,18 @@ class QueueCollector:
                                     labels=labels)
         workers = GaugeMetricFamily("chatq_workers_live", "Workers with a fresh heartbeat.",
                                     labels=labels)
+        slots = GaugeMetricFamily("chatq_slots", "Jobs the live workers can generate at once.",
+                                  labels=labels)
+        busy = GaugeMetricFamily("chatq_slots_busy", "Slots generating a job now (heartbeats).",
+                                 labels=labels)
         for v in self.views:
             values = [v.queue, v.model or ""]
             depth.add_metric(values, v.depth)
             running.add_metric(values, v.running)
             workers.add_metric(values, len(v.workers))
-        yield from (depth, running, workers)
+            slots.add_metric(values, v.slots)
+            busy.add_metric(values, v.slots_busy)
+        yield from (depth, running, workers, slots, busy)
 
     def _job_counters(self) -> Iterator[Metric]:
         jobs = CounterMetricFamily("chatq_jobs", "Finished jobs, by model, queue and status.",
@@ -125,9 +131,9 @@ class QueueCollector:
         yield from (jobs, generated, prompt)
 
     def _histograms(self) -> Iterator[Metric]:
-        for spec in HISTOGRAMS:
-            family = HistogramMetricFamily(f"chatq_job_{spec.name}", spec.help,
-                                           labels=["model", "queue"])
+        named = [(f"chatq_job_{spec.name}", spec) for spec in HISTOGRAMS]
+        for metric, spec in [*named, (f"chatq_{BATCH_SIZE.name}", BATCH_SIZE)]:
+            family = HistogramMetricFamily(metric, spec.help, labels=["model", "queue"])
             for v in self.views:
                 for (name, model), hist in sorted(v.counters.histograms.items()):
                     if name == spec.name:

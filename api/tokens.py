@@ -1,8 +1,11 @@
-"""Exact prompt token counts in the API, with the model's own tokenizer.
+"""Exact prompt token counts in the API, with the model's own tokenizer: the
+token-counting seam of admission.
 
-Each model's GGUF is opened vocabulary-only (no weights: tens of milliseconds,
-a few MB) on first use, and prompts are rendered with its chat template exactly
-as the worker renders them, so admission never guesses.
+Each local model's GGUF is opened vocabulary-only (no weights: tens of
+milliseconds, a few MB) on first use, and prompts are rendered with its chat
+template exactly as the worker renders them, so admission never guesses. A
+model chatq has no tokenizer for (one served by a remote server) counts as
+``None``: its server checks the context instead.
 """
 
 from __future__ import annotations
@@ -23,14 +26,16 @@ class TokenCounter:
         self._renderers: dict[str, PromptRenderer] = {}
         self._lock = threading.Lock()  # llama.cpp tokenizers are not shared across threads
 
-    def _count(self, spec: ModelSpec, messages: Sequence[dict[str, str]]) -> int:
+    def _count(self, spec: ModelSpec, messages: Sequence[dict[str, str]]) -> int | None:
+        if not spec.tokenizer_local:
+            return None
         with self._lock:
             renderer = self._renderers.get(spec.name)
             if renderer is None:
                 llm = Llama(model_path=str(self.registry.gguf_path(spec)), vocab_only=True,
                             n_ctx=spec.context_size, verbose=False)
-                renderer = self._renderers[spec.name] = PromptRenderer(llm)
+                renderer = self._renderers[spec.name] = PromptRenderer(llm, spec.chat_template)
             return renderer.count(messages)
 
-    async def count(self, spec: ModelSpec, messages: Sequence[dict[str, str]]) -> int:
+    async def count(self, spec: ModelSpec, messages: Sequence[dict[str, str]]) -> int | None:
         return await anyio.to_thread.run_sync(self._count, spec, messages)

@@ -1,6 +1,7 @@
 """Start chatq's processes locally: Redis, the embedded MongoDB-compatible store,
-a worker, Flower and the API. Used by ``make run`` (``ops/run_local.py``) and by
-the test fixtures, so both run the stack the same way.
+a worker, the webhook worker, Flower and the API (and llama-cpp-python's own
+OpenAI-compatible server, an upstream for the tests). Used by ``make run``
+(``ops/run_local.py``) and by the test fixtures, so both run the stack the same way.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from pathlib import Path
 
 import httpx
 import redis
+
+from shared.keys import Keys
+from shared.lifecycle import BlockingJobs, StoreConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -110,12 +114,16 @@ class Stack:
 
     # --- services -----------------------------------------------------------
 
-    def start_redis(self, port: int | None = None) -> str:
+    def start_redis(self, port: int | None = None, aof: bool = False) -> str:
+        """A redis-server of the stack's own; with ``aof``, persistent as in production
+        (append-only file fsynced every second, in the stack's folder)."""
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not installed: apt-get install redis-server")
         port = port or free_port()
+        persistence = (["--appendonly", "yes", "--appendfsync", "everysec",
+                        "--dir", str(self.data_dir)] if aof else ["--appendonly", "no"])
         proc = self.spawn("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                                    "--save", "", "--appendonly", "no"])
+                                    "--save", "", *persistence])
         url = f"redis://127.0.0.1:{port}/0"
         wait_for(lambda: redis_answers(url), 15, f"redis-server on port {port}", proc)
         return url
@@ -132,16 +140,32 @@ class Stack:
     def start_worker(self, queue: str = "cpu", name: str | None = None,
                      env: dict[str, str] | None = None) -> Proc:
         name = name or f"worker-{queue}"
+        # Pool (threads) and concurrency (the model's slots) come from workers.app.
         argv = [sys.executable, "-m", "celery", "-A", "workers.app", "--quiet", "worker",
-                "-Q", queue, "-n", f"{name}@%h", "-c", "1", "-P", "prefork",
-                "--prefetch-multiplier", "1", "-E", "--loglevel", "INFO",
-                "--without-mingle", "--without-gossip"]
+                "-Q", queue, "-n", f"{name}@%h", "--prefetch-multiplier", "1", "-E",
+                "--loglevel", "INFO", "--without-mingle", "--without-gossip"]
         # Celery warns about running as root before logging is set up, so the warning
         # would be the one non-JSON line; dev machines and CI often run as root (the
         # images run as an unprivileged user).
         quiet_root = {"PYTHONWARNINGS": "ignore:You're running the worker with superuser"}
         return self.spawn(name, argv, {"CHATQ_WORKER__QUEUE": queue, **quiet_root,
                                        **(env or {})})
+
+    def start_webhooks(self, name: str = "webhooks", env: dict[str, str] | None = None,
+                       timeout: float = 60) -> Proc:
+        """The webhook worker (no model): returns once it reads the transition log."""
+        merged = {**self.env, **(env or {})}
+        queue = merged.get("CHATQ_WEBHOOKS__QUEUE", "webhooks")
+        argv = [sys.executable, "-m", "celery", "-A", "workers.webhooks", "--quiet", "worker",
+                "-Q", queue, "-n", f"{name}@%h", "-E", "--loglevel", "INFO",
+                "--without-mingle", "--without-gossip"]
+        quiet_root = {"PYTHONWARNINGS": "ignore:You're running the worker with superuser"}
+        proc = self.spawn(name, argv, {**quiet_root, **(env or {})})
+        redis_url = merged.get("CHATQ_REDIS_URL", "redis://127.0.0.1:6379/0")
+        prefix = merged.get("CHATQ_KEY_PREFIX", "chatq")
+        wait_for(lambda: _webhooks_reading(redis_url, prefix), timeout,
+                 "the webhook worker to read the transition log", proc)
+        return proc
 
     def start_flower(self, port: int, basic_auth: str) -> Proc:
         argv = [sys.executable, "-m", "celery", "-A", "ops.flower_app", "--quiet", "flower",
@@ -151,6 +175,23 @@ class Stack:
         proc = self.spawn("flower", argv)
         wait_for(lambda: _port_open(port), 60, f"Flower on port {port}", proc)
         return proc
+
+    def start_llama_server(self, model_path: Path, *, api_key: str | None = None,
+                           alias: str = "upstream", n_ctx: int = 2048, n_threads: int = 1,
+                           port: int | None = None, name: str = "llama-server") -> str:
+        """llama-cpp-python's own OpenAI-compatible server on a GGUF file: an upstream
+        for the tests (and for trying an upstream queue locally). Returns its base URL
+        (``http://127.0.0.1:PORT/v1``) once it answers ``/v1/models``."""
+        port = port or free_port()
+        argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path),
+                "--model_alias", alias, "--host", "127.0.0.1", "--port", str(port),
+                "--n_ctx", str(n_ctx), "--n_threads", str(n_threads),
+                "--n_threads_batch", str(n_threads)]
+        proc = self.spawn(name, argv + (["--api_key", api_key] if api_key else []))
+        base_url = f"http://127.0.0.1:{port}/v1"
+        wait_for(lambda: _models_answer(base_url, api_key), 120,
+                 f"llama-cpp-python's server on port {port}", proc)
+        return base_url
 
     def start_api(self, port: int, host: str = "127.0.0.1") -> Proc:
         argv = [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app",
@@ -162,25 +203,40 @@ class Stack:
         return proc
 
 
+def _models_answer(base_url: str, api_key: str | None) -> bool:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.get(f"{base_url}/models", headers=headers, timeout=2).status_code == 200
+
+
 def wait_worker(redis_url: str, queue: str, timeout: float = 120, proc: Proc | None = None,
                 prefix: str = "chatq") -> dict[str, str]:
     """Wait until a worker on ``queue`` has loaded its model and sent a heartbeat."""
     client = redis.Redis.from_url(redis_url, decode_responses=True)
+    jobs = BlockingJobs(client, StoreConfig(keys=Keys(prefix), max_age_s=1, retention_s=1,
+                                            tombstone_s=1))
     found: dict[str, str] = {}
 
     def ready() -> bool:
-        ids: list[str] = client.zrangebyscore(  # type: ignore[assignment]
-            f"{prefix}:workers", time.time() - 10, "+inf")
-        for worker_id in ids:
-            beat: dict[str, str] = client.hgetall(  # type: ignore[assignment]
-                f"{prefix}:worker:{worker_id}")
+        for beat in jobs(jobs.ops.live_workers(ttl_s=10)):
             if beat.get("queue") == queue:
                 found.update(beat)
                 return True
         return False
 
-    wait_for(ready, timeout, f"a worker on queue {queue!r}", proc)
+    try:
+        wait_for(ready, timeout, f"a worker on queue {queue!r}", proc)
+    finally:
+        client.close()
     return found
+
+
+def _webhooks_reading(redis_url: str, prefix: str) -> bool:
+    """A webhook worker reads the transition log (its beat is fresh)."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        return any(True for _ in client.scan_iter(Keys(prefix).webhook_worker("*")))
+    finally:
+        client.close()
 
 
 def _port_open(port: int) -> bool:

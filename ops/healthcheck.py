@@ -2,6 +2,8 @@
 
     python -m ops.healthcheck http URL    # healthy when URL answers 2xx
     python -m ops.healthcheck worker      # healthy when this host's worker sent a fresh heartbeat
+    python -m ops.healthcheck webhooks    # healthy when this host's webhook worker reads the
+                                          # transition log (its beat is fresh)
 
 The worker check reads the heartbeats the pool child writes to Redis (see
 workers/runtime.py), so it turns healthy only once the model is loaded.
@@ -11,12 +13,11 @@ from __future__ import annotations
 
 import socket
 import sys
-import time
 import urllib.request
 
 import redis
 
-from shared.keys import Keys
+from shared.lifecycle import BlockingJobs, store_config
 from shared.settings import load_settings
 
 
@@ -30,18 +31,28 @@ def http_ok(url: str) -> bool:
 
 def worker_alive(hostname: str | None = None) -> bool:
     settings = load_settings()
-    keys = Keys(settings.key_prefix)
     hostname = hostname or socket.gethostname()
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True,
                                   socket_connect_timeout=3, socket_timeout=3)
+    jobs = BlockingJobs(client, store_config(settings))
     try:
-        ids: list[str] = client.zrangebyscore(  # type: ignore[assignment]
-            keys.workers(), time.time() - settings.worker.heartbeat_ttl_s, "+inf")
-        for worker_id in ids:
-            beat: dict[str, str] = client.hgetall(keys.worker(worker_id))  # type: ignore[assignment]
-            if beat.get("hostname") == hostname and beat.get("queue") == settings.worker.queue:
-                return True
+        live = jobs(jobs.ops.live_workers(settings.worker.heartbeat_ttl_s))
+        return any(beat.get("hostname") == hostname
+                   and beat.get("queue") == settings.worker.queue for beat in live)
+    except redis.RedisError:
         return False
+    finally:
+        client.close()
+
+
+def webhooks_alive(hostname: str | None = None) -> bool:
+    settings = load_settings()
+    keys = store_config(settings).keys
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True,
+                                  socket_connect_timeout=3, socket_timeout=3)
+    pattern = keys.webhook_worker(f"webhooks@{hostname or socket.gethostname()}:*")
+    try:
+        return any(True for _ in client.scan_iter(pattern))
     except redis.RedisError:
         return False
     finally:
@@ -53,6 +64,8 @@ def main(argv: list[str]) -> int:
         return 0 if http_ok(argv[1]) else 1
     if argv == ["worker"]:
         return 0 if worker_alive() else 1
+    if argv == ["webhooks"]:
+        return 0 if webhooks_alive() else 1
     print(__doc__, file=sys.stderr)
     return 2
 

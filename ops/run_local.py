@@ -2,22 +2,41 @@
 
 Redis at 127.0.0.1:6379 if it answers (else a redis-server of our own on a free
 port), the embedded MongoDB-compatible store unless CHATQ_MONGO_URL is set, one
-worker on queue ``cpu`` with the demo model, Flower (basic auth) and the API.
-Ctrl-C stops every child.
+worker per queue in ``CHATQ_RUN_QUEUES`` (comma-separated; default: the default
+model's queue) with that queue's model from the registry (``CHATQ_REGISTRY``),
+the webhook worker, Flower (basic auth) and the API. Models that come from chunk
+packages are assembled first, once. Ctrl-C stops every child.
+
+An upstream queue from the environment: with ``CHATQ_UPSTREAM_URL`` (an
+OpenAI-compatible base URL, e.g. a vLLM server's ``http://host:8000/v1``) and
+``CHATQ_UPSTREAM_MODEL`` (the model's name there), ``make run`` writes a derived
+registry (``.data/models.upstream.toml``: the registry's models, their files as
+absolute paths, plus that model on queue ``upstream``), serves it everywhere, and
+starts a worker for the queue. ``CHATQ_UPSTREAM_KEY_ENV`` names the variable that
+holds the API key (never the key itself); ``CHATQ_UPSTREAM_KIND`` is ``openai``
+(default; ``azure`` for an ``*.openai.azure.com`` URL), ``azure``, ``vllm`` or
+``llama.cpp``; ``CHATQ_UPSTREAM_NAME`` the model's name in chatq (default: the
+upstream's).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from ops.devstack import ROOT, Stack, redis_answers, wait_worker
-from shared.settings import DEV_API_KEY
+from shared.errors import ConfigError
+from shared.registry import LlamaBuild, Registry
+from shared.settings import DEV_API_KEY, load_settings
 
+UPSTREAM_QUEUE = "upstream"
 API_PORT = int(os.environ.get("CHATQ_API_PORT", "8000"))
 FLOWER_PORT = int(os.environ.get("CHATQ_FLOWER_PORT", "5555"))
 
@@ -42,6 +61,9 @@ def main() -> int:
     except (RuntimeError, TimeoutError) as exc:
         print(f"\nchatq could not start: {exc}", file=sys.stderr)
         return 1
+    except ConfigError as exc:
+        print(f"\nchatq could not start: {exc.message}", file=sys.stderr)
+        return 1
     finally:
         stack.stop()
 
@@ -50,7 +72,117 @@ def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
+def run_queues(registry: Registry, asked: str) -> list[str]:
+    """The queues to start a worker for: ``asked`` (comma-separated), else the default
+    model's queue. Each must be a queue of the registry."""
+    queues = [q.strip() for q in asked.split(",") if q.strip()]
+    queues = queues or [registry.models[registry.default_name].queue]
+    unknown = [q for q in queues if q not in registry.queues]
+    if unknown:
+        raise RuntimeError(f"CHATQ_RUN_QUEUES names {', '.join(unknown)}, not a queue of the "
+                           f"registry; its queues: {', '.join(registry.queues)}")
+    return list(dict.fromkeys(queues))
+
+
+def upstream_model(environ: Mapping[str, str]) -> tuple[str, dict[str, Any]] | None:
+    """The upstream model ``CHATQ_UPSTREAM_*`` ask for, as a registry table (None: none)."""
+    url = environ.get("CHATQ_UPSTREAM_URL", "").strip()
+    if not url:
+        return None
+    model = environ.get("CHATQ_UPSTREAM_MODEL", "").strip()
+    kind = environ.get("CHATQ_UPSTREAM_KIND", "").strip() or (
+        "azure" if ".openai.azure.com" in url else "openai")
+    if not model and kind != "azure":
+        raise RuntimeError("CHATQ_UPSTREAM_URL needs CHATQ_UPSTREAM_MODEL (the model's name "
+                           "on the upstream)")
+    upstream = {"url": url, "kind": kind, "model": model or None,
+                "api_key_env": environ.get("CHATQ_UPSTREAM_KEY_ENV", "").strip() or None}
+    name = environ.get("CHATQ_UPSTREAM_NAME", "").strip() or model or "upstream"
+    return name, {"queue": UPSTREAM_QUEUE,
+                  "upstream": {k: v for k, v in upstream.items() if v is not None}}
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return f"[{', '.join(_toml_value(v) for v in value)}]"
+    # A JSON string is a TOML basic string, but for DEL, which TOML wants escaped.
+    return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def _toml_table(header: str, body: Mapping[str, Any]) -> list[str]:
+    lines = [f"[{header}]"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in body.items() if not isinstance(v, dict)]
+    for key, table in body.items():
+        if isinstance(table, dict):
+            lines += _toml_table(f"{header}.{key}", table)
+    return lines
+
+
+def derived_registry(registry: Registry, name: str, table: Mapping[str, Any]) -> str:
+    """The registry as TOML, every model as its file set it (GGUF paths made absolute,
+    so the file may live elsewhere), plus the model ``name`` = ``table``."""
+    if name in registry.models:
+        raise RuntimeError(f"CHATQ_UPSTREAM_NAME: the registry already has a model {name!r}")
+    lines = ["# Written by make run (ops/run_local.py): the registry plus the upstream model",
+             "# of CHATQ_UPSTREAM_*. Do not edit: it is written again at every start."]
+    for spec in registry.models.values():
+        body = spec.model_dump(mode="json", exclude_unset=True, exclude={"name"})
+        if spec.path is not None:
+            body["path"] = str(spec.file_path(registry.base))
+        lines += ["", *_toml_table(f"models.{json.dumps(spec.name)}", body)]
+    lines += ["", *_toml_table(f"models.{json.dumps(name)}", table)]
+    ancestor = registry.ancestor.model_dump(exclude_none=True)
+    if ancestor:
+        lines += ["", *_toml_table("ancestor", ancestor)]
+    return "\n".join(lines) + "\n"
+
+
+def _registry(stack: Stack, data_dir: Path) -> tuple[Registry, list[str]]:
+    """The registry to serve (with the upstream model of the environment, if any) and
+    the queues it adds."""
+    registry = Registry.load(load_settings().registry)
+    extra = upstream_model(os.environ)
+    if extra is None:
+        return registry, []
+    path = data_dir / "models.upstream.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(derived_registry(registry, *extra))
+    stack.env["CHATQ_REGISTRY"] = str(path)
+    print(f"upstream model {extra[0]!r} on queue {UPSTREAM_QUEUE} (registry: {path})")
+    return Registry.load(path), [UPSTREAM_QUEUE]
+
+
+def _plan(stack: Stack, data_dir: Path) -> tuple[Registry, list[str]]:
+    """The registry and the queues to serve, checked before anything starts."""
+    registry, added = _registry(stack, data_dir)
+    queues = run_queues(registry, os.environ.get("CHATQ_RUN_QUEUES", ""))
+    queues = list(dict.fromkeys([*queues, *added]))
+    for made in registry.assemble(queues):  # once: a no-op when the file is there
+        print(f"model file ready: {made}")
+    registry.require(queues, build=LlamaBuild.detect())
+    return registry, queues
+
+
+def _start_workers(stack: Stack, redis_url: str, registry: Registry,
+                   queues: list[str]) -> None:
+    workers = {}
+    for queue in queues:
+        print(f"starting worker (queue {queue}, model {registry.for_queue(queue).name})...")
+        workers[queue] = stack.start_worker(queue)
+    for queue, proc in workers.items():
+        wait_worker(redis_url, queue, proc=proc)
+    idle = [q for q in registry.queues if q not in queues]
+    if idle:
+        print(f"note: no worker here for queue(s) {', '.join(idle)} (their models answer 503 "
+              "and /readyz says so); CHATQ_RUN_QUEUES picks the queues")
+
+
 def _start(stack: Stack, data_dir: Path) -> dict[str, str]:
+    registry, queues = _plan(stack, data_dir)
     redis_url = os.environ.get("CHATQ_REDIS_URL", "redis://127.0.0.1:6379/0")
     if not redis_answers(redis_url):
         print(f"Redis does not answer at {redis_url}; starting redis-server...")
@@ -61,22 +193,24 @@ def _start(stack: Stack, data_dir: Path) -> dict[str, str]:
         mongo_url = stack.start_mongo(path=data_dir / "mongo.sqlite3")
         stack.env["CHATQ_MONGO_URL"] = mongo_url
     flower_auth = os.environ.get("CHATQ_FLOWER_AUTH") or f"admin:{secrets.token_urlsafe(9)}"
-    print("starting worker (queue cpu, loading the demo model)...")
-    worker = stack.start_worker("cpu")
-    wait_worker(redis_url, "cpu", proc=worker)
+    _start_workers(stack, redis_url, registry, queues)
+    print("starting the webhook worker...")
+    stack.start_webhooks()
     stack.start_flower(FLOWER_PORT, flower_auth)
     stack.start_api(API_PORT)
     return {"redis": redis_url, "mongo": mongo_url, "flower_auth": flower_auth,
-            "logs": str(stack.data_dir)}
+            "logs": str(stack.data_dir), "queues": ", ".join(queues)}
 
 
 def _banner(urls: dict[str, str]) -> None:
     api = f"http://127.0.0.1:{API_PORT}"
     print(f"""
 chatq is running.
-  API        {api}   (docs: {api}/docs)
+  playground {api}/playground   (chat with the models in a browser)
+  API        {api}   (docs: {api}/docs and {api}/redoc, no network needed)
   readiness  {api}/readyz
   Flower     http://127.0.0.1:{FLOWER_PORT}   (basic auth {urls['flower_auth']})
+  workers    queue(s) {urls['queues']}   (models: {api}/v1/models)
   Redis      {urls['redis']}
   MongoDB    {urls['mongo']}
   logs       {urls['logs']}/*.log
@@ -90,6 +224,10 @@ Try (the development API key is {DEV_API_KEY}; set CHATQ_API__KEYS=key=tenant,..
   curl -s -X POST {api}/v1/jobs -H 'Authorization: Bearer {DEV_API_KEY}' \\
        -H 'Prefer: wait=30' -d '{{"messages":[{{"role":"user","content":"Hi"}}]}}'
   OpenAI SDK: OpenAI(base_url="{api}/v1", api_key="{DEV_API_KEY}")
+  Webhooks: the signing secret is at
+  curl -s {api}/v1/webhooks/secret -H 'Authorization: Bearer {DEV_API_KEY}'
+  python -m ops.webhook_receiver --port 9000 --secret whsec_...   # verifies and prints
+  then add "webhook": "http://127.0.0.1:9000/hook" to a job's body
 
 Ctrl-C stops everything.
 """, flush=True)

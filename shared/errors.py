@@ -3,14 +3,23 @@
     ChatqError                      code, HTTP status, message, details
     ├── ConfigError                 bad settings or registry: refuse to start
     ├── InvalidRequest      422     a field is wrong (names the field)
+    │   └── UnsafeWebhook   422     a webhook target chatq must not call (SSRF guard)
     ├── ContextOverflow     400     prompt + max_tokens over the model's context
+    ├── UnsupportedParameter 400    a sampling parameter the model's upstream cannot
+    │                               honour (names it)
     ├── Unauthorized        401     missing or unknown API key
     ├── NotFound            404     no such job / model / conversation (for this tenant)
     │   └── UnknownModel    404     lists the known models
     ├── Conflict            409     e.g. cancelling a finished job
+    │   ├── JobCancelled    409     a blocking call's job was cancelled meanwhile
+    │   └── IdempotencyConflict 409 an Idempotency-Key reused with another body, or
+    │                               its first request still in progress
     ├── Gone                410     the job's result is past its retention
     ├── QueueFull           429     the model's queue is at its depth limit
-    └── Unavailable         503     Redis down, no live worker on a queue...
+    ├── Unavailable         503     Redis down, no live worker on a queue...
+    └── JobFailed           500     a blocking call's job failed (504 on a timeout, 502
+                                    when its upstream failed, 400 when its upstream
+                                    refused the request); the job's own error code
 
 Foreign errors (redis, pymongo, llama.cpp) are translated at the boundary with
 ``raise ... from exc``; the API maps ChatqError to HTTP in one handler.
@@ -18,20 +27,27 @@ Foreign errors (redis, pymongo, llama.cpp) are translated at the boundary with
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 
 class ChatqError(Exception):
-    code: ClassVar[str] = "internal_error"
-    status: ClassVar[int] = 500
+    """``code`` and ``status`` are the class's unless given (a failed job carries its own)."""
+
+    code: str = "internal_error"
+    status: int = 500
 
     def __init__(
-        self, message: str, details: Any = None, headers: dict[str, str] | None = None
+        self, message: str, details: Any = None, headers: dict[str, str] | None = None,
+        *, code: str | None = None, status: int | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.details = details
         self.headers = headers
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
 
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, "details": self.details}}
@@ -45,10 +61,39 @@ class InvalidRequest(ChatqError):
     code = "invalid_request"
     status = 422
 
+    @classmethod
+    def of_field(cls, field: str, message: str) -> InvalidRequest:
+        """A 422 naming one field, shaped like the request-validation errors."""
+        return cls(f"invalid request: {field}: {message}",
+                   details=[{"field": field, "message": message, "type": "value_error"}])
+
+
+class UnsafeWebhook(InvalidRequest):
+    """A webhook target refused: http in production, or an address chatq must not reach."""
+
+    code = "unsafe_webhook"
+
+    def __init__(self, message: str, field: str = "webhook") -> None:
+        super().__init__(f"invalid request: {field}: {message}",
+                         details=[{"field": field, "message": message, "type": self.code}])
+        self.reason = message
+
 
 class ContextOverflow(ChatqError):
     code = "context_length_exceeded"
     status = 400
+
+
+class UnsupportedParameter(ChatqError):
+    code = "unsupported_parameter"
+    status = 400
+
+    @classmethod
+    def of_fields(cls, problems: list[tuple[str, str]]) -> UnsupportedParameter:
+        """A 400 naming each ``(field, why)``."""
+        return cls("unsupported parameter: " + "; ".join(f"{f}: {why}" for f, why in problems),
+                   details=[{"field": f, "message": why, "type": cls.code}
+                            for f, why in problems])
 
 
 class Unauthorized(ChatqError):
@@ -83,3 +128,26 @@ class QueueFull(ChatqError):
 class Unavailable(ChatqError):
     code = "unavailable"
     status = 503
+
+
+class JobCancelled(Conflict):
+    code = "cancelled"
+
+
+class IdempotencyConflict(Conflict):
+    code = "idempotency_conflict"
+
+
+# The HTTP status of a blocking call whose job failed with this code (else 500).
+FAILED_JOB_STATUS = {"timeout": 504, "upstream_error": 502, "upstream_rejected": 400}
+
+
+class JobFailed(ChatqError):
+    """The job behind a blocking call (OpenAI, ancestor routes) failed."""
+
+    def __init__(self, job_id: str, error: dict[str, Any] | None) -> None:
+        error = error or {}
+        code = str(error.get("code") or "generation_error")
+        super().__init__(str(error.get("message") or "generation failed"),
+                         details={"job_id": job_id}, code=code,
+                         status=FAILED_JOB_STATUS.get(code, 500))

@@ -12,6 +12,18 @@ from dataclasses import dataclass
 # Name of the Celery task the workers register and the API sends by name
 # (the API never imports the worker code).
 GENERATE_TASK = "chatq.generate"
+# The webhook worker's delivery task (its own queue, see shared.settings.WebhookSettings).
+WEBHOOK_TASK = "chatq.webhook"
+
+
+def task_id(job_id: str, dispatch: int) -> str:
+    """The Celery task id of a job's message: ``{job_id}.{dispatch}`` (job ids hold no dot)."""
+    return f"{job_id}.{dispatch}"
+
+
+def job_of_task(task: str) -> str:
+    """The job id inside a task id made by :func:`task_id`."""
+    return task.rpartition(".")[0] or task
 
 # Celery's Redis transport keeps a queue as a list named by the queue, plus one
 # list per priority step named ``{queue}\x06\x16{step}`` (kombu's PRIORITY_STEPS).
@@ -36,7 +48,7 @@ class Keys:
         """String: the generated text so far (APPENDed by the worker)."""
         return f"{self.prefix}:job:{job_id}:out"
 
-    def events(self, job_id: str) -> str:
+    def replay(self, job_id: str) -> str:
         """List: the replay log of the job's stream events (JSON), bounded, expires with the job."""
         return f"{self.prefix}:job:{job_id}:log"
 
@@ -56,8 +68,27 @@ class Keys:
         return f"{self.prefix}:gone:{job_id}"
 
     def waiting(self, queue: str) -> str:
-        """Sorted set: ids of the queue's jobs not yet started, scored by enqueue time."""
+        """Sorted set: ids of the queue's jobs not yet started, scored by rank (priority
+        band + submit time): ZRANK is a job's queue position."""
         return f"{self.prefix}:waiting:{queue}"
+
+    def running(self) -> str:
+        """Hash: job id -> id of the worker running it (the recovery sweeper's list)."""
+        return f"{self.prefix}:running"
+
+    def unsent(self) -> str:
+        """Sorted set: queued jobs whose broker message is not confirmed yet, scored by
+        when they were created or requeued (found and sent by the recovery sweeper)."""
+        return f"{self.prefix}:unsent"
+
+    def expiry(self) -> str:
+        """Sorted set: queued jobs scored by the time they must have started by."""
+        return f"{self.prefix}:expiry"
+
+    def transitions(self) -> str:
+        """Stream: every state change of every job (see shared.events.Transition),
+        read by consumer groups with acknowledgement; capped (approximately)."""
+        return f"{self.prefix}:transitions"
 
     def workers(self) -> str:
         """Sorted set: worker ids scored by their last heartbeat (unix seconds)."""
@@ -76,6 +107,33 @@ class Keys:
     def queue_recent(self, queue: str) -> str:
         """List: compact JSON of the queue's most recent finished jobs, newest first, capped."""
         return f"{self.prefix}:stats:{queue}:recent"
+
+    # --- async callers: webhooks, idempotent submits ---------------------------
+
+    def hooks(self, job_id: str) -> str:
+        """Hash: a job's webhook deliveries (see shared.webhooks): ``url``, ``tenant``,
+        ``ev:{event}`` (JSON state of each event's delivery), ``body:{event}`` (what is
+        sent, the same on every retry), ``claim``/``phase`` (the delivery in flight)."""
+        return f"{self.prefix}:hooks:{job_id}"
+
+    def hooks_due(self) -> str:
+        """Sorted set: job ids with a webhook delivery to make, scored by when (for a
+        delivery in flight: when its claim lapses and it is sent again)."""
+        return f"{self.prefix}:hooks-due"
+
+    def webhook_worker(self, consumer: str) -> str:
+        """String with a TTL: a webhook worker (its consumer name) is reading the
+        transition log; refreshed at every read (readiness and health checks)."""
+        return f"{self.prefix}:webhooks:worker:{consumer}"
+
+    def webhook_secret(self, tenant: str) -> str:
+        """String: the tenant's webhook signing secret (``whsec_...``), made once."""
+        return f"{self.prefix}:webhook-secret:{tenant}"
+
+    def idempotency(self, tenant: str, key_digest: str) -> str:
+        """String (JSON): a submit's ``Idempotency-Key`` (by its SHA-256): the body's hash
+        and the job it made (empty while that submit is in progress); lives 24 h."""
+        return f"{self.prefix}:idem:{tenant}:{key_digest}"
 
     # --- conversations (MongoDB) ----------------------------------------------
 

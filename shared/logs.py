@@ -9,14 +9,13 @@ Uvicorn's loggers and Python warnings go through the same JSON handler.
 
 from __future__ import annotations
 
-import ast
 import json
 import logging
 import os
 import sys
 from typing import Any
 
-from shared.keys import GENERATE_TASK
+from shared.keys import GENERATE_TASK, job_of_task
 
 # color_message: uvicorn's ANSI-coloured duplicate of msg.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -52,21 +51,18 @@ def set_log_context(**fields: str) -> None:
 
 
 def _celery_job_id(record: logging.LogRecord) -> str | None:
-    """The job id of a Celery log line about a ``chatq.generate`` task, if it is one."""
+    """The job id of a Celery log line about a ``chatq.generate`` task, if it is one
+    (from the task id, see :func:`shared.keys.task_id`)."""
     data = getattr(record, "data", None)
-    if isinstance(data, dict) and data.get("name") == GENERATE_TASK:
-        try:  # Celery logs the task's args as their repr: "['job_...']"
-            args = ast.literal_eval(str(data.get("args")))
-        except (ValueError, SyntaxError):
-            return None
-        return str(args[0]) if isinstance(args, list | tuple) and args else None
+    if isinstance(data, dict) and data.get("name") == GENERATE_TASK and data.get("id"):
+        return job_of_task(str(data["id"]))
     if "celery" not in sys.modules:
         return None
     from celery._state import get_current_task
 
     task = get_current_task()
-    if task is not None and task.name == GENERATE_TASK and task.request.args:
-        return str(task.request.args[0])
+    if task is not None and task.name == GENERATE_TASK and task.request.id:
+        return job_of_task(str(task.request.id))
     return None
 
 

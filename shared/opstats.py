@@ -2,9 +2,10 @@
 
 Job outcomes happen in the workers, but ``/metrics`` and ``/v1/queues`` are
 served by the API. Rather than run a metrics server in every worker, the
-worker's finish script (:mod:`shared.jobstore`) records each finished job in
-the same atomic step that moves it to its terminal state (so a job is counted
-exactly once, however often it was delivered):
+lifecycle script that ends a job (``record_finished`` in ``shared/lua/lib.lua``,
+see :mod:`shared.lifecycle`) records it in the same atomic step that moves it to
+its terminal state (so a job is counted exactly once, however often it was
+delivered):
 
 - lifetime counters in the queue's stats hash (:meth:`Keys.queue_stats`): jobs
   by status and model, prompt and generated tokens, and per-bucket counts and
@@ -56,56 +57,15 @@ HISTOGRAMS = (
 )
 
 
-def _bound(value: float) -> str:
-    """A bucket bound as text, the same in the Lua script and in Python."""
+# Recorded by the workers' heartbeats (not per job): how many jobs each decode step
+# advanced together (continuous batching).
+BATCH_SIZE = HistogramSpec("batch_size", "", 1.0, (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64),
+                           "Jobs advanced together by one decode step of a worker's engine.")
+
+
+def lua_bound(value: float) -> str:
+    """A bucket bound as text, the same in the Lua scripts and in Python."""
     return format(value, "g")
-
-
-def _lua_histograms() -> str:
-    rows = []
-    for h in HISTOGRAMS:
-        bounds = ", ".join(f"{{{b!r}, '{_bound(b)}'}}" for b in h.bounds)
-        rows.append(f"{{'{h.name}', '{h.timing}', {h.scale!r}, {{{bounds}}}}}")
-    return "{\n  " + ",\n  ".join(rows) + "\n}"
-
-
-# Appended to the finish script, after the job hash holds its final fields.
-# KEYS[1]: the job; KEYS[6]: the queue's stats hash; KEYS[7]: its recent list.
-# ARGV[2]: the terminal status; ARGV[4]: now. Runs only when the stats keys are given.
-RECORD_FINISHED_LUA = f"""
-if #KEYS >= 7 then
-  local HIST = {_lua_histograms()}
-  local f = redis.call('HMGET', KEYS[1], 'model', 'timings', 'usage')
-  local model = f[1] or ''
-  local t = f[2] and cjson.decode(f[2]) or {{}}
-  local u = f[3] and cjson.decode(f[3]) or {{}}
-  if type(t) ~= 'table' then t = {{}} end
-  if type(u) ~= 'table' then u = {{}} end
-  local generated = tonumber(u['completion_tokens']) or 0
-  redis.call('HINCRBY', KEYS[6], 'jobs|' .. ARGV[2] .. '|' .. model, 1)
-  redis.call('HINCRBY', KEYS[6], 'tokens|' .. model, generated)
-  redis.call('HINCRBY', KEYS[6], 'prompt_tokens|' .. model, tonumber(u['prompt_tokens']) or 0)
-  for _, h in ipairs(HIST) do
-    local v = tonumber(t[h[2]])
-    if v then
-      v = v * h[3]
-      local le = '+Inf'
-      for _, b in ipairs(h[4]) do
-        if v <= b[1] then le = b[2]; break end
-      end
-      redis.call('HINCRBY', KEYS[6], 'hist|' .. h[1] .. '|' .. le .. '|' .. model, 1)
-      redis.call('HINCRBYFLOAT', KEYS[6], 'hsum|' .. h[1] .. '|' .. model, tostring(v))
-    end
-  end
-  redis.call('LPUSH', KEYS[7], cjson.encode({{
-    status = ARGV[2], model = model, finished_at = tonumber(ARGV[4]),
-    queue_wait_ms = tonumber(t['queue_wait_ms']), ttft_ms = tonumber(t['ttft_ms']),
-    duration_ms = tonumber(t['duration_ms']), tokens_per_s = tonumber(t['tokens_per_s']),
-    completion_tokens = generated,
-  }}))
-  redis.call('LTRIM', KEYS[7], 0, {RECENT_MAX - 1})
-end
-"""
 
 
 @dataclass
@@ -121,7 +81,7 @@ class Histogram:
     def cumulative(self) -> list[tuple[str, int]]:
         """(upper bound, observations <= bound) for every bucket, ending with +Inf."""
         total, out = 0, []
-        for bound in [*(_bound(b) for b in self.spec.bounds), "+Inf"]:
+        for bound in [*(lua_bound(b) for b in self.spec.bounds), "+Inf"]:
             total += self.counts.get(bound, 0)
             out.append((bound, total))
         return out
@@ -138,7 +98,7 @@ class QueueCounters:
 
     @classmethod
     def parse(cls, raw: dict[str, str]) -> QueueCounters:
-        specs = {h.name: h for h in HISTOGRAMS}
+        specs = {h.name: h for h in (*HISTOGRAMS, BATCH_SIZE)}
         out = cls()
         for name, value in raw.items():
             kind, _, rest = name.partition("|")
@@ -160,6 +120,19 @@ class QueueCounters:
         if key not in self.histograms:
             self.histograms[key] = Histogram(specs[metric])
         return self.histograms[key]
+
+
+def batch_increments(model: str, delta: dict[int, int]) -> dict[str, int]:
+    """Stats-hash increments (``hist|batch_size|{le}|{model}`` and its sum) for decode steps
+    that advanced ``size`` jobs, ``delta[size]`` times."""
+    out: dict[str, int] = {}
+    for size, steps in delta.items():
+        le = next((lua_bound(b) for b in BATCH_SIZE.bounds if size <= b), "+Inf")
+        key = f"hist|{BATCH_SIZE.name}|{le}|{model}"
+        out[key] = out.get(key, 0) + steps
+        out[f"hsum|{BATCH_SIZE.name}|{model}"] = (
+            out.get(f"hsum|{BATCH_SIZE.name}|{model}", 0) + size * steps)
+    return out
 
 
 async def read_queue(

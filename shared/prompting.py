@@ -16,15 +16,19 @@ from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 _llama_log = logging.getLogger("llama.cpp")
-# ggml log levels: 1 info, 2 warn, 3 error, 4 debug, 5 continuation of the previous line
-_LEVELS = {1: logging.DEBUG, 2: logging.WARNING, 3: logging.ERROR, 4: logging.DEBUG}
+# ggml's log levels (ggml.h): 1 debug, 2 info, 3 warn, 4 error, 5 continues the previous
+# line. llama.cpp's info lines (a model's whole metadata) are debug here.
+_LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING, 4: logging.ERROR}
+_last_level = [logging.DEBUG]
 
 
 @llama_cpp.llama_log_callback
 def _forward_llama_log(level: int, text: bytes, _: ctypes.c_void_p) -> None:
+    if level != 5:
+        _last_level[0] = _LEVELS.get(level, logging.DEBUG)
     message = text.decode("utf-8", errors="replace").strip()
     if message:
-        _llama_log.log(_LEVELS.get(level, logging.DEBUG), message)
+        _llama_log.log(_last_level[0], message)
 
 
 def route_llama_logs() -> None:
@@ -48,9 +52,10 @@ route_llama_logs()
 
 
 class PromptRenderer:
-    def __init__(self, llm: Llama) -> None:
+    def __init__(self, llm: Llama, template: str | None = None) -> None:
+        """``template``: the registry's chat template, else the GGUF's own, else ChatML."""
         self.llm = llm
-        template = llm.metadata.get("tokenizer.chat_template") or _FALLBACK_TEMPLATE
+        template = template or llm.metadata.get("tokenizer.chat_template") or _FALLBACK_TEMPLATE
         self.formatter = Jinja2ChatFormatter(
             template=template,
             eos_token=self._token_text(llm.token_eos()),

@@ -2,15 +2,22 @@
 
 Request fields are defined once here and reused by every route that takes a
 chat request (``/v1/jobs``, ``/invocations``, ``/v1/chat/completions``...).
+
+What an async caller sets on a job (``webhook``, ``webhook_events``, ``priority``,
+``cancel_after``) is checked here for shape only; what depends on the deployment
+(https only and no private targets in production, ``cancel_after`` within the
+longest a job may wait) is checked at submit (``api.jobs``).
 """
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.personas import Persona
 
@@ -21,13 +28,98 @@ class JobStatus(StrEnum):
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
+    expired = "expired"  # not started before its deadline: it never ran
 
     @property
     def terminal(self) -> bool:
         return self in TERMINAL
 
 
-TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
+TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled,
+                      JobStatus.expired})
+
+
+class Priority(StrEnum):
+    """Within a queue, every waiting interactive job starts before any batch job."""
+
+    interactive = "interactive"
+    batch = "batch"
+
+
+class WebhookEvent(StrEnum):
+    """What a webhook is called for: ``start`` (the job began running) and ``completed``
+    (it ended: succeeded, failed, cancelled or expired)."""
+
+    start = "start"
+    completed = "completed"
+
+
+def webhook_event(status: str) -> WebhookEvent | None:
+    """The webhook event a job's move to ``status`` raises, if any."""
+    if status == JobStatus.running:
+        return WebhookEvent.start
+    if status in TERMINAL:
+        return WebhookEvent.completed
+    return None
+
+
+WEBHOOK_URL_MAX = 2048
+
+
+def check_webhook_url(url: str) -> str:
+    """The shape of a webhook URL: http(s), a host, no credentials, no fragment.
+    (Whether http and the host's addresses are allowed depends on the deployment.)"""
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http"):
+        raise ValueError("webhook must be an https:// URL (http:// in development)")
+    if not parts.hostname:
+        raise ValueError("webhook URL has no host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("webhook URL must not carry credentials")
+    if parts.fragment:
+        raise ValueError("webhook URL must not have a #fragment")
+    try:
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError as exc:
+        raise ValueError(f"webhook URL has a bad port: {exc}") from None
+    return url
+
+
+def parse_cancel_after(value: object) -> float | datetime:
+    """``cancel_after`` as given: seconds from the submit (a positive number, or a
+    string of one), or an ISO 8601 time with its UTC offset (``Z`` or ``+02:00``)."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = float(text)
+        except ValueError:
+            value = _iso_time(text)
+    if isinstance(value, bool) or not isinstance(value, int | float | datetime):
+        raise ValueError("cancel_after must be seconds or an ISO 8601 time")
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("cancel_after needs a UTC offset (e.g. Z or +02:00)")
+        return value
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError("cancel_after in seconds must be a positive number")
+    return float(value)
+
+
+def _iso_time(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError("cancel_after must be seconds or an ISO 8601 time such as "
+                         "2030-01-01T12:00:00Z") from None
+
+
+def cancel_at(cancel_after: float | datetime | None, submitted_at: float) -> float | None:
+    """The absolute time (unix seconds) ``cancel_after`` names for a job submitted then."""
+    if cancel_after is None:
+        return None
+    if isinstance(cancel_after, datetime):
+        return cancel_after.timestamp()
+    return submitted_at + cancel_after
 
 
 class Message(BaseModel):
@@ -55,13 +147,27 @@ StopField = Annotated[
 
 
 class SamplingParams(BaseModel):
-    """Generation parameters as the worker receives them (defaults already applied)."""
+    """Generation parameters as the worker receives them (defaults already applied).
+
+    Every field takes effect in the engine; the neutral value of each (``top_k``
+    0, penalties 0 or 1, no bias, no grammar) leaves sampling as it was.
+    """
 
     max_tokens: int
     temperature: float
     top_p: float
     stop: list[str] = []
     seed: int | None = None
+    top_k: int = 40  # 0: off
+    min_p: float = 0.05  # 0: off
+    repeat_penalty: float = 1.0  # 1: off
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    penalty_last_n: int = 64  # how many recent tokens the penalties look at
+    logit_bias: dict[int, float] = {}  # token id -> added to its logit (-100 bans it)
+    grammar: str | None = None  # GBNF the output must match (structured output, tools)
+    logprobs: bool = False
+    top_logprobs: int = 0  # alternatives per token (with logprobs), at most 20
 
 
 class JobRequest(BaseModel):
@@ -87,6 +193,60 @@ class JobRequest(BaseModel):
     stop: StopField = None
     seed: SeedField = None
     metadata: dict[str, Any] | None = Field(None, description="Caller data, returned as given.")
+    webhook: str | None = Field(
+        None, max_length=WEBHOOK_URL_MAX,
+        description="Called (POST of the job, as `GET /v1/jobs/{id}` shows it) on the "
+                    "events of `webhook_events`, signed the Standard Webhooks way with the "
+                    "tenant's secret (`GET /v1/webhooks/secret`): headers `webhook-id`, "
+                    "`webhook-timestamp`, `webhook-signature`. Retried with backoff on "
+                    "errors, timeouts and non-2xx answers. https only in production, where "
+                    "hosts resolving to loopback, private or link-local addresses are "
+                    "refused unless the operator's allow-list names them.",
+        examples=["https://example.com/hooks/chatq"],
+    )
+    webhook_events: list[WebhookEvent] | None = Field(
+        None, min_length=1,
+        description="Which events call `webhook`: `start` (the job began running) and "
+                    "`completed` (it ended: succeeded, failed, cancelled or expired). "
+                    "Default: `[\"completed\"]`.",
+    )
+    priority: Priority = Field(
+        Priority.interactive,
+        description="`interactive` (default) or `batch`: within a queue, every waiting "
+                    "interactive job starts before any batch job (`position` counts so).",
+    )
+    cancel_after: float | datetime | None = Field(
+        None,
+        description="A deadline, as seconds after the submit or an ISO 8601 time with "
+                    "its UTC offset. Not started by then: the job never runs and ends "
+                    "`expired`. Still running then: it is stopped and ends `failed` with "
+                    "`timeout`, its partial output kept. At most the server's longest "
+                    "queue wait (`CHATQ_JOBS__MAX_AGE_S`, 24 h by default).",
+        examples=[300, "2030-01-01T12:00:00Z"],
+    )
+
+    @field_validator("cancel_after", mode="before")
+    @classmethod
+    def _cancel_after(cls, value: object) -> float | datetime | None:
+        return None if value is None else parse_cancel_after(value)
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook(cls, value: str | None) -> str | None:
+        return None if value is None else check_webhook_url(value)
+
+    @model_validator(mode="after")
+    def _events_need_a_webhook(self) -> JobRequest:
+        if self.webhook_events is not None and self.webhook is None:
+            raise ValueError("webhook_events needs a webhook")
+        return self
+
+    def hook_events(self) -> list[WebhookEvent] | None:
+        """The events to call the webhook on (None: no webhook)."""
+        if self.webhook is None:
+            return None
+        chosen = set(self.webhook_events or [WebhookEvent.completed])
+        return [e for e in WebhookEvent if e in chosen]  # in the order they happen
 
     @field_validator("stop")
     @classmethod
@@ -120,6 +280,22 @@ class JobError(BaseModel):
     message: str
 
 
+class WebhookDelivery(BaseModel):
+    """One webhook event of a job and how its delivery went."""
+
+    event: WebhookEvent
+    webhook_id: str = Field(description="The `webhook-id` header: the same on every retry.")
+    status: Literal["pending", "delivered", "failed"] = Field(
+        description="`pending` (not sent yet, or waiting to be retried), `delivered` (a 2xx "
+                    "answer) or `failed` (retries given up, or the target was refused).")
+    attempts: int = Field(0, description="Requests made so far.")
+    last_status: int | None = Field(None, description="HTTP status of the last answer.")
+    last_error: str | None = Field(None, description="Why the last attempt failed.")
+    last_attempt_at: datetime | None = None
+    next_attempt_at: datetime | None = Field(None, description="When it is tried again.")
+    delivered_at: datetime | None = None
+
+
 class Job(BaseModel):
     """What ``GET /v1/jobs/{id}`` returns."""
 
@@ -146,6 +322,15 @@ class Job(BaseModel):
         None, description="Oldest stored messages left out to fit the model's context."
     )
     metadata: dict[str, Any] | None = None
+    priority: Priority = Priority.interactive
+    cancel_at: datetime | None = Field(
+        None, description="The `cancel_after` deadline: not started by then, the job ends "
+                          "`expired`; still running then, `failed` with `timeout`.")
+    webhook: str | None = None
+    webhook_events: list[WebhookEvent] | None = None
+    webhook_deliveries: list[WebhookDelivery] | None = Field(
+        None, description="Each webhook event raised so far and its delivery (not part of "
+                          "the webhook's own body).")
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None

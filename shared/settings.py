@@ -6,14 +6,17 @@ build their own with overrides instead of patching a module-level singleton.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Self
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_REGISTRY = Path(__file__).with_name("models.toml")
+_HOST_NAME = re.compile(r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9])?)*$")
 
 
 class Environment(StrEnum):
@@ -59,7 +62,9 @@ class CelerySettings(BaseModel):
 
 class JobSettings(BaseModel):
     max_age_s: int = Field(
-        86400, gt=0, description="A job record lives this long while queued or running."
+        86400, gt=0,
+        description="A job not started this long after its submit ends `expired`; a "
+                    "running job's record lives this long.",
     )
     retention_s: int = Field(
         3600, gt=0, description="Finished jobs are kept this long, then answer 410."
@@ -71,6 +76,20 @@ class JobSettings(BaseModel):
     )
     replay_max_events: int = Field(
         16384, gt=0, description="Token events kept per job for late stream joiners."
+    )
+    transitions_max: int = Field(
+        100_000, gt=0,
+        description="Entries kept in the transition log (approximately); a consumer "
+                    "group further behind than this misses the oldest.",
+    )
+    unsent_grace_s: float = Field(
+        10.0, gt=0,
+        description="A queued job whose broker message is not confirmed after this long "
+                    "is sent by the recovery sweeper.",
+    )
+    sweep_interval_s: float = Field(
+        1.0, gt=0, description="How often each API and worker process runs the recovery "
+                               "sweeper (dead workers, unsent jobs, expired jobs).",
     )
     coalesce_ms: float = Field(
         5.0, ge=0, description="Later tokens are batched for this long per Redis round trip."
@@ -119,6 +138,18 @@ class ApiSettings(BaseModel):
     sse_keepalive_s: float = Field(
         15.0, gt=0, description="An idle event stream gets a comment line this often."
     )
+    redis_max_connections: int = Field(
+        64, gt=1, description="Redis connections one API process holds at most; requests "
+                              "beyond wait for a free one (streams share one pub/sub).",
+    )
+    stream_patience_s: float = Field(
+        60.0, gt=0, description="How long an open event stream waits for an unreachable "
+                                "Redis (a restart) before it gives up.",
+    )
+    redis_wait_s: float = Field(
+        20.0, gt=0, description="How long a request waits for a free Redis connection "
+                                "before answering 503.",
+    )
 
 
 class ConversationSettings(BaseModel):
@@ -135,6 +166,50 @@ class ConversationSettings(BaseModel):
         description="How long /office/Llama and /character/Llama wait for the answer "
                     "before answering 202 with the job id.",
     )
+
+
+class WebhookSettings(BaseModel):
+    """Webhook delivery (the webhook worker, ``workers.webhooks``) and its target checks."""
+
+    queue: str = Field("webhooks", description="The Celery queue of webhook deliveries.")
+    concurrency: int = Field(
+        8, ge=1, le=256, description="Deliveries one webhook worker makes at once (threads)."
+    )
+    timeout_s: float = Field(
+        10.0, gt=0, description="Connect and read timeout of one delivery attempt."
+    )
+    backoff_s: float = Field(
+        5.0, gt=0, description="Wait before the first retry; doubled at each further one."
+    )
+    backoff_max_s: float = Field(
+        1800.0, gt=0, description="The longest wait between two attempts."
+    )
+    retry_period_s: float = Field(
+        86400.0, gt=0,
+        description="A delivery still failing this long after its event is given up "
+                    "(`failed`).",
+    )
+    allow_hosts: list[str] = Field(
+        [],
+        description="Webhook targets allowed in production although they resolve to "
+                    "loopback, private or link-local addresses: host names (exact) and "
+                    "IP addresses or networks (`10.1.0.0/16`). JSON list in the environment.",
+    )
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _hosts_or_networks(cls, entries: list[str]) -> list[str]:
+        out = []
+        for raw in entries:
+            entry = raw.strip().lower().rstrip(".")
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                if not _HOST_NAME.match(entry):
+                    raise ValueError(f"allow_hosts: {raw!r} is not a host name, address "
+                                     "or network") from None
+            out.append(entry)
+        return out
 
 
 class Settings(BaseSettings):
@@ -160,6 +235,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     api: ApiSettings = ApiSettings()
     conversations: ConversationSettings = ConversationSettings()
+    webhooks: WebhookSettings = WebhookSettings()
 
     @model_validator(mode="after")
     def _safe_outside_development(self) -> Self:

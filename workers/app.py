@@ -1,7 +1,11 @@
 """The Celery app of a chatq worker: ``celery -A workers.app worker -Q <queue>``.
 
-The pool child loads its model in ``worker_process_init`` (Celery's limit for
-that hook is raised to the model load timeout) and keeps it for every job.
+The worker runs Celery's thread pool with one thread per slot of its model
+(``slots`` in the registry), so up to ``slots`` jobs run at once and the engine
+generates them together on the one resident model. With late acknowledgement,
+the broker hands the worker a new message only when a slot is free. The model
+is loaded once per process, in ``worker_init`` (before any message is taken;
+the thread pool never forks).
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ from typing import Any
 from celery import signals
 
 from shared.celeryconf import make_celery
+from shared.errors import ConfigError
 from shared.keys import GENERATE_TASK
 from shared.logs import set_log_context, setup_logging
-from shared.registry import Registry
+from shared.registry import LlamaBuild, ModelSpec, Registry
 from shared.settings import load_settings
 from workers.runtime import Runtime
 from workers.tasks import run_job
@@ -22,13 +27,40 @@ from workers.tasks import run_job
 log = logging.getLogger(__name__)
 
 settings = load_settings()
+
+
+def _refuse(message: str, **fields: str) -> None:
+    """End the worker with a JSON log line (Celery logs and swallows exceptions raised
+    in its signal handlers, which would leave a worker up with no model)."""
+    setup_logging()  # Celery has not set its logging up yet
+    log.error("worker refused to start: %s", message,
+              extra={"queue": settings.worker.queue, "registry": str(settings.registry),
+                     **fields})
+    raise SystemExit(1)
+
+
+def _registry() -> tuple[Registry, ModelSpec]:
+    try:
+        registry = Registry.load(settings.registry)
+        return registry, registry.for_queue(settings.worker.queue)
+    except ConfigError as exc:
+        _refuse(exc.message)
+        raise  # not reached
+
+
+_registry_, _spec = _registry()
 celery_app = make_celery(settings, "chatq-worker")
 celery_app.conf.update(
-    worker_proc_alive_timeout=settings.worker.model_load_timeout_s,
     task_default_queue=settings.worker.queue,
+    worker_pool="threads",
+    worker_concurrency=_spec.slots,
+    # The thread pool has no time limits: each job's deadline is the worker's own
+    # (workers.tasks), so Celery is not asked for limits it cannot enforce.
+    task_soft_time_limit=None,
+    task_time_limit=None,
 )
-# The pool child's runtime (model, store, heartbeat); empty in the parent process.
-_child: dict[str, Runtime] = {}
+# The process's runtime (model, store, heartbeat, sweeper), made in worker_init.
+_process: dict[str, Runtime] = {}
 
 
 @signals.after_setup_logger.connect
@@ -37,26 +69,35 @@ def _json_logs(**_: Any) -> None:
 
 
 @signals.worker_init.connect
-def _check_model_file(**_: Any) -> None:
-    """Fail fast in the parent (without loading the model) if the GGUF is missing."""
-    registry = Registry.load(settings.registry)
-    spec = registry.for_queue(settings.worker.queue)
-    set_log_context(queue=spec.queue, model=spec.name)  # every line; pool children inherit it
-    log.info("worker starting", extra={"queue": spec.queue, "model": spec.name,
-                                      "path": str(registry.gguf_path(spec))})
+def _load(**_: Any) -> None:
+    """Before any message is taken: check that this machine can serve the model (file,
+    llama.cpp build; for an upstream, its key variable), then load it once."""
+    setup_logging()  # Celery sets its logging up later; llama.cpp speaks JSON from here on
+    try:
+        build = None if _spec.upstream else LlamaBuild.detect()
+        _registry_.require([_spec.queue], build=build)
+    except ConfigError as exc:
+        _refuse(exc.message)
+    set_log_context(queue=_spec.queue, model=_spec.name)  # on every line of the process
+    serves: dict[str, Any] = {"load_options": _spec.llama_kwargs()}
+    if _spec.upstream is not None:
+        serves = {"upstream_kind": _spec.upstream.kind, "upstream_url": _spec.upstream.public_url,
+                  "upstream_model": _spec.upstream.model}
+    log.info("worker starting", extra={"queue": _spec.queue, "model": _spec.name,
+                                      "slots": _spec.slots, **serves})
+    try:
+        _process["runtime"] = Runtime(settings)
+    except Exception as exc:
+        log.exception("worker could not load its model")
+        _refuse(f"the model could not be loaded: {exc}")
 
 
-@signals.worker_process_init.connect
-def _load_model(**_: Any) -> None:
-    _child["runtime"] = Runtime(settings)
-
-
-@signals.worker_process_shutdown.connect
+@signals.worker_shutdown.connect
 def _unload(**_: Any) -> None:
-    if "runtime" in _child:
-        _child.pop("runtime").close()
+    if "runtime" in _process:
+        _process.pop("runtime").close()
 
 
 @celery_app.task(name=GENERATE_TASK, acks_late=True, reject_on_worker_lost=True)
-def generate(job_id: str) -> None:
-    run_job(_child["runtime"], job_id)
+def generate(job_id: str, dispatch: int = 1) -> None:
+    run_job(_process["runtime"], job_id, dispatch)

@@ -16,7 +16,7 @@ from jinja2 import TemplateError
 from pymongo.errors import PyMongoError
 
 from shared.conversations import WorkerConversationStore
-from shared.jobstore import JobRecord
+from shared.lifecycle import JobRecord
 from shared.personas import parse_persona, persona_turns
 from shared.prompting import Prompt, PromptRenderer
 
@@ -27,10 +27,15 @@ Messages = list[dict[str, str]]
 
 @dataclass
 class PromptPlan:
-    prompt: Prompt
+    prompt: Prompt | None  # rendered and tokenized (None: the engine has no tokenizer)
+    messages: Messages  # the prompt as chat messages (persona head, kept history, turn)
     turn: Messages  # the request's user/assistant messages: persisted with the answer
     history_used: int = 0  # stored messages that made it into the prompt
     history_trimmed: int = 0  # stored messages left out to fit the context
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt.tokens) if self.prompt else 0
 
 
 def fit_history(renderer: PromptRenderer, head: Messages, history: Messages, tail: Messages,
@@ -93,18 +98,24 @@ def _stored(store: WorkerConversationStore, record: JobRecord, limit: int,
         return None, []
 
 
-def plan_prompt(store: WorkerConversationStore, renderer: PromptRenderer, context_size: int,
-                record: JobRecord, ctx: dict[str, Any]) -> PromptPlan:
+def plan_prompt(store: WorkerConversationStore, renderer: PromptRenderer | None,
+                context_size: int | None, record: JobRecord, ctx: dict[str, Any]) -> PromptPlan:
+    """Persona, stored history and the request's turn; the history trimmed to fit the
+    context when the engine can count tokens (``renderer``), else all of it."""
     # A message costs at least one token, so no more than context_size can ever fit.
-    stored_persona, history = _stored(store, record, context_size, ctx)
+    stored_persona, history = _stored(store, record, context_size or 100_000, ctx)
     persona = parse_persona(record.persona or stored_persona)
     system = [m["content"] for m in record.messages if m["role"] == "system"]
     turn = [m for m in record.messages if m["role"] != "system"]
+    if renderer is None or context_size is None:
+        head = persona_turns(persona, system)
+        return PromptPlan(prompt=None, messages=[*head, *history, *turn], turn=turn,
+                          history_used=len(history))
     head = compatible_head(renderer, persona_turns(persona, system))
     budget = context_size - record.params.max_tokens
     dropped, prompt = fit_history(renderer, head, history, turn, budget)
     if dropped:
         log.info("history trimmed to fit the context",
                  extra={**ctx, "dropped": dropped, "kept": len(history) - dropped})
-    return PromptPlan(prompt=prompt, turn=turn, history_used=len(history) - dropped,
-                      history_trimmed=dropped)
+    return PromptPlan(prompt=prompt, messages=[*head, *history[dropped:], *turn], turn=turn,
+                      history_used=len(history) - dropped, history_trimmed=dropped)

@@ -20,7 +20,7 @@ from bson.errors import InvalidDocument
 from pymongo.errors import DocumentTooLarge, PyMongoError
 
 from shared.conversations import ConversationTaken, TurnWrite, WorkerConversationStore
-from shared.jobstore import WorkerJobStore
+from shared.lifecycle import BlockingJobs
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ PERMANENT = (ConversationTaken, InvalidDocument, DocumentTooLarge, ValueError, T
 
 
 class Persister:
-    def __init__(self, store: WorkerConversationStore, jobs: WorkerJobStore) -> None:
+    def __init__(self, store: WorkerConversationStore, jobs: BlockingJobs) -> None:
         self.store = store
         self.jobs = jobs
         self.redis: redis.Redis = jobs.redis
@@ -38,9 +38,9 @@ class Persister:
     def persist(self, write: TurnWrite) -> bool:
         """Write the turn now (True) or park it in the outbox (False).
 
-        When parking, the job's ``persisted: false`` is set in the same
-        transaction as the push, so a drainer that lands the entry right away
-        always flips it to true afterwards (never the other way round).
+        When parking, the job's ``persisted: false`` is set in the same step as
+        the push (the ``park`` script), so a drainer that lands the entry right
+        away always flips it to true afterwards (never the other way round).
         """
         ctx = {"job_id": write.job_id, "conversation_id": write.conversation_id}
         try:
@@ -49,18 +49,12 @@ class Persister:
         except PERMANENT as exc:
             log.error("conversation write refused; kept in the dead list",
                       extra={**ctx, "error": repr(exc)})
-            self._park(write, self.keys.outbox_dead())
+            self.jobs(self.jobs.ops.park(write.job_id, write.to_json(), dead=True))
         except PyMongoError as exc:
             log.warning("MongoDB unavailable; conversation write queued in the outbox",
                         extra={**ctx, "error": type(exc).__name__})
-            self._park(write, self.keys.outbox())
+            self.jobs(self.jobs.ops.park(write.job_id, write.to_json()))
         return False
-
-    def _park(self, write: TurnWrite, key: str) -> None:
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.keys.job(write.job_id), "persisted", "false")  # JSON, as stored
-            pipe.rpush(key, write.to_json())
-            pipe.execute()
 
     def drain(self, batch: int = 100) -> int:
         """Write up to ``batch`` outbox entries, oldest first; stops while MongoDB is down.
@@ -84,7 +78,7 @@ class Persister:
             except PyMongoError:
                 break  # still down: try again on the next round
             else:
-                self.jobs.mark_persisted(write.job_id)
+                self.jobs(self.jobs.ops.set_persisted(write.job_id))
                 landed += 1
                 log.info("outbox entry written", extra={"job_id": write.job_id,
                                                         "conversation_id": write.conversation_id})

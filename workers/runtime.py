@@ -1,11 +1,16 @@
-"""What one pool child holds: its model, its job store and its heartbeat.
+"""What one worker process holds: its engine (the resident model, or the remote
+server its registry model names as ``upstream``), its job store, its heartbeat, the
+outbox drainer and the recovery sweeper.
 
-Created in the pool child (``worker_process_init``), never in the parent
-before the fork: llama.cpp state and Redis sockets do not survive a fork.
+Created once per worker process, after Celery set the process up and before
+it consumes a message (``worker_init``). The worker runs Celery's thread pool
+(one thread per slot, no fork): llama.cpp state and Redis sockets never cross
+a fork.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -14,45 +19,76 @@ import time
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from shared.conversations import WorkerConversationStore
-from shared.jobstore import WorkerJobStore, store_config
+from shared.dispatch import Dispatcher
 from shared.keys import Keys
+from shared.lifecycle import BlockingJobs, store_config
 from shared.mongo import make_sync_mongo_client
+from shared.opstats import batch_increments
+from shared.recovery import Sweeper, SweeperThread
 from shared.registry import ModelSpec, Registry
 from shared.settings import Settings
 from workers.engine import Engine
+from workers.llama_engine import LlamaEngine
 from workers.persistence import OutboxDrainer, Persister
+from workers.upstream_engine import UpstreamEngine
 
 log = logging.getLogger(__name__)
 
 
 class Heartbeat(threading.Thread):
-    """Keeps ``chatq:worker:{id}`` fresh: queue, model, pid, loaded_at, jobs done."""
+    """Keeps ``chatq:worker:{id}`` fresh: queue, model, slots (total, busy), the jobs it
+    runs, jobs done, and what the engine reports (context and batch size; for an
+    upstream its kind, URL and model, never its key)."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, settings: Settings, info: dict[str, str]):
+    def __init__(self, client: redis.Redis, keys: Keys, settings: Settings,
+                 info: dict[str, str], engine: Engine) -> None:
         super().__init__(name="chatq-heartbeat", daemon=True)
         self.redis = client
         self.keys = keys
         self.interval = settings.worker.heartbeat_interval_s
         self.ttl = settings.worker.heartbeat_ttl_s
         self.info = info
+        self.engine = engine
         self.worker_id = info["worker_id"]
         self.jobs_done = 0
-        self.current_job = ""
+        self._batches_sent: dict[int, int] = {}  # the engine's batch sizes already counted
+        self._running: set[str] = set()
+        self._lock = threading.Lock()
         self._stop = threading.Event()
+
+    def track(self, job_id: str) -> None:
+        with self._lock:
+            self._running.add(job_id)
+
+    def untrack(self, job_id: str) -> None:
+        with self._lock:
+            self._running.discard(job_id)
+            self.jobs_done += 1
 
     def beat(self) -> None:
         now = time.time()
+        with self._lock:
+            running = sorted(self._running)
         fields: dict[Any, str | int | float] = {
-            **self.info, "jobs_done": self.jobs_done, "current_job": self.current_job,
-            "last_beat": now,
+            **self.info, **self.engine.info(), "slots": self.engine.slots,
+            "slots_busy": len(running), "running": json.dumps(running),
+            "jobs_done": self.jobs_done, "last_beat": now,
         }
+        batches = self.engine.batch_sizes()
+        delta = {size: n - self._batches_sent.get(size, 0) for size, n in batches.items()}
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(self.keys.worker(self.worker_id), mapping=fields)
             pipe.expire(self.keys.worker(self.worker_id), int(self.ttl) + 1)
             pipe.zadd(self.keys.workers(), {self.worker_id: now})
+            for key, n in batch_increments(self.info["model"], delta).items():
+                if n:
+                    pipe.hincrby(self.keys.queue_stats(self.info["queue"]), key, n)
             pipe.execute()
+        self._batches_sent = batches
 
     def run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -63,6 +99,7 @@ class Heartbeat(threading.Thread):
                                                        "worker_id": self.worker_id})
 
     def stop(self) -> None:
+        """Stop beating and say so: the sweeper requeues what this worker still held."""
         self._stop.set()
         try:
             self.redis.delete(self.keys.worker(self.worker_id))
@@ -71,36 +108,50 @@ class Heartbeat(threading.Thread):
             pass  # the entry expires by itself
 
 
+def load_engine(spec: ModelSpec, registry: Registry, settings: Settings) -> Engine:
+    """The engine the model's spec asks for: its upstream server, or its GGUF file."""
+    if spec.upstream is not None:
+        return UpstreamEngine(spec)
+    return LlamaEngine(spec, registry.gguf_path(spec), settings.worker.n_threads)
+
+
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         registry = Registry.load(settings.registry)
         self.spec: ModelSpec = registry.for_queue(settings.worker.queue)
-        self.engine = Engine(self.spec, registry.gguf_path(self.spec), settings.worker.n_threads)
-        self.redis = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-        self.store = WorkerJobStore(self.redis, store_config(settings))
-        pid = os.getpid()
-        info = {
-            "worker_id": f"{settings.worker.queue}@{socket.gethostname()}:{pid}",
-            "queue": settings.worker.queue,
-            "model": self.spec.name,
-            "pid": str(pid),
-            "hostname": socket.gethostname(),
-            "loaded_at": str(self.engine.loaded_at),
-            "gpu_layers": str(self.spec.gpu_layers),
-        }
-        self.heartbeat = Heartbeat(self.redis, self.store.keys, settings, info)
+        self.engine = load_engine(self.spec, registry, settings)
+        # Generation goes on through a Redis restart: writes wait and retry (about 30 s).
+        self.redis = redis.Redis.from_url(
+            settings.redis_url, decode_responses=True, health_check_interval=10,
+            retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=20),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError])
+        self.jobs = BlockingJobs(self.redis, store_config(settings))
+        hostname, pid = socket.gethostname(), os.getpid()
+        self.worker_id = f"{settings.worker.queue}@{hostname}:{pid}"
+        info = {"worker_id": self.worker_id, "queue": settings.worker.queue,
+                "model": self.spec.name, "pid": str(pid), "hostname": hostname}
+        if self.spec.upstream is None:
+            info["gpu_layers"] = str(self.spec.gpu_layers)
+        self.heartbeat = Heartbeat(self.redis, self.jobs.keys, settings, info, self.engine)
         self.heartbeat.beat()
         self.heartbeat.start()
         conv = settings.conversations
         self.mongo = make_sync_mongo_client(settings, conv.mongo_timeout_ms)
         self.conversations = WorkerConversationStore(self.mongo, settings.mongo_db)
-        self.persister = Persister(self.conversations, self.store)
+        self.persister = Persister(self.conversations, self.jobs)
         self.drainer = OutboxDrainer(self.persister, conv.outbox_interval_s)
         self.drainer.start()
+        self.dispatcher = Dispatcher(settings, "chatq-worker-sweeper")
+        self.sweeper = SweeperThread(Sweeper(self.jobs, self.dispatcher, settings),
+                                     settings.jobs.sweep_interval_s)
+        self.sweeper.start()
 
     def close(self) -> None:
+        self.sweeper.stop()
         self.drainer.stop()
         self.heartbeat.stop()
+        self.engine.close()
+        self.dispatcher.close()
         self.mongo.close()
         self.redis.close()

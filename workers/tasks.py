@@ -1,119 +1,199 @@
-"""Running one job: start it, generate, stream, finish it with usage and timings."""
+"""Running one job: start it, build its prompt, generate through the engine, stream,
+finish it with usage and timings.
+
+Every state change goes through :mod:`shared.lifecycle`; the engine is whatever
+:class:`workers.engine.Engine` the worker holds. One call runs in one thread of
+Celery's thread pool; up to ``slots`` run at once and the engine batches them.
+The worker enforces each job's deadline itself (the thread pool has no Celery
+time limits): the earlier of the job time limit (``soft_time_limit_s`` from its
+start) and the caller's ``cancel_after`` (``cancel_at`` on the record); a job
+over it ends ``failed`` with ``timeout``, partial output kept.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol
 
-from celery.exceptions import SoftTimeLimitExceeded
+import redis
 
-from shared.conversations import TurnWrite
-from shared.jobstore import JobRecord
+from shared.conversations import TurnWrite, WorkerConversationStore
+from shared.lifecycle import BlockingJobs, Emitted, JobRecord, new_lease
 from shared.schemas import JobStatus, SamplingParams
+from shared.settings import Settings
 from workers.emitter import TokenEmitter
-from workers.engine import Outcome
+from workers.engine import Engine, Generation, GenRequest, Outcome
 from workers.history import PromptPlan, plan_prompt
-from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
+POLL_S = 0.25  # how often a job with nothing new to send looks at its cancel flag
 
-def run_job(rt: Runtime, job_id: str) -> None:
-    loaded = rt.store.load(job_id)
-    if loaded is None:
+
+class Tracker(Protocol):
+    def track(self, job_id: str) -> None: ...
+    def untrack(self, job_id: str) -> None: ...
+
+
+class Persists(Protocol):
+    def persist(self, write: TurnWrite) -> bool: ...
+
+
+class Worker(Protocol):
+    """What a job needs of the process it runs in (:class:`workers.runtime.Runtime`)."""
+
+    settings: Settings
+    worker_id: str
+    jobs: BlockingJobs
+    engine: Engine
+    conversations: WorkerConversationStore
+
+    @property
+    def persister(self) -> Persists: ...
+
+    @property
+    def heartbeat(self) -> Tracker: ...
+
+
+def run_job(w: Worker, job_id: str, dispatch: int = 1) -> None:
+    loaded = w.jobs(w.jobs.ops.load(job_id))
+    record = loaded.record
+    if record is None:
         log.warning("job record gone; skipping", extra={"job_id": job_id})
         return
-    record, output = loaded
-    ctx = {"job_id": job_id, "queue": record.queue, "model": record.model}
-    verdict, detail = rt.store.start(record, rt.settings.celery.max_attempts)
-    if verdict in ("missing", "terminal"):
-        log.info("job not runnable; skipping", extra={**ctx, "verdict": verdict, "status": detail})
+    ctx = {"job_id": job_id, "queue": record.queue, "model": record.model,
+           "dispatch": dispatch}
+    lease = new_lease()
+    started = w.jobs(w.jobs.ops.start(job_id, record.queue, dispatch, w.worker_id, lease))
+    if started.verdict != "run":
+        log.info("job not runnable; skipping", extra={**ctx, "verdict": started.verdict,
+                                                      "detail": started.detail})
         return
-    if verdict == "exhausted":
-        log.error("job delivered too often; failing", extra={**ctx, "attempts": detail})
-        rt.store.finish(record, JobStatus.failed, error={
-            "code": "worker_lost",
-            "message": f"the worker died while running this job ({int(detail) - 1} attempts)",
-        })
-        return
-    record.attempts = int(detail)
+    record.attempts = started.attempt
+    record.lease = lease
     record.started_at = record.started_at or time.time()
-    rt.heartbeat.current_job = job_id
+    w.heartbeat.track(job_id)
     try:
-        _generate(rt, record, output, ctx)
+        _generate(w, record, loaded.output, ctx)
+    except redis.RedisError:
+        # Past the client's retries: the sweeper requeues the job once no beat claims it.
+        log.exception("Redis failed during the job; leaving it to recovery", extra=ctx)
     finally:
-        rt.heartbeat.current_job = ""
-        rt.heartbeat.jobs_done += 1
+        w.heartbeat.untrack(job_id)
 
 
-def _generate(rt: Runtime, record: JobRecord, output: str, ctx: dict[str, Any]) -> None:
+def _generate(w: Worker, record: JobRecord, output: str, ctx: dict[str, Any]) -> None:
     attempt_started = time.monotonic()
-    plan = _plan(rt, record, ctx)
+    plan = _plan(w, record, ctx)
     if plan is None:
         return
-    prompt = plan.prompt
-    tokens = list(prompt.tokens)
-    if output:  # a redelivered job continues after the text already streamed
-        tokens += rt.engine.llm.tokenize(output.encode(), add_bos=False, special=False)
-    params = record.params
-    remaining = SamplingParams.model_validate(
-        {**params.model_dump(), "max_tokens": max(params.max_tokens - record.completion_tokens, 0)}
-    )
-    emitter = TokenEmitter(rt.store, record, rt.settings.jobs.coalesce_ms / 1000)
-    outcome = Outcome()
-    status, error = JobStatus.succeeded, None
+    lease = record.lease or ""
+    emitter = TokenEmitter(w.jobs, record, lease, w.settings.jobs.coalesce_ms / 1000)
+    generation = w.engine.submit(_request(w, record, plan, output))
     log.info("job started", extra={**ctx, "attempt": record.attempts,
-                                   "prompt_tokens": len(prompt.tokens)})
-    try:
-        for piece in rt.engine.generate(tokens, remaining, [*params.stop, *prompt.stop], outcome):
-            if emitter.add(piece):
-                status, outcome.finish_reason = JobStatus.cancelled, "cancelled"
-                break
-    except SoftTimeLimitExceeded:
-        status, outcome.finish_reason = JobStatus.failed, "timeout"
-        error = {"code": "timeout", "message": "generation exceeded the job time limit"}
-    except Exception as exc:
-        log.exception("generation failed", extra=ctx)
-        status, outcome.finish_reason = JobStatus.failed, "error"
-        error = {"code": "generation_error", "message": str(exc)}
-    finally:
-        emitter.flush()  # a cancel seen only here came after the last token: keep the answer
+                                   "prompt_tokens": plan.prompt_tokens})
+    if _relay(generation, emitter) is Emitted.lost:
+        log.warning("job taken from this worker (requeued or ended); dropped its generation",
+                    extra=ctx)
+        return
+    outcome = generation.outcome
+    status, error = _status(outcome, record)
     succeeded = status is JobStatus.succeeded
-    answer = rt.store.output(record.id) if succeeded else ""  # what the clients saw
-    persisted = _persist(rt, record, plan, answer) if succeeded else None
+    answer = _output(w, record) if succeeded else ""  # what the clients saw
+    persisted = _persist(w, record, plan, answer) if succeeded else None
+    prompt_tokens = outcome.prompt_tokens or plan.prompt_tokens
     finished = time.time()
-    rt.store.finish(
-        record, status, error=error, finish_reason=outcome.finish_reason,
+    result = w.jobs(w.jobs.ops.finish(
+        record, status, lease, error=error, finish_reason=outcome.finish_reason,
         # Only true is written here: a parked write already set false, and the
         # outbox drainer may have flipped it to true since.
         persisted=True if persisted else None, history_messages=plan.history_used,
-        history_trimmed=plan.history_trimmed,
-        prompt_tokens=len(prompt.tokens),
-        usage={"prompt_tokens": len(prompt.tokens),
-               "completion_tokens": emitter.completion_tokens,
-               "total_tokens": len(prompt.tokens) + emitter.completion_tokens},
+        history_trimmed=plan.history_trimmed, prompt_tokens=prompt_tokens,
+        usage={"prompt_tokens": prompt_tokens, "completion_tokens": emitter.completion_tokens,
+               "total_tokens": prompt_tokens + emitter.completion_tokens},
         timings=_timings(record, emitter, attempt_started, finished),
-    )
-    log.info("job finished", extra={**ctx, "status": status.value,
+    ))
+    log.info("job finished", extra={**ctx, "status": status.value, "result": result,
                                     "finish_reason": outcome.finish_reason,
                                     "completion_tokens": emitter.completion_tokens})
 
 
-def _plan(rt: Runtime, record: JobRecord, ctx: dict[str, Any]) -> PromptPlan | None:
+def _request(w: Worker, record: JobRecord, plan: PromptPlan, output: str) -> GenRequest:
+    params = record.params
+    remaining = SamplingParams.model_validate(
+        {**params.model_dump(), "max_tokens": max(params.max_tokens - record.completion_tokens, 0)}
+    )
+    return GenRequest(job_id=record.id, messages=plan.messages, prompt=plan.prompt,
+                      params=remaining, continuation=output, deadline=_deadline(w, record))
+
+
+def _deadline(w: Worker, record: JobRecord) -> float:
+    """When generation must stop (``time.monotonic()``): the job time limit from now,
+    or the caller's ``cancel_at`` if that comes first."""
+    budget = float(w.settings.celery.soft_time_limit_s)
+    if record.cancel_at is not None:
+        budget = min(budget, record.cancel_at - time.time())
+    return time.monotonic() + budget
+
+
+def _relay(generation: Generation, emitter: TokenEmitter) -> Emitted:
+    """Stream the generation's pieces; stop it when the job is cancelled or lost.
+
+    Returns ``lost`` when the job stopped being this run's (nothing more may be
+    written), else ``ok``. If writing fails for good (Redis gone past the client's
+    retries), the generation is stopped so its slot frees; the job is left to the
+    recovery sweeper, which requeues it once this worker no longer claims it.
+    """
+    asked = Emitted.ok
+    try:
+        for piece in generation.pieces(POLL_S):
+            result = emitter.add(piece) if piece is not None else emitter.flush()
+            if result is not Emitted.ok and asked is Emitted.ok:
+                asked = result
+                generation.cancel()
+        # A cancel seen only here came after the last token: the answer is complete.
+        final = emitter.flush()
+    except BaseException:
+        generation.cancel()
+        raise
+    return Emitted.lost if Emitted.lost in (asked, final) else Emitted.ok
+
+
+def _output(w: Worker, record: JobRecord) -> str:
+    loaded = w.jobs(w.jobs.ops.load(record.id))
+    return loaded.output
+
+
+def _status(outcome: Outcome, record: JobRecord) -> tuple[JobStatus, dict[str, str] | None]:
+    if outcome.finish_reason == "cancelled":
+        return JobStatus.cancelled, None
+    if outcome.finish_reason == "timeout":
+        past_cancel_at = record.cancel_at is not None and time.time() >= record.cancel_at - 0.5
+        message = ("the job's cancel_after passed while it was running" if past_cancel_at
+                   else "generation exceeded the job time limit")
+        return JobStatus.failed, {"code": "timeout", "message": message}
+    if outcome.finish_reason == "error":
+        return JobStatus.failed, {"code": outcome.error_code or "generation_error",
+                                  "message": outcome.error or "generation failed"}
+    return JobStatus.succeeded, None
+
+
+def _plan(w: Worker, record: JobRecord, ctx: dict[str, Any]) -> PromptPlan | None:
     """The job's prompt, or None after failing the job when it cannot be built
     (e.g. the model's chat template refuses the messages' roles)."""
     try:
-        return plan_prompt(rt.conversations, rt.engine.renderer, rt.spec.context_size,
+        return plan_prompt(w.conversations, w.engine.prompter, w.engine.context_size,
                            record, ctx)
     except Exception as exc:
         log.exception("prompt could not be built", extra=ctx)
-        rt.store.finish(record, JobStatus.failed, finish_reason="error",
-                        error={"code": "prompt_error", "message": str(exc)})
+        w.jobs(w.jobs.ops.finish(record, JobStatus.failed, record.lease or "",
+                                 finish_reason="error",
+                                 error={"code": "prompt_error", "message": str(exc)}))
         return None
 
 
-def _persist(rt: Runtime, record: JobRecord, plan: PromptPlan, answer: str) -> bool | None:
+def _persist(w: Worker, record: JobRecord, plan: PromptPlan, answer: str) -> bool | None:
     """Append the request's turn and the answer to the conversation, exactly once.
 
     Done before the job is marked finished, so its final state says whether the
@@ -126,7 +206,7 @@ def _persist(rt: Runtime, record: JobRecord, plan: PromptPlan, answer: str) -> b
         at=record.created_at, messages=[*plan.turn, {"role": "assistant", "content": answer}],
         user_id=record.user_id, persona=record.persona, written_at=time.time(),
     )
-    return rt.persister.persist(write)
+    return w.persister.persist(write)
 
 
 def _timings(

@@ -2,8 +2,9 @@
 
 ``POST /office/Llama`` and ``POST /character/Llama`` take the old bodies and
 answer the assistant's text as a JSON string, as before. They go through the
-same queues as ``/v1/jobs`` (a job on the default model, persona set, ``db_id``
-as the conversation id) and wait for the answer up to
+same queues as ``/v1/jobs`` (a job on the model the registry's ``[ancestor]``
+table names for the route, else the default model; persona set, ``db_id`` as the
+conversation id) and wait for the answer up to
 ``CHATQ_CONVERSATIONS__ANCESTOR_WAIT_S``. If that passes first they answer
 ``202`` with the job (``Location: /v1/jobs/{id}``), so nothing is lost.
 """
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api import jobs
 from api.deps import ServicesDep, TenantDep
+from shared.errors import JobCancelled, JobFailed
 from shared.personas import CharacterPersona, OfficePersona
 from shared.schemas import JobRequest, JobStatus, Message
 
@@ -32,8 +34,9 @@ class AncestorRequest(BaseModel):
     db_id: str | int | None = Field(None, description="Conversation id (new one if absent).")
     user_id: str | int | None = Field(None, description="The end user.")
 
-    def job(self, persona: OfficePersona | CharacterPersona) -> JobRequest:
+    def job(self, persona: OfficePersona | CharacterPersona, model: str) -> JobRequest:
         return JobRequest(
+            model=model,
             messages=[Message(role="user", content=self.input_data)],
             conversation_id=str(self.db_id) if self.db_id not in (None, "") else None,
             user_id=None if self.user_id is None else str(self.user_id),
@@ -61,14 +64,16 @@ async def _answer(svc: ServicesDep, tenant: str, req: JobRequest) -> JSONRespons
         view = await jobs.view(svc, record, output)
         return JSONResponse(view.model_dump(mode="json"), status.HTTP_202_ACCEPTED,
                             headers={"Location": f"/v1/jobs/{record.id}", "Retry-After": "1"})
-    error = record.error or {"code": record.status.value, "message": f"job {record.status}"}
-    code = status.HTTP_409_CONFLICT if record.status is JobStatus.cancelled else 500
-    return JSONResponse({"error": {**error, "details": {"job_id": record.id}}}, code)
+    if record.status is JobStatus.failed:
+        raise JobFailed(record.id, record.error)
+    raise JobCancelled(f"job {record.id} was {record.status.value} before it answered",
+                       details={"job_id": record.id})
 
 
 @router.post("/office/Llama", summary="The ancestor office assistant")
 async def office(body: OfficeRequest, svc: ServicesDep, tenant: TenantDep) -> JSONResponse:
-    return await _answer(svc, tenant, body.job(OfficePersona()))
+    model = svc.registry.ancestor_model("office").name
+    return await _answer(svc, tenant, body.job(OfficePersona(), model))
 
 
 @router.post("/character/Llama", summary="The ancestor character role-play bot")
@@ -76,4 +81,5 @@ async def character(body: CharacterRequest, svc: ServicesDep,
                     tenant: TenantDep) -> JSONResponse:
     persona = CharacterPersona(character_name=body.character_name, greeting=body.greeting,
                                context=body.context)
-    return await _answer(svc, tenant, body.job(persona))
+    model = svc.registry.ancestor_model("character").name
+    return await _answer(svc, tenant, body.job(persona, model))

@@ -22,7 +22,8 @@ from api import jobs
 from api.deps import ServicesDep, TenantDep
 from api.services import Services
 from shared.errors import InvalidRequest
-from shared.jobstore import JobRecord
+from shared.events import DoneEvent, ErrorEvent, KeepaliveEvent, StatusEvent, TokenEvent
+from shared.lifecycle import JobRecord
 from shared.schemas import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["streaming"])
@@ -65,19 +66,23 @@ async def job_event_stream(
     svc: Services, record: JobRecord, tenant: str, last_seq: int
 ) -> AsyncIterator[str]:
     async for event in jobs.iterate_events(svc, record, last_seq):
-        kind = event["type"]
-        if kind == "token":
-            yield frame("token", {"seq": event["seq"], "text": event["text"]}, event["seq"])
-        elif kind == "keepalive":
-            yield ": keep-alive\n\n"
-        else:
-            yield frame("status", {k: v for k, v in event.items() if k != "type"})
+        if isinstance(event, TokenEvent):
+            yield frame("token", event.model_dump(exclude={"type"}, exclude_none=True),
+                        event.seq)
+        elif isinstance(event, KeepaliveEvent):
+            yield KEEPALIVE
+        elif isinstance(event, StatusEvent):
+            yield frame("status", event.model_dump(mode="json", exclude={"type"},
+                                                   exclude_none=True))
     yield await _final(svc, record.id, tenant)
 
 
+KEEPALIVE = ": keep-alive\n\n"
+
+
 async def _final(svc: Services, job_id: str, tenant: str) -> str:
-    record, output = await jobs.fetch(svc, job_id, tenant)
+    record, output = await jobs.final(svc, job_id, tenant)
     job = (await jobs.view(svc, record, output)).model_dump(mode="json")
-    if record.status is JobStatus.failed:
-        return frame("error", {"error": record.error, "job": job})
-    return frame("done", job)
+    end = (ErrorEvent(error=record.error, job=job) if record.status is JobStatus.failed
+           else DoneEvent(job=job))
+    return frame(end.type, end.sse_data())

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from api.deps import ServicesDep, TenantDep
-from api.routers.jobs import RESPONSES, PreferHeader, submit_response
+from api.routers.jobs import RESPONSES, IdempotencyKeyHeader, PreferHeader, submit_response
 from shared.schemas import Job, JobRequest
 
 router = APIRouter(tags=["platform"])
@@ -14,6 +14,9 @@ router = APIRouter(tags=["platform"])
 
 @router.post("/invocations", response_model=Job, status_code=202, responses=RESPONSES)
 async def invocations(
-    body: JobRequest, svc: ServicesDep, tenant: TenantDep, prefer: PreferHeader = None
+    body: JobRequest, svc: ServicesDep, tenant: TenantDep, prefer: PreferHeader = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
-    return await submit_response(svc, body, tenant, prefer)
+    """The same job submit as `POST /v1/jobs` (webhooks, priority, `cancel_after`,
+    `Idempotency-Key` included)."""
+    return await submit_response(svc, body, tenant, prefer, idempotency_key)

@@ -19,10 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from api import jobs
 from api.deps import ServicesDep, TenantDep
 from api.errors import openai_body
-from api.routers.events import SSE_HEADERS
+from api.routers.events import KEEPALIVE, SSE_HEADERS
 from api.services import Services
-from shared.errors import ChatqError, InvalidRequest
-from shared.jobstore import JobRecord
+from shared.errors import InvalidRequest, JobFailed
+from shared.events import KeepaliveEvent, TokenEvent
+from shared.lifecycle import JobRecord
 from shared.schemas import (
     JobRequest,
     JobStatus,
@@ -37,16 +38,6 @@ from shared.schemas import (
 router = APIRouter(prefix="/v1/chat", tags=["openai"])
 
 _FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
-
-
-class JobFailed(ChatqError):
-    """The job behind a completion failed (504 for a timeout, else 500)."""
-
-    def __init__(self, record: JobRecord) -> None:
-        error = record.error or {}
-        super().__init__(error.get("message", "generation failed"))
-        self.code = error.get("code", "generation_error")  # type: ignore[misc]
-        self.status = 504 if self.code == "timeout" else 500  # type: ignore[misc]
 
 
 class ContentPart(BaseModel):
@@ -145,7 +136,7 @@ async def chat_completions(
         return JSONResponse({}, status_code=499)  # nobody is listening any more
     record, output = done
     if record.status is JobStatus.failed:
-        raise JobFailed(record)
+        raise JobFailed(record.id, record.error)
     return JSONResponse({
         "id": record.id, "object": "chat.completion", "created": created,
         "model": record.model, "system_fingerprint": None,
@@ -167,7 +158,7 @@ async def _wait_unless_disconnected(
         async def watch() -> None:
             while not await request.is_disconnected():
                 await anyio.sleep(0.2)
-            await svc.store.cancel(record)
+            await jobs.cancel(svc, record)
             tg.cancel_scope.cancel()
 
         tg.start_soon(watch)
@@ -183,23 +174,23 @@ async def _stream(
     try:
         yield _chunk(record, created, {"role": "assistant", "content": ""}, usage=usage)
         async for event in jobs.iterate_events(svc, record):
-            if event["type"] == "token":
-                yield _chunk(record, created, {"content": event["text"]}, usage=usage)
-            elif event["type"] == "keepalive":
-                yield ": keep-alive\n\n"
+            if isinstance(event, TokenEvent):
+                yield _chunk(record, created, {"content": event.text}, usage=usage)
+            elif isinstance(event, KeepaliveEvent):
+                yield KEEPALIVE
         finished = True
-        final, _ = await jobs.fetch(svc, record.id, tenant)
+        final, _ = await jobs.final(svc, record.id, tenant)
         async for line in _ending(final, created, usage):
             yield line
     finally:
         if not finished:  # the client went away mid-answer: stop generating for nobody
             with anyio.CancelScope(shield=True):
-                await svc.store.cancel(record)
+                await jobs.cancel(svc, record)
 
 
 async def _ending(final: JobRecord, created: int, usage: bool) -> AsyncIterator[str]:
     if final.status is JobStatus.failed:
-        yield _data(openai_body(JobFailed(final)))
+        yield _data(openai_body(JobFailed(final.id, final.error)))
     else:
         finish = _FINISH.get(final.finish_reason or "stop", "stop")
         yield _chunk(final, created, {}, finish, usage=usage)

@@ -38,6 +38,8 @@ class QueueInfo(BaseModel):
     model: str | None = Field(description="The registry's model for this queue.")
     depth: int = Field(description="Jobs waiting in the broker.")
     running: int = Field(description="Jobs a worker is running now.")
+    slots: int = Field(description="Jobs the live workers can generate at once.")
+    slots_busy: int = Field(description="Slots generating a job, as the heartbeats say.")
     live_workers: int
     workers: list[dict[str, Any]]
     totals: dict[str, int] = Field(description="Finished jobs by status since the start, "
@@ -57,6 +59,7 @@ def _info(view: queues.QueueView) -> QueueInfo:
     totals["tokens_generated"] = sum(view.counters.tokens.values())
     return QueueInfo(
         queue=view.queue, model=view.model, depth=view.depth, running=view.running,
+        slots=view.slots, slots_busy=view.slots_busy,
         live_workers=len(view.workers), workers=[queues.worker_summary(w) for w in view.workers],
         totals=totals, recent=RecentStats.model_validate(summarize(view.recent)),
     )

@@ -46,16 +46,25 @@ network: no file is fetched at run time.
 ./restore.sh                 # verifies every checksum (refuses on mismatch), loads images
 cp ops/env.example .env      # set MONGO_PASSWORD, FLOWER_BASIC_AUTH, CHATQ_API__KEYS
 docker-compose up -d         # Redis, MongoDB, API, workers gpu0/gpu1, Flower
-./smoke.sh                   # /readyz, then one job end to end
+./smoke.sh                   # the registry checks out, /readyz, then one job end to end
 ```
 
 `restore.sh` takes no arguments and works in this folder. To keep the models
 elsewhere, run `CHATQ_MODELS_DIR=/srv/models ./restore.sh` and start compose with
 the same `CHATQ_MODELS_DIR`. The registry (`ops/models.prod.toml`) maps each model
-to its file under `/models` and its GPU queue.
+to its file under `/models`, its GPU queue, its llama.cpp options and sampling
+defaults, and the ancestor routes to their models. Check it before starting:
+`docker-compose run --rm --no-deps gpu0 python -m shared.registry check
+/etc/chatq/models.toml` (every key and value, every file, the worker image's
+llama.cpp build).
 
 `smoke.sh` reads `CHATQ_URL` (default `http://127.0.0.1:8000`), `CHATQ_API_KEY`
-and `CHATQ_SMOKE_TIMEOUT` (seconds, default 120).
+and `CHATQ_SMOKE_TIMEOUT` (seconds, default 120); it checks the registry in the
+running `api` container first (`CHATQ_SMOKE_CHECK` replaces that command, `skip`
+skips it).
+
+Try it in a browser: the chat playground at `/playground` and the API docs at
+`/docs` (or `/redoc`) on port 8000; chatq serves them with everything they load.
 
 Operators: Flower at port 5555 (basic auth), Prometheus metrics at `/metrics`,
 queues at `/v1/queues`.

@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# Smoke test of a running chatq: /readyz answers ready, then one job runs to success.
+# Smoke test of a running chatq: the model registry checks out, /readyz answers ready,
+# then one job runs to success.
 #
 #   ./smoke.sh                      # against http://127.0.0.1:8000
 #   CHATQ_URL=http://host:8000 CHATQ_API_KEY=... ./smoke.sh
 #
+# The registry check runs `python -m shared.registry check` in the running api
+# container (every model's options, every GGUF file under /models; the workers hold
+# the options against their own llama.cpp build, and an upstream worker its API key
+# variable, when they start). CHATQ_SMOKE_CHECK
+# replaces that command (e.g. `.venv/bin/python -m shared.registry check FILE` outside
+# Docker); CHATQ_SMOKE_CHECK=skip skips it.
 # CHATQ_SMOKE_TIMEOUT (seconds, default 120) bounds the wait for readiness and
 # for the job; CHATQ_SMOKE_MODEL picks a model (default: the default model).
 # Exits 0 when the job succeeded, nonzero with the reason otherwise.
@@ -15,6 +22,14 @@ auth=()
 fail() { echo "smoke: FAILED: $*" >&2; exit 1; }
 field() { grep -o "\"$1\":\"[^\"]*\"" | head -1 | cut -d'"' -f4; }
 deadline=$((SECONDS + timeout))
+
+check=${CHATQ_SMOKE_CHECK:-docker-compose exec -T api python -m shared.registry check --no-build --no-keys /etc/chatq/models.toml}
+if [ "$check" != skip ]; then
+  report=$(bash -c "$check" 2>&1) || fail "the model registry does not check out ($check):
+$report"
+  echo "smoke: the model registry checks out"
+  sed 's/^/smoke:   /' <<<"$report"
+fi
 
 while :; do
   ready=$(curl -s -o /dev/null -w '%{http_code}' "$url/readyz" || true)

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
 
 from shared.settings import load_settings
-from tests.helpers import hi, submit, wait_done
-
-LONG = "Count from 1 to 300, separated by commas."
+from tests.helpers import all_slots_busy, hi, submit, wait_done
 
 
 def test_prompt_plus_max_tokens_over_context_is_400_with_both_counts(
@@ -43,18 +39,13 @@ def test_long_prompt_alone_over_context_is_400(client: httpx.Client) -> None:
 def test_full_queue_is_429_with_retry_after(make_stack) -> None:  # type: ignore[no-untyped-def]
     stack = make_stack(env={"CHATQ_API__MAX_QUEUE_DEPTH": "1"})
     with stack.client() as c:
-        running = submit(c, hi(LONG, max_tokens=300, temperature=0))
-        deadline = time.monotonic() + 20
-        while c.get(f"/v1/jobs/{running['id']}").json()["status"] != "running":
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        waiting_job = submit(c, hi(max_tokens=4))
-        refused = c.post("/v1/jobs", json=hi(max_tokens=4))
-        assert refused.status_code == 429
-        assert int(refused.headers["Retry-After"]) > 0
-        error = refused.json()["error"]
-        assert error["code"] == "queue_full" and "'cpu'" in error["message"]
-        c.post(f"/v1/jobs/{running['id']}/cancel")
+        with all_slots_busy(c):
+            waiting_job = submit(c, hi(max_tokens=4))
+            refused = c.post("/v1/jobs", json=hi(max_tokens=4))
+            assert refused.status_code == 429
+            assert int(refused.headers["Retry-After"]) > 0
+            error = refused.json()["error"]
+            assert error["code"] == "queue_full" and "'cpu'" in error["message"]
         assert wait_done(c, waiting_job["id"])["status"] == "succeeded"
         # room again once the line moved
         assert c.post("/v1/jobs", json=hi(max_tokens=4), headers={

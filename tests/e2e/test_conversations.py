@@ -16,7 +16,7 @@ from shared.conversations import TurnWrite, WorkerConversationStore
 from shared.keys import GENERATE_TASK
 from shared.settings import load_settings
 from tests.conftest import Chatq
-from tests.helpers import hi, submit, wait_done
+from tests.helpers import as_if_its_worker_died, hi, submit, wait_done
 
 
 @pytest.fixture
@@ -67,22 +67,17 @@ def test_a_redelivered_job_does_not_duplicate_messages(chatq: Chatq,
     before = messages(client, job["conversation_id"])
     assert len(before) == 2
     # As if the worker died after writing the turn but before finishing the job:
-    # the job is running again and Celery delivers it a second time.
-    chatq.redis().hset(f"chatq:job:{job['id']}", "status", "running")
-    celery = make_celery(load_settings(redis_url=chatq.redis_url))
-    try:
-        celery.send_task(GENERATE_TASK, args=[job["id"]], queue="cpu")
-        again = wait_done(client, job["id"])
-    finally:
-        celery.close()
+    # the sweeper requeues it and a worker runs it a second time.
+    as_if_its_worker_died(chatq.redis(), job["id"])
+    again = wait_done(client, job["id"])
     assert again["status"] == "succeeded" and again["attempts"] == 2
     assert again["history_messages"] == 0  # its own earlier write is not its history
     assert again["persisted"] is True
     assert messages(client, job["conversation_id"]) == before
-    # A delivery of a finished job is skipped altogether.
+    # A late message of a finished job is skipped altogether.
     celery = make_celery(load_settings(redis_url=chatq.redis_url))
     try:
-        celery.send_task(GENERATE_TASK, args=[job["id"]], queue="cpu")
+        celery.send_task(GENERATE_TASK, args=[job["id"], 2], queue="cpu")
     finally:
         celery.close()
     ask(client, "Flush the queue.")

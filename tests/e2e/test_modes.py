@@ -8,9 +8,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import Chatq
-from tests.helpers import hi, submit, wait_done
-
-LONG = "Count from 1 to 300, separated by commas."
+from tests.helpers import LONG, all_slots_busy, hi, submit, wait_done
 
 
 def long_job(tokens: int) -> dict[str, Any]:
@@ -92,13 +90,12 @@ def test_invocations_has_the_same_modes(client: httpx.Client) -> None:
 
 
 def test_cancel_a_queued_job_it_never_runs(client: httpx.Client) -> None:
-    ahead = submit(client, long_job(150))
-    job = submit(client, hi(max_tokens=8))
-    response = client.post(f"/v1/jobs/{job['id']}/cancel")
-    assert response.status_code == 200
-    assert response.json()["status"] == "cancelled"
-    wait_done(client, ahead["id"])
-    time.sleep(0.5)  # the worker has had its chance to pick it up
+    with all_slots_busy(client):
+        job = submit(client, hi(max_tokens=8))
+        response = client.post(f"/v1/jobs/{job['id']}/cancel")
+        assert response.status_code == 200
+        assert response.json()["status"] == "cancelled"
+    time.sleep(0.5)  # slots freed: the worker has had its chance to pick it up
     final = client.get(f"/v1/jobs/{job['id']}").json()
     assert final["status"] == "cancelled"
     assert final["started_at"] is None and final["attempts"] == 0 and final["output"] == ""

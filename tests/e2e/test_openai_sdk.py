@@ -10,9 +10,7 @@ import pytest
 
 from shared.settings import DEV_API_KEY
 from tests.conftest import Chatq
-from tests.helpers import hi, submit
-
-LONG = "Count from 1 to 300, separated by commas."
+from tests.helpers import LONG, all_slots_busy, hi, submit
 
 
 @pytest.fixture
@@ -75,15 +73,11 @@ def test_sdk_raises_its_own_error_classes(chatq: Chatq, sdk: openai.OpenAI) -> N
 def test_sdk_rate_limit_error_on_a_full_queue(make_stack) -> None:  # type: ignore[no-untyped-def]
     stack = make_stack(env={"CHATQ_API__MAX_QUEUE_DEPTH": "1"})
     sdk = openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key=DEV_API_KEY, max_retries=0)
-    with stack.client() as c:
-        running = submit(c, hi(LONG, max_tokens=300, temperature=0))
-        while c.get(f"/v1/jobs/{running['id']}").json()["status"] != "running":
-            time.sleep(0.02)
+    with stack.client() as c, all_slots_busy(c):
         submit(c, hi(max_tokens=4))
         with pytest.raises(openai.RateLimitError):
             sdk.chat.completions.create(model="smollm2-135m",
                                         messages=[{"role": "user", "content": "hi"}])
-        c.post(f"/v1/jobs/{running['id']}/cancel")
 
 
 def _wait_status(client: httpx.Client, job_id: str, status: str) -> dict[str, object]:

@@ -9,9 +9,16 @@ import httpx
 
 from shared.settings import DEV_API_KEY
 from tests.conftest import Chatq
-from tests.helpers import SseStream, hi, parse_sse, stream_job, submit, wait_done
-
-LONG = "Count from 1 to 300, separated by commas."
+from tests.helpers import (
+    LONG,
+    SseStream,
+    all_slots_busy,
+    hi,
+    parse_sse,
+    stream_job,
+    submit,
+    wait_done,
+)
 
 
 def assert_complete(stream: SseStream, job: dict[str, object], first_seq: int = 1) -> None:
@@ -89,13 +96,23 @@ def test_unknown_job_stream_is_404(client: httpx.Client) -> None:
 
 
 def test_idle_stream_gets_keepalive_comments_while_queued(client: httpx.Client) -> None:
-    ahead = submit(client, hi(LONG, max_tokens=150, temperature=0))
-    job = submit(client, hi(max_tokens=8))
-    stream = stream_job(client, job["id"])
-    assert stream.events[0].event == "status" and stream.events[0].data["status"] == "queued"
-    assert stream.comments >= 1  # keep-alive while waiting behind the first job
-    assert stream.last.event == "done"
-    wait_done(client, ahead["id"])
+    stream = SseStream()
+    with all_slots_busy(client) as fillers:
+        job = submit(client, hi(max_tokens=8))
+        with client.stream("GET", f"/v1/jobs/{job['id']}/events") as response:
+            lines = response.iter_lines()
+            head: list[str] = []
+            for line in lines:  # until the first keep-alive comment, while it waits
+                head.append(line)
+                if line.startswith(":"):
+                    break
+            first = parse_sse(head, SseStream()).events[0]
+            assert (first.event, first.data["status"]) == ("status", "queued")
+            for filler in fillers:  # free the slots: the job runs, the stream goes on
+                client.post(f"/v1/jobs/{filler}/cancel")
+            parse_sse([*head, *lines], stream)
+    assert stream.comments >= 1  # keep-alive while waiting behind the long jobs
+    assert stream.last.event == "done" and stream.last.data["status"] == "succeeded"
 
 
 async def _collect(base_url: str, job_id: str) -> SseStream:

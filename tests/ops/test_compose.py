@@ -1,5 +1,7 @@
 """The production compose file validates, refuses to run without its secrets, and wires
-one worker per GPU with its device reserved and the models mounted read-only."""
+one worker per GPU with its device reserved and the models mounted read-only, the
+webhook worker from the CPU image, and (profile "upstream") an upstream queue's worker
+from the CPU image."""
 
 from __future__ import annotations
 
@@ -50,7 +52,8 @@ def test_services_are_wired_for_production(tmp_path: Path) -> None:
     result = compose("config", env=SECRETS, tmp=tmp_path)
     assert result.returncode == 0, result.stderr
     services: dict[str, Any] = yaml.safe_load(result.stdout)["services"]
-    assert set(services) == {"redis", "mongo", "api", "gpu0", "gpu1", "flower"}
+    assert set(services) == {"redis", "mongo", "api", "gpu0", "gpu1", "webhooks", "flower",
+                             "upstream"}
     assert all(s["platform"] == "linux/amd64" for s in services.values())
     assert "--appendonly" in services["redis"]["command"]
     registry = Registry.load(ROOT / "ops" / "models.prod.toml")
@@ -73,3 +76,38 @@ def test_services_are_wired_for_production(tmp_path: Path) -> None:
     assert services["flower"]["environment"]["FLOWER_BASIC_AUTH"] == "u:p"
     assert "mongo-data:/data/db" in str(services["mongo"]["volumes"]) or any(
         v.get("target") == "/data/db" for v in services["mongo"]["volumes"])
+
+
+def test_the_webhook_worker_runs_from_the_cpu_image(tmp_path: Path) -> None:
+    result = compose("config", env=SECRETS, tmp=tmp_path)
+    assert result.returncode == 0, result.stderr
+    services: dict[str, Any] = yaml.safe_load(result.stdout)["services"]
+    hooks = services["webhooks"]
+    assert hooks["image"] == services["api"]["image"]  # the CPU image, no model, no GPU
+    assert "deploy" not in hooks and "volumes" not in hooks
+    command = hooks["command"]
+    assert command[:3] == ["celery", "-A", "workers.webhooks"]
+    assert command[command.index("-Q") + 1] == "webhooks"
+    assert hooks["environment"]["CHATQ_ENV"] == "production"
+    assert hooks["healthcheck"]["test"][-2:] == ["ops.healthcheck", "webhooks"]
+
+
+def test_an_upstream_worker_is_a_profile_on_the_cpu_image(tmp_path: Path) -> None:
+    result = compose("config", env=SECRETS, tmp=tmp_path)
+    assert result.returncode == 0, result.stderr
+    services: dict[str, Any] = yaml.safe_load(result.stdout)["services"]
+    worker = services["upstream"]
+    assert worker["profiles"] == ["upstream"]  # off unless asked for
+    assert worker["image"] == services["api"]["image"]  # no GPU, no model files
+    assert "deploy" not in worker
+    assert [v["target"] for v in worker["volumes"]] == ["/etc/chatq/models.toml"]
+    command = worker["command"]
+    assert command[:3] == ["celery", "-A", "workers.app"]
+    assert command[command.index("-Q") + 1] == "upstream"
+    assert "-P" not in command  # the thread pool with the model's slots (workers.app)
+    environment = worker["environment"]
+    assert environment["CHATQ_WORKER__QUEUE"] == "upstream"
+    assert environment["UPSTREAM_API_KEY"] == ""  # from .env; never in the repository
+    assert worker["healthcheck"]["test"][-2:] == ["ops.healthcheck", "worker"]
+    example = (ROOT / "ops" / "models.prod.toml").read_text()
+    assert 'api_key_env = "UPSTREAM_API_KEY"' in example

@@ -1,5 +1,5 @@
 """The offline bundle: models carried with checksums, restored only when they match,
-and a smoke test that brings one job through a running chatq."""
+and a smoke test that checks the registry and brings one job through a running chatq."""
 
 from __future__ import annotations
 
@@ -104,17 +104,48 @@ def test_restore_refuses_a_corrupted_image_before_loading(bundle: Path) -> None:
     assert "docker load" not in result.stdout
 
 
+def check_command(registry: Path = DEFAULT_REGISTRY) -> str:
+    """The registry check smoke.sh runs (outside Docker: this interpreter)."""
+    return f"{sys.executable} -m shared.registry check {registry}"
+
+
 def test_smoke_passes_against_a_running_chatq(chatq: Chatq) -> None:
     result = run([str(OFFLINE / "smoke.sh")], cwd=ROOT, CHATQ_URL=chatq.base_url,
-                 CHATQ_API_KEY=DEV_API_KEY, CHATQ_SMOKE_TIMEOUT="90")
+                 CHATQ_API_KEY=DEV_API_KEY, CHATQ_SMOKE_TIMEOUT="90",
+                 CHATQ_SMOKE_CHECK=check_command())
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "the model registry checks out" in result.stdout
+    assert "ok: smollm2-135m (default) on queue cpu" in result.stdout
     assert "readyz is ready" in result.stdout
     assert "succeeded" in result.stdout
+
+
+def test_smoke_fails_on_a_registry_that_does_not_check_out(chatq: Chatq, tmp_path: Path) -> None:
+    bad = tmp_path / "models.toml"
+    bad.write_text('[models.a]\npath = "a.gguf"\nqueue = "gpu0"\nn_batch = -1\n')
+    result = run([str(OFFLINE / "smoke.sh")], cwd=ROOT, CHATQ_URL=chatq.base_url,
+                 CHATQ_SMOKE_CHECK=check_command(bad))
+    assert result.returncode != 0
+    assert "the model registry does not check out" in result.stderr
+    assert "model 'a': `n_batch` = -1: Input should be greater than or equal to 1" in (
+        result.stderr)
+    assert "readyz" not in result.stdout  # refused before anything else
 
 
 def test_smoke_fails_when_chatq_is_not_ready(make_stack: Callable[..., Chatq]) -> None:
     no_worker = make_stack(with_worker=False)
     result = run([str(OFFLINE / "smoke.sh")], cwd=ROOT, CHATQ_URL=no_worker.base_url,
-                 CHATQ_SMOKE_TIMEOUT="2")
+                 CHATQ_SMOKE_TIMEOUT="2", CHATQ_SMOKE_CHECK="skip")
     assert result.returncode != 0
     assert "readyz answered 503" in result.stderr and "cpu" in result.stderr
+
+
+def test_a_model_served_by_an_upstream_has_no_file_to_bundle(tmp_path: Path,
+                                                             demo_model: Path) -> None:
+    registry = tmp_path / "models.toml"
+    registry.write_text(DEFAULT_REGISTRY.read_text() + '\n[models.remote]\nqueue = "upstream"\n'
+                        '[models.remote.upstream]\nurl = "http://vllm:8000/v1"\nmodel = "m"\n')
+    result = run([sys.executable, "-m", "ops.offline.registry_files"], cwd=ROOT,
+                 CHATQ_REGISTRY=str(registry))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(demo_model)]

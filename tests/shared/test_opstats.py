@@ -9,32 +9,30 @@ import pytest
 import redis
 import redis.asyncio as aredis
 
-from shared.jobstore import WorkerJobStore
+from shared.lifecycle import BlockingJobs
 from shared.opstats import RECENT_MAX, QueueCounters, percentile, read_queue, summarize
 from shared.schemas import JobStatus
-from tests.shared.test_jobstore import CFG, queued
+from tests.shared.test_lifecycle import CFG, L1, running
 
 TIMINGS = {"queue_wait_ms": 30.0, "ttft_ms": 120.0, "duration_ms": 1500.0, "tokens_per_s": 42.0}
 USAGE = {"prompt_tokens": 11, "completion_tokens": 20, "total_tokens": 31}
 
 
 @pytest.fixture
-def store(redis_client: redis.Redis) -> WorkerJobStore:
-    return WorkerJobStore(redis_client, CFG)
+def store(redis_client: redis.Redis) -> BlockingJobs:
+    return BlockingJobs(redis_client, CFG)
 
 
-def finish(store: WorkerJobStore, status: JobStatus, **fields: Any) -> str:
-    record = queued(store)
-    store.start(record, 3)
-    return store.finish(record, status, **fields)
+def finish(store: BlockingJobs, status: JobStatus, **fields: Any) -> str:
+    return store(store.ops.finish(running(store), status, L1, **fields))
 
 
-def counters(store: WorkerJobStore) -> QueueCounters:
+def counters(store: BlockingJobs) -> QueueCounters:
     raw: dict[str, str] = store.redis.hgetall(CFG.keys.queue_stats("q"))  # type: ignore[assignment]
     return QueueCounters.parse(raw)
 
 
-def test_finish_counts_status_tokens_and_histograms(store: WorkerJobStore) -> None:
+def test_finish_counts_status_tokens_and_histograms(store: BlockingJobs) -> None:
     finish(store, JobStatus.succeeded, usage=USAGE, timings=TIMINGS)
     finish(store, JobStatus.succeeded, usage=USAGE, timings=TIMINGS)
     finish(store, JobStatus.failed, error={"code": "worker_lost", "message": "x"})
@@ -50,16 +48,18 @@ def test_finish_counts_status_tokens_and_histograms(store: WorkerJobStore) -> No
     assert rate["20"] == 0 and rate["50"] == 2
 
 
-def test_a_second_finish_is_not_counted_again(store: WorkerJobStore) -> None:
-    record = queued(store)
-    store.start(record, 3)
-    assert store.finish(record, JobStatus.succeeded, usage=USAGE, timings=TIMINGS) == "ok"
-    assert store.finish(record, JobStatus.failed, usage=USAGE, timings=TIMINGS) == "succeeded"
+def test_a_second_finish_is_not_counted_again(store: BlockingJobs) -> None:
+    record = running(store)
+    ops = store.ops
+    assert store(ops.finish(record, JobStatus.succeeded, L1, usage=USAGE, timings=TIMINGS)) == (
+        "ok")
+    assert store(ops.finish(record, JobStatus.failed, L1, usage=USAGE, timings=TIMINGS)) == (
+        "succeeded")
     assert counters(store).jobs == {("m", "succeeded"): 1}
     assert store.redis.llen(CFG.keys.queue_recent("q")) == 1
 
 
-def test_values_over_the_last_bound_land_in_inf(store: WorkerJobStore) -> None:
+def test_values_over_the_last_bound_land_in_inf(store: BlockingJobs) -> None:
     finish(store, JobStatus.succeeded, usage=USAGE,
            timings={**TIMINGS, "duration_ms": 10_000_000.0, "ttft_ms": None})
     c = counters(store)
@@ -68,7 +68,7 @@ def test_values_over_the_last_bound_land_in_inf(store: WorkerJobStore) -> None:
     assert ("ttft_seconds", "m") not in c.histograms  # no first token, no observation
 
 
-def test_recent_list_is_capped_and_summarized(store: WorkerJobStore, redis_url: str) -> None:
+def test_recent_list_is_capped_and_summarized(store: BlockingJobs, redis_url: str) -> None:
     k = CFG.keys.queue_recent("q")
     store.redis.rpush(k, *['{"status": "succeeded", "finished_at": 1}'] * RECENT_MAX)
     finish(store, JobStatus.failed, usage=USAGE, timings=TIMINGS)

@@ -1,0 +1,49 @@
+"""The API's side of webhooks: checking a target at submit, the tenant's secret, and
+a job's deliveries for its view. Delivery itself is the webhook worker's
+(``workers.webhooks``); the rules are :mod:`shared.webhooks`'."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from redis.exceptions import RedisError
+
+from api.services import Services
+from shared.errors import Unavailable, UnsafeWebhook
+from shared.schemas import WebhookDelivery
+from shared.webhooks import addresses_of, check_addresses, deliveries, new_secret, target
+
+RESOLVE_TIMEOUT_S = 5.0
+
+
+async def check_target(svc: Services, url: str) -> None:
+    """422 (naming ``webhook``) for a target chatq must not call: http in production, or a
+    host resolving to a non-public address there (unless the allow-list names it)."""
+    policy = svc.webhook_policy
+    host, port = target(url, policy)
+    if policy.any_address or host in policy.hosts:
+        return
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await asyncio.wait_for(
+            loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT_S)
+    except (OSError, TimeoutError) as exc:
+        raise UnsafeWebhook(f"{host} could not be resolved ({exc or 'timed out'})") from exc
+    check_addresses(host, addresses_of(infos), policy)
+
+
+async def tenant_secret(svc: Services, tenant: str) -> str:
+    """The tenant's signing secret, made once (SET NX) and kept in Redis."""
+    key = svc.keys.webhook_secret(tenant)
+    try:
+        await svc.redis.set(key, new_secret(), nx=True)
+        secret = await svc.redis.get(key)
+    except RedisError as exc:
+        raise Unavailable("Redis is unreachable") from exc
+    return str(secret)
+
+
+async def job_deliveries(svc: Services, job_id: str) -> list[WebhookDelivery]:
+    state: dict[str, str] = await svc.redis.hgetall(svc.keys.hooks(job_id))  # type: ignore[assignment]
+    return deliveries(state)

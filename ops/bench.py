@@ -1,0 +1,246 @@
+"""``make bench``: chatq against llama-cpp-python called directly, in one run.
+
+The same prompts and parameters (greedy, fixed ``max_tokens``) go
+
+1. directly through llama-cpp-python in this process (one caller: a ``Llama``
+   object generates for one sequence at a time),
+2. through a local chatq stack (its own Redis, store, worker and API) by one
+   streaming caller of ``/v1/chat/completions``,
+3. through the same stack by several callers at once (``--callers``, default 4),
+
+one after the other, so they never share the CPU. It prints first-token latency
+(p50/p95), per-stream and aggregate tokens/s, and the ratios the issues set as
+targets:
+
+- 1 caller: chatq per-stream tokens/s >= 0.95 x direct; added first-token
+  latency (p50) <= 20 ms;
+- N callers: aggregate tokens/s >= 1.4 x chatq's own 1-caller aggregate;
+  first-token p50 <= 500 ms.
+
+Per-stream tokens/s is (tokens - 1) / (last token - first token); aggregate
+tokens/s is all tokens of a round over its wall-clock time, first request to
+last token. ``CHATQ_WORKER__N_THREADS`` sets llama.cpp's threads on both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from llama_cpp import Llama
+
+from ops.devstack import Stack, free_port, wait_worker
+from shared.registry import ModelSpec, Registry
+from shared.settings import DEV_API_KEY, load_settings
+
+PROMPTS = [
+    "Count from 1 to 200, separated by commas.",
+    "Write a long story about a lighthouse keeper.",
+    "Explain how a bicycle works, step by step, in detail.",
+    "List as many colours as you can, one per line.",
+]
+
+
+@dataclass
+class Stream:
+    started: float
+    first: float
+    last: float
+    tokens: int
+
+    @property
+    def ttft_ms(self) -> float:
+        return (self.first - self.started) * 1000
+
+    @property
+    def rate(self) -> float:
+        span = self.last - self.first
+        return (self.tokens - 1) / span if self.tokens > 1 and span > 0 else 0.0
+
+
+@dataclass
+class Round:
+    name: str
+    callers: int
+    streams: list[Stream]
+    wall_s: float
+
+    @property
+    def aggregate(self) -> float:
+        return sum(s.tokens for s in self.streams) / self.wall_s
+
+    def ttft(self, q: int) -> float:
+        values = sorted(s.ttft_ms for s in self.streams)
+        return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(
+            values) > 1 else values[0]
+
+    @property
+    def rate(self) -> float:
+        return statistics.median(s.rate for s in self.streams)
+
+    def line(self) -> str:
+        return (f"  {self.name:<22} callers {self.callers}  first token p50 "
+                f"{self.ttft(50):7.1f} ms  p95 {self.ttft(95):7.1f} ms  per-stream "
+                f"{self.rate:6.1f} tok/s  aggregate {self.aggregate:6.1f} tok/s  "
+                f"({len(self.streams)} streams, "
+                f"{statistics.median(s.tokens for s in self.streams):.0f} tokens median)")
+
+
+def direct(llm: Llama, prompt: str, max_tokens: int, fresh: bool = True) -> Stream:
+    """One streamed answer. ``fresh``: from an empty KV cache, as chatq starts every job
+    (it keeps nothing of one job for the next: isolation); else llama-cpp-python reuses
+    the prefix the prompts share (the chat template's system prompt) from the last call."""
+    if fresh:
+        llm.reset()
+    started = time.perf_counter()
+    first = last = 0.0
+    tokens = 0
+    chunks = llm.create_chat_completion([{"role": "user", "content": prompt}],
+                                        max_tokens=max_tokens, temperature=0, stream=True)
+    for chunk in chunks:
+        if chunk["choices"][0]["delta"].get("content"):  # type: ignore[index,union-attr]
+            last = time.perf_counter()
+            first = first or last
+            tokens += 1
+    return Stream(started, first, last, tokens)
+
+
+def _chunks(response: httpx.Response) -> Iterator[dict[str, object]]:
+    for line in response.iter_lines():
+        if line.startswith("data: ") and line != "data: [DONE]":
+            yield json.loads(line[6:])
+
+
+def through_chatq(client: httpx.Client, prompt: str, max_tokens: int) -> Stream:
+    body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    started = time.perf_counter()
+    first = last = 0.0
+    tokens = 0
+    with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        for chunk in _chunks(response):
+            choices: list[dict[str, dict[str, str]]] = chunk["choices"]  # type: ignore[assignment]
+            if choices and choices[0]["delta"].get("content"):
+                last = time.perf_counter()
+                first = first or last
+            usage = chunk.get("usage")
+            if isinstance(usage, dict):
+                tokens = int(usage["completion_tokens"])
+    return Stream(started, first, last, tokens)
+
+
+def run_round(name: str, callers: int, base_url: str, prompts: list[str],
+              max_tokens: int) -> Round:
+    """``callers`` clients start together; each runs its share of the prompts in turn."""
+    streams: list[Stream] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(callers)
+
+    def caller(mine: list[str]) -> None:
+        with httpx.Client(base_url=base_url, timeout=300,
+                          headers={"Authorization": f"Bearer {DEV_API_KEY}"}) as client:
+            barrier.wait()
+            for prompt in mine:
+                result = through_chatq(client, prompt, max_tokens)
+                with lock:
+                    streams.append(result)
+
+    threads = [threading.Thread(target=caller, args=(prompts[i::callers],))
+               for i in range(callers)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return Round(name, callers, streams, time.perf_counter() - started)
+
+
+def start_stack(root: Path) -> tuple[Stack, str]:
+    stack = Stack(root)
+    stack.env["CHATQ_REDIS_URL"] = stack.start_redis()
+    stack.env["CHATQ_MONGO_URL"] = stack.start_mongo()
+    worker = stack.start_worker("cpu")
+    wait_worker(stack.env["CHATQ_REDIS_URL"], "cpu", proc=worker)
+    port = free_port()
+    stack.start_api(port)
+    return stack, f"http://127.0.0.1:{port}"
+
+
+def direct_rounds(spec: ModelSpec, path: Path, prompts: list[str], max_tokens: int,
+                  n_threads: int | None) -> tuple[Round, Round]:
+    """llama-cpp-python with the model's load options and flash attention as the engine
+    runs it (llama.cpp's "auto": on where the build supports it, as here), from an empty
+    KV cache each call; then the same reusing its prefix cache (for information)."""
+    options = {"n_threads": n_threads, "flash_attn": True, **spec.llama_kwargs()}
+    llm = Llama(model_path=str(path), verbose=False, **options)
+    rounds = []
+    for fresh, name in ((True, "llama-cpp-python direct"), (False, "direct, prefix cache")):
+        direct(llm, prompts[0], 8, fresh)  # warm-up
+        started = time.perf_counter()
+        streams = [direct(llm, p, max_tokens, fresh) for p in prompts]
+        rounds.append(Round(name, 1, streams, time.perf_counter() - started))
+    llm.close()
+    return rounds[0], rounds[1]
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def summary(d: Round, one: Round, many: Round) -> None:
+    ratio = one.rate / d.rate if d.rate else 0.0
+    added = one.ttft(50) - d.ttft(50)
+    scale = many.aggregate / one.aggregate if one.aggregate else 0.0
+    print(f"  1 caller:  per-stream tokens/s chatq/direct {ratio:.3f} (target >= 0.95: "
+          f"{verdict(ratio >= 0.95)}); added first-token latency p50 {added:+.1f} ms "
+          f"(target <= 20 ms: {verdict(added <= 20)})")
+    print(f"  {many.callers} callers: aggregate tokens/s {scale:.2f}x chatq's 1-caller "
+          f"aggregate (target >= 1.4: {verdict(scale >= 1.4)}); first-token p50 "
+          f"{many.ttft(50):.0f} ms (target <= 500 ms: {verdict(many.ttft(50) <= 500)})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=2, help="repetitions of the prompt set")
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--callers", type=int, default=4)
+    args = parser.parse_args()
+
+    settings = load_settings()
+    registry = Registry.load(settings.registry)
+    spec = registry.for_queue(settings.worker.queue)
+    prompts = PROMPTS * args.runs
+    many_prompts = [p for p in PROMPTS for _ in range(args.callers)] * args.runs
+    with tempfile.TemporaryDirectory() as tmp:
+        stack, base_url = start_stack(Path(tmp))
+        try:
+            run_round("warm-up", 1, base_url, PROMPTS[:1], 8)
+            one = run_round("chatq, 1 caller", 1, base_url, prompts, args.max_tokens)
+            many = run_round(f"chatq, {args.callers} callers", args.callers, base_url,
+                             many_prompts, args.max_tokens)
+        finally:
+            stack.stop()
+    d, cached = direct_rounds(spec, registry.gguf_path(spec), prompts, args.max_tokens,
+                              settings.worker.n_threads)
+    print(f"\nchatq vs llama-cpp-python direct: model {spec.name}, slots {spec.slots}, "
+          f"max_tokens {args.max_tokens}, greedy, threads {settings.worker.n_threads or 'all'}, "
+          f"flash attention on both sides")
+    for r in (d, one, many, cached):
+        print(r.line())
+    summary(d, one, many)
+    print("  (direct reuses no KV prefix between calls, like chatq, which clears a job's cache "
+          "when it ends; the last line is llama-cpp-python reusing its prefix cache)")
+
+
+if __name__ == "__main__":
+    main()

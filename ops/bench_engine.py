@@ -1,0 +1,189 @@
+"""Benchmark: the batching llama engine alone against llama-cpp-python called directly.
+
+Same prompts, greedy, same ``max_tokens`` (128), same threads (2), in this
+process, never overlapping:
+
+- 1 job: llama-cpp-python ``create_chat_completion(stream=True)`` and one job
+  through :class:`workers.llama_engine.LlamaEngine`: time to first token and
+  per-stream decode tokens/s (tokens after the first / time since the first).
+- 4 jobs at once through the engine: the largest time to first token, per-stream
+  decode tokens/s, and aggregate tokens/s (all tokens / wall time from submit to
+  the last token), against the 1-job aggregate figure. The direct library runs
+  one job at a time, so its "4 jobs" figure is the 4 prompts one after another.
+
+    python -m ops.bench_engine --runs 5
+
+Targets (issue 10): 1 job >= 0.95 x direct tokens/s, about the same TTFT;
+4 jobs aggregate >= 1.4 x the 1-job figure, every first token within ~0.5 s.
+The figures are medians over runs; on a shared machine they are noisy.
+llama-cpp-python would reuse the KV prefix the prompts share (the chat
+template's system prompt) from one call to the next; the engine does not reuse
+prefixes yet, so the direct runs start from an empty cache too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from llama_cpp import Llama
+
+from shared.registry import ModelSpec, Registry
+from shared.schemas import SamplingParams
+from shared.settings import load_settings
+from workers.engine import GenRequest
+from workers.llama_engine import LlamaEngine
+
+PROMPTS = [
+    "Count from 1 to 200, separated by commas.",
+    "Write a long story about a lighthouse keeper.",
+    "Explain how a bicycle works, step by step, in detail.",
+    "List as many animals as you can, one per line.",
+]
+
+
+@dataclass
+class Run:
+    started: float
+    first: float = 0.0
+    last: float = 0.0
+    tokens: int = 0
+
+    def see(self, tokens: int, has_text: bool) -> None:
+        now = time.perf_counter()
+        self.tokens += tokens
+        if has_text:
+            self.first = self.first or now
+            self.last = now
+
+    @property
+    def ttft_ms(self) -> float:
+        return (self.first - self.started) * 1000
+
+    @property
+    def rate(self) -> float:
+        """Per-stream decode tokens/s (after the first token)."""
+        span = self.last - self.first
+        return (self.tokens - 1) / span if self.tokens > 1 and span > 0 else 0.0
+
+
+def aggregate(runs: list[Run]) -> float:
+    """All tokens over the wall time from the first submit to the last token."""
+    span = max(r.last for r in runs) - min(r.started for r in runs)
+    return sum(r.tokens for r in runs) / span if span > 0 else 0.0
+
+
+def direct(llm: Llama, prompt: str, max_tokens: int) -> Run:
+    llm.reset()  # no KV prefix reuse from the previous prompt (the engine has none yet)
+    run = Run(time.perf_counter())
+    chunks = llm.create_chat_completion(
+        [{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0,
+        stream=True)
+    for chunk in chunks:
+        if chunk["choices"][0]["delta"].get("content"):  # type: ignore[index,union-attr]
+            run.see(1, True)
+    return run
+
+
+def request(engine: LlamaEngine, prompt: str, max_tokens: int) -> GenRequest:
+    messages = [{"role": "user", "content": prompt}]
+    params = SamplingParams(max_tokens=max_tokens, temperature=0, top_p=1)
+    return GenRequest(job_id=f"bench-{prompt[:12]}", messages=messages,
+                      prompt=engine.prompter.render(messages), params=params,
+                      deadline=time.monotonic() + 600)
+
+
+def through_engine(engine: LlamaEngine, prompt: str, max_tokens: int, run: Run) -> Run:
+    req = request(engine, prompt, max_tokens)  # rendering is the task layer's, not timed
+    run.started = time.perf_counter()
+    for piece in engine.submit(req).pieces(0.05):
+        if piece is not None:
+            run.see(piece.tokens, bool(piece.text))
+    return run
+
+
+def engine_together(engine: LlamaEngine, prompts: list[str], max_tokens: int) -> list[Run]:
+    runs = [Run(0.0) for _ in prompts]
+    threads = [threading.Thread(target=through_engine, args=(engine, p, max_tokens, r))
+               for p, r in zip(prompts, runs, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return runs
+
+
+def load(spec: ModelSpec, path: Path, threads: int) -> tuple[Llama, LlamaEngine]:
+    llm = Llama(model_path=str(path), n_ctx=spec.context_size, n_gpu_layers=spec.gpu_layers,
+                n_threads=threads, n_threads_batch=threads, verbose=False)
+    return llm, LlamaEngine(spec, path, threads)
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+def report(d1: list[Run], e1: list[Run], d4: list[list[Run]], e4: list[list[Run]]) -> None:
+    d_tps, e_tps = med([r.rate for r in d1]), med([r.rate for r in e1])
+    d_ttft, e_ttft = med([r.ttft_ms for r in d1]), med([r.ttft_ms for r in e1])
+    one = med([aggregate([r]) for r in e1])
+    four = med([aggregate(rs) for rs in e4])
+    serial = med([aggregate(rs) for rs in d4])
+    ttft4 = med([max(r.ttft_ms for r in rs) for rs in e4])
+    stream4 = med([r.rate for rs in e4 for r in rs])
+    print(f"  1 job   direct  TTFT {d_ttft:7.1f} ms  {d_tps:6.1f} tok/s per stream"
+          f"  (tokens median {med([r.tokens for r in d1]):.0f})")
+    print(f"  1 job   engine  TTFT {e_ttft:7.1f} ms  {e_tps:6.1f} tok/s per stream"
+          f"  (tokens median {med([r.tokens for r in e1]):.0f})")
+    print(f"  4 jobs  engine  max TTFT {ttft4:7.1f} ms  {stream4:6.1f} tok/s per stream"
+          f"  {four:6.1f} tok/s aggregate")
+    print(f"  4 jobs  direct, one after another: {serial:6.1f} tok/s aggregate")
+    ratio1 = e_tps / d_tps if d_tps else 0.0
+    ratio4 = four / one if one else 0.0
+    print(f"  engine/direct per-stream tokens/s (1 job): {ratio1:.3f}  (target >= 0.95)")
+    print(f"  engine TTFT - direct TTFT (1 job): {e_ttft - d_ttft:+.1f} ms  (about the same)")
+    print(f"  engine 4-job aggregate / 1-job aggregate ({one:.1f} tok/s): {ratio4:.3f}"
+          f"  (target >= 1.4)")
+    print(f"  largest first-token time with 4 jobs: {ttft4:.0f} ms  (target ~500 ms)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=3, help="rounds (each runs every prompt)")
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    registry = Registry.load(load_settings().registry)
+    spec = registry.for_queue("cpu")
+    llm, engine = load(spec, registry.gguf_path(spec), args.threads)
+    try:
+        direct(llm, PROMPTS[0], 8)  # warm-up, both paths
+        through_engine(engine, PROMPTS[0], 8, Run(0.0))
+        d1: list[Run] = []
+        e1: list[Run] = []
+        d4: list[list[Run]] = []
+        e4: list[list[Run]] = []
+        for _ in range(args.runs):
+            round_direct = []
+            for prompt in PROMPTS:
+                round_direct.append(direct(llm, prompt, args.max_tokens))
+                e1.append(through_engine(engine, prompt, args.max_tokens, Run(0.0)))
+            d1 += round_direct
+            d4.append(round_direct)
+            e4.append(engine_together(engine, PROMPTS, args.max_tokens))
+    finally:
+        engine.close()
+        llm.close()
+    print(f"\nllama engine vs direct llama-cpp-python — model {spec.name}, greedy, "
+          f"max_tokens {args.max_tokens}, {args.threads} threads, {len(PROMPTS)} prompts x "
+          f"{args.runs} runs (medians)")
+    report(d1, e1, d4, e4)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""API keys: tenants by key, the open development default, refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from api.auth import KeyRing
+from shared.errors import ConfigError, Unauthorized
+from shared.settings import DEV_API_KEY, load_settings
+
+
+def test_keys_map_to_their_tenants(tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("# ops team\nk-file = ops\n\n")
+    ring = KeyRing(load_settings(api={"keys": "k-a=acme, k-b=globex", "keys_file": keys_file}))
+    assert ring.tenant("Bearer k-a") == "acme"
+    assert ring.tenant("bearer  k-b ") == "globex"
+    assert ring.tenant("Bearer k-file") == "ops"
+    for bad in (None, "", "Bearer", "Basic k-a", "Bearer k-c", f"Bearer {DEV_API_KEY}"):
+        with pytest.raises(Unauthorized):
+            ring.tenant(bad)
+
+
+def test_development_without_keys_is_open_as_tenant_dev() -> None:
+    ring = KeyRing(load_settings())
+    assert ring.tenant(None) == "dev"
+    assert ring.tenant(f"Bearer {DEV_API_KEY}") == "dev"
+
+
+def test_malformed_key_lines_are_refused_without_echoing_the_key() -> None:
+    with pytest.raises(ConfigError) as refused:
+        KeyRing(load_settings(api={"keys": "secretsecretsecret"}))
+    assert "secretsecretsecret" not in refused.value.message
+
+
+def test_production_refuses_the_development_key(tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(f"{DEV_API_KEY}=dev\n")
+    settings = load_settings(env="production", api={"keys_file": keys_file})
+    with pytest.raises(ConfigError):
+        KeyRing(settings)
