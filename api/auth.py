@@ -2,8 +2,8 @@
 
 Keys come from ``CHATQ_API__KEYS`` (``key=tenant,key=tenant``) and/or a keys
 file (one ``key=tenant`` per line). With neither, development mode runs open:
-a request without a key, or with the built-in development key, is tenant
-``dev`` (so ``make run`` answers a bare curl); any other key is still refused.
+every request, with any key or none, is tenant ``dev`` (so ``make run`` answers a
+bare curl, and an SDK that insists on some key, as llama-server and Ollama take).
 Production refuses to start without keys, and refuses the development key.
 Keys are held as SHA-256 digests and compared in constant time.
 """
@@ -55,7 +55,7 @@ class KeyRing:
         self._tenants = {_digest(k): t for k, t in pairs}
 
     def tenant(self, authorization: str | None) -> str:
-        if not authorization and self.anonymous_tenant is not None:
+        if self.anonymous_tenant is not None:  # development with no keys: open to all
             return self.anonymous_tenant
         scheme, _, key = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not key.strip():

@@ -1,6 +1,10 @@
 """Every error leaves the API as ``{"error": {"code", "message", "details"}}``: chatq's
 own errors, invalid requests, Redis outages, and Starlette's plain HTTP errors (an
-unknown path or static file, a wrong method)."""
+unknown path or static file, a wrong method).
+
+On the OpenAI paths errors take OpenAI's shape (``{"error": {"message", "type",
+"param", "code"}}``) and an invalid request is ``400`` (not ``422``), ``param``
+naming the field, as the SDKs and client libraries expect."""
 
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ _OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error",
 
 def openai_body(exc: ChatqError) -> dict[str, Any]:
     """``{"error": {"message", "type", "param", "code"}}`` as OpenAI answers errors."""
-    param = None
+    param = exc.param
     if isinstance(exc.details, list) and exc.details and isinstance(exc.details[0], dict):
         param = exc.details[0].get("field")
     return {"error": {"message": exc.message,
@@ -41,19 +45,32 @@ def _field(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "body"
 
 
+def _message(error: dict[str, Any]) -> str:
+    if error["type"] == "extra_forbidden":  # OpenAI's wording for an unknown field
+        return "unrecognized request argument: chatq does not support it"
+    return str(error["msg"])
+
+
 def validation_error(exc: RequestValidationError) -> InvalidRequest:
     problems = [
-        {"field": _field(tuple(e["loc"])), "message": e["msg"], "type": e["type"]}
+        {"field": _field(tuple(e["loc"])), "message": _message(e), "type": e["type"]}
         for e in exc.errors()
     ]
     summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
     return InvalidRequest(f"invalid request: {summary}", details=problems)
 
 
+def _is_openai(request: Request) -> bool:
+    return request.url.path.startswith(OPENAI_PATHS)
+
+
 async def _chatq(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ChatqError)
-    body = openai_body(exc) if request.url.path.startswith(OPENAI_PATHS) else exc.body()
-    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+    if not _is_openai(request):
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+    # OpenAI answers every invalid request 400 (its SDK raises BadRequestError on it).
+    status = 400 if isinstance(exc, InvalidRequest) else exc.status
+    return JSONResponse(openai_body(exc), status_code=status, headers=exc.headers)
 
 
 async def _validation(request: Request, exc: Exception) -> JSONResponse:

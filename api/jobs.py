@@ -34,6 +34,7 @@ from shared.lifecycle import Cancelled, JobRecord, new_job_id
 from shared.personas import persona_turns
 from shared.registry import ModelSpec
 from shared.schemas import Job, JobRequest, JobStatus, SamplingParams, cancel_at
+from shared.structured import UnenforceableSchema, grammar_for
 from shared.views import job_view
 
 log = logging.getLogger(__name__)
@@ -53,13 +54,45 @@ def resolve_model(svc: Services, name: str | None) -> ModelSpec:
 def sampling(spec: ModelSpec, req: JobRequest) -> SamplingParams:
     """The request's sampling fields over the model's registry defaults (request values
     win; its stop strings are added to the model's): see ModelSpec.sampling_params.
-    A parameter the model's upstream cannot honour is refused (400 naming it), never
-    dropped."""
-    params = spec.sampling_params(req.model_dump(include=set(SamplingParams.model_fields)))
+    ``response_format`` becomes the grammar that enforces it. A parameter the model
+    (or its upstream) cannot honour is refused (400 naming it), never dropped."""
+    params = spec.sampling_params({**req.sampling_fields(), "grammar": _grammar(req)})
     problems = spec.upstream.unsupported(params) if spec.upstream else []
     if problems:
-        raise UnsupportedParameter.of_fields(problems)
+        raise UnsupportedParameter.of_fields(
+            [("response_format" if f == "grammar" else f, why) for f, why in problems])
     return params
+
+
+def _grammar(req: JobRequest) -> str | None:
+    try:
+        return grammar_for(req.response_format)
+    except UnenforceableSchema as exc:
+        field = "response_format.json_schema.schema" + exc.where.replace("/", ".")
+        raise UnsupportedParameter.of_fields([(field, str(exc))]) from exc
+
+
+async def check_vocabulary(svc: Services, spec: ModelSpec, params: SamplingParams) -> None:
+    """Every ``logit_bias`` token id is in the model's vocabulary (when chatq has it)."""
+    if not params.logit_bias:
+        return
+    n_vocab = await svc.tokens.vocab_size(spec)
+    bad = [t for t in params.logit_bias if n_vocab is not None and t >= n_vocab]
+    if bad:
+        raise InvalidRequest.of_field(
+            "logit_bias", f"token {bad[0]} is outside the vocabulary of {spec.name} "
+                          f"({n_vocab} tokens)")
+
+
+def overflow_message(context_size: int, prompt_tokens: int, max_tokens: int) -> str:
+    """OpenAI's wording of a context overflow: LangChain and LiteLLM recognise it."""
+    head = f"This model's maximum context length is {context_size} tokens. However, "
+    if prompt_tokens >= context_size:
+        return (head + f"your messages resulted in {prompt_tokens} tokens. Please reduce "
+                "the length of the messages.")
+    return (head + f"you requested {prompt_tokens + max_tokens} tokens ({prompt_tokens} in "
+            f"the messages, {max_tokens} in the completion). Please reduce the length of "
+            "the messages or completion.")
 
 
 async def check_context(svc: Services, spec: ModelSpec, messages: list[dict[str, str]],
@@ -69,9 +102,9 @@ async def check_context(svc: Services, spec: ModelSpec, messages: list[dict[str,
     its context, and its refusal fails the job (``upstream_rejected``)."""
     prompt_tokens = await svc.tokens.count(spec, messages)
     if prompt_tokens is not None and prompt_tokens + max_tokens > spec.context_size:
+        # OpenAI's (and vLLM's) wording: client libraries (LangChain, LiteLLM) match it.
         raise ContextOverflow(
-            f"prompt ({prompt_tokens} tokens) + max_tokens ({max_tokens}) exceeds the "
-            f"context of {spec.name} ({spec.context_size} tokens)",
+            overflow_message(spec.context_size, prompt_tokens, max_tokens),
             details={"prompt_tokens": prompt_tokens, "max_tokens": max_tokens,
                      "context_size": spec.context_size},
         )
@@ -86,6 +119,7 @@ async def submit(svc: Services, req: JobRequest, tenant: str) -> JobRecord:
         await webhooks.check_target(svc, req.webhook)
     spec = resolve_model(svc, req.model)
     params = sampling(spec, req)
+    await check_vocabulary(svc, spec, params)
     messages = [m.model_dump() for m in req.messages]
     # Count what the worker will render at least: persona head + this request's turns
     # (stored history is trimmed by the worker to fit).
@@ -256,6 +290,11 @@ async def iterate_events(svc: Services, record: JobRecord, last_seq: int = 0
             except TimeoutError:
                 pending = []
                 yield KeepaliveEvent()
+
+
+async def read_log(svc: Services, job_id: str) -> list[Event]:
+    """The job's replay log (its token events, with their logprobs)."""
+    return await _read_log(svc, job_id)
 
 
 async def _read_log(svc: Services, job_id: str) -> list[Event]:

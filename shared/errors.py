@@ -35,6 +35,7 @@ class ChatqError(Exception):
 
     code: str = "internal_error"
     status: int = 500
+    param: str | None = None  # the request field at fault, where no detail names one
 
     def __init__(
         self, message: str, details: Any = None, headers: dict[str, str] | None = None,
@@ -82,6 +83,7 @@ class UnsafeWebhook(InvalidRequest):
 class ContextOverflow(ChatqError):
     code = "context_length_exceeded"
     status = 400
+    param = "messages"
 
 
 class UnsupportedParameter(ChatqError):

@@ -17,7 +17,14 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from shared.personas import Persona
 
@@ -144,6 +151,93 @@ StopField = Annotated[
     str | list[str] | None,
     Field(None, description="Up to 4 strings that end generation (not included in output)."),
 ]
+TopKField = Annotated[
+    int | None, Field(None, ge=0, le=1000,
+                      description="Sample among the k most likely tokens; 0: off.")]
+MinPField = Annotated[
+    float | None, Field(None, ge=0, le=1, description="Drop tokens below min_p x the most "
+                                                       "likely token's probability; 0: off.")]
+RepeatPenaltyField = Annotated[
+    float | None, Field(None, gt=0, le=2, description="Divide the logits of recent tokens by "
+                                                       "this (llama.cpp); 1: off.")]
+PresencePenaltyField = Annotated[
+    float | None, Field(None, ge=-2, le=2,
+                        description="Subtract from the logit of any token already generated.")]
+FrequencyPenaltyField = Annotated[
+    float | None, Field(None, ge=-2, le=2,
+                        description="Subtract this x its count from a generated token's logit.")]
+LogitBiasField = Annotated[
+    dict[str, float] | None,
+    Field(None, description="Token id (as a string) -> bias from -100 to 100 added to its "
+                            "logit; -100 bans the token, 100 all but forces it.")]
+LogprobsField = Annotated[
+    bool | None, Field(None, description="Return the log probability of each output token.")]
+TopLogprobsField = Annotated[
+    int | None, Field(None, ge=0, le=20, description="With logprobs: the most likely "
+                                                      "alternatives per token (0-20).")]
+
+LOGIT_BIAS_MAX = 100.0
+
+
+def logit_bias_ids(bias: dict[str, float] | None, field: str = "logit_bias") -> dict[int, float]:
+    """OpenAI's ``logit_bias`` (token ids as strings) as token id -> bias; ValueError
+    naming the bad entry."""
+    out: dict[int, float] = {}
+    for key, value in (bias or {}).items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise ValueError(f"{field}: key {key!r} is not a token id") from None
+        if token < 0:
+            raise ValueError(f"{field}: key {key!r} is not a token id")
+        if not -LOGIT_BIAS_MAX <= value <= LOGIT_BIAS_MAX:
+            raise ValueError(f"{field}: the bias of {key} must be from -100 to 100")
+        out[token] = float(value)
+    return out
+
+
+def top_logprobs_need_logprobs(value: int | None, info: ValidationInfo) -> int | None:
+    """A field validator of ``top_logprobs`` (declared after ``logprobs``)."""
+    if value and not info.data.get("logprobs"):
+        raise ValueError("top_logprobs needs logprobs: true")
+    return value
+
+
+class JsonSchemaFormat(BaseModel):
+    """``response_format.json_schema`` as OpenAI takes it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(max_length=64, description="The schema's name.")
+    description: str | None = None
+    schema_: dict[str, Any] = Field(
+        default_factory=dict, alias="schema",
+        description="A JSON Schema; only what chatq can enforce by grammar is taken "
+                    "(anything else is refused, naming it).")
+    strict: bool | None = Field(None, description="Accepted: chatq always enforces the schema.")
+
+
+class ResponseFormat(BaseModel):
+    """Structured output, enforced during sampling by a grammar built from it:
+    ``text`` (free text), ``json_object`` (any JSON object) or ``json_schema``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is given with type json_schema, and only then")
+        return self
+
+
+ResponseFormatField = Annotated[
+    ResponseFormat | None,
+    Field(None, description="`{\"type\": \"json_object\"}` or `{\"type\": \"json_schema\", "
+                            "\"json_schema\": {\"name\", \"schema\"}}`: the answer is JSON "
+                            "(matching the schema), enforced by a grammar while sampling.")]
 
 
 class SamplingParams(BaseModel):
@@ -192,6 +286,15 @@ class JobRequest(BaseModel):
     top_p: TopPField = None
     stop: StopField = None
     seed: SeedField = None
+    top_k: TopKField = None
+    min_p: MinPField = None
+    repeat_penalty: RepeatPenaltyField = None
+    presence_penalty: PresencePenaltyField = None
+    frequency_penalty: FrequencyPenaltyField = None
+    logit_bias: LogitBiasField = None
+    logprobs: LogprobsField = None
+    top_logprobs: TopLogprobsField = None
+    response_format: ResponseFormatField = None
     metadata: dict[str, Any] | None = Field(None, description="Caller data, returned as given.")
     webhook: str | None = Field(
         None, max_length=WEBHOOK_URL_MAX,
@@ -240,6 +343,24 @@ class JobRequest(BaseModel):
         if self.webhook_events is not None and self.webhook is None:
             raise ValueError("webhook_events needs a webhook")
         return self
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        logit_bias_ids(value)
+        return value
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs_need_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        return top_logprobs_need_logprobs(value, info)
+
+    def sampling_fields(self) -> dict[str, Any]:
+        """The request's sampling values as :class:`SamplingParams` names them (None:
+        not given; the model's default applies). ``response_format`` becomes a grammar
+        at admission."""
+        fields = self.model_dump(include=set(SamplingParams.model_fields) - {"logit_bias"})
+        return {**fields, "logit_bias": logit_bias_ids(self.logit_bias) or None}
 
     def hook_events(self) -> list[WebhookEvent] | None:
         """The events to call the webhook on (None: no webhook)."""

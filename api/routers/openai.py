@@ -14,25 +14,36 @@ from typing import Any, Literal
 import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from api import jobs
 from api.deps import ServicesDep, TenantDep
 from api.errors import openai_body
 from api.routers.events import KEEPALIVE, SSE_HEADERS
 from api.services import Services
-from shared.errors import InvalidRequest, JobFailed
-from shared.events import KeepaliveEvent, TokenEvent
+from shared.errors import InvalidRequest, JobFailed, UnsupportedParameter
+from shared.events import KeepaliveEvent, LogprobEntry, TokenEvent
 from shared.lifecycle import JobRecord
 from shared.schemas import (
+    FrequencyPenaltyField,
     JobRequest,
     JobStatus,
+    LogitBiasField,
+    LogprobsField,
     MaxTokensField,
     Message,
+    MinPField,
+    PresencePenaltyField,
+    RepeatPenaltyField,
+    ResponseFormatField,
     SeedField,
     StopField,
     TemperatureField,
+    TopKField,
+    TopLogprobsField,
     TopPField,
+    logit_bias_ids,
+    top_logprobs_need_logprobs,
 )
 
 router = APIRouter(prefix="/v1/chat", tags=["openai"])
@@ -41,30 +52,44 @@ _FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
 
 
 class ContentPart(BaseModel):
-    type: Literal["text"]
-    text: str
+    """A part of a message's content: text; any other type (``image_url``,
+    ``input_audio``, ``file``...) is refused, naming it (chatq's models are text-only)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: str | None = None
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
-    name: str | None = None
+    refusal: str | None = None  # an earlier answer's (always null from chatq)
+    # Tools (refused for now: see refuse_tools).
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
 
     def to_message(self) -> Message:
         text = (self.content if isinstance(self.content, str)
-                else "".join(p.text for p in self.content or []))
-        return Message(role="system" if self.role == "developer" else self.role, content=text)
+                else "".join(p.text or "" for p in self.content or []))
+        role = "system" if self.role == "developer" else self.role
+        assert role != "tool"  # refused before (refuse_tools)
+        return Message(role=role, content=text)
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     include_usage: bool = False
 
 
 class ChatCompletionRequest(BaseModel):
-    # Fields chatq does not implement (logprobs, tools...) are ignored, as many servers do.
-    model_config = ConfigDict(extra="ignore")
+    """OpenAI's chat request. Every field is either honoured or refused with a ``400``
+    naming it (:meth:`refusals`); an unknown field is refused too, never ignored."""
+
+    model_config = ConfigDict(extra="forbid")
 
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
@@ -74,38 +99,113 @@ class ChatCompletionRequest(BaseModel):
     top_p: TopPField = None
     stop: StopField = None
     seed: SeedField = None
-    n: int = 1
+    top_k: TopKField = None
+    min_p: MinPField = None
+    repeat_penalty: RepeatPenaltyField = None
+    presence_penalty: PresencePenaltyField = None
+    frequency_penalty: FrequencyPenaltyField = None
+    logit_bias: LogitBiasField = None
+    logprobs: LogprobsField = None
+    top_logprobs: TopLogprobsField = None
+    response_format: ResponseFormatField = None
+    n: int | None = Field(None, ge=1, description="Choices to return: chatq returns one.")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
+    user: str | None = Field(None, max_length=256, description="Kept in the job's metadata.")
+    metadata: dict[str, str] | None = Field(None, description="Kept in the job's metadata.")
+    # Refused unless neutral (see refusals).
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
+    # Tools (refused for now: see refuse_tools).
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: str | dict[str, Any] | None = None
 
-    @field_validator("n")
+    @field_validator("top_logprobs")
     @classmethod
-    def _one_choice(cls, n: int) -> int:
-        if n != 1:
-            raise ValueError("chatq returns one choice: n must be 1")
-        return n
+    def _top_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        return top_logprobs_need_logprobs(value, info)
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        logit_bias_ids(value)
+        return value
+
+    def refusals(self) -> list[tuple[str, str]]:
+        """``(param, why)`` for each parameter asked for that chatq does not implement."""
+        problems = refuse_tools(self)
+        if self.n is not None and self.n > 1:
+            problems.append(("n", "chatq returns one choice: n must be 1"))
+        if self.modalities is not None and self.modalities != ["text"]:
+            problems.append(("modalities", "chatq answers text only"))
+        if self.audio is not None:
+            problems.append(("audio", "chatq answers text only"))
+        for i, m in enumerate(self.messages):
+            for j, part in enumerate(m.content if isinstance(m.content, list) else []):
+                if part.type != "text" or part.text is None:
+                    problems.append((f"messages[{i}].content[{j}].type",
+                                     f"content of type {part.type!r} is not supported: the "
+                                     "model takes text only"))
+        return problems
 
     def to_job(self) -> JobRequest:
+        problems = self.refusals()
+        if problems:
+            raise UnsupportedParameter.of_fields(problems)
+        metadata = {**(self.metadata or {}), **({"user": self.user} if self.user else {})}
         try:
             return JobRequest(
                 model=self.model, messages=[m.to_message() for m in self.messages],
                 max_tokens=self.max_completion_tokens or self.max_tokens,
-                temperature=self.temperature, top_p=self.top_p, stop=self.stop, seed=self.seed,
-                metadata={"user": self.user} if self.user else None,
+                metadata=metadata or None,
+                **self.model_dump(include=_SAMPLING, exclude_none=True, by_alias=True),
             )
         except ValueError as exc:
             raise InvalidRequest(f"invalid request: {exc}") from exc
+
+
+# Fields chatq's own request shares with OpenAI's, passed on as they are.
+_SAMPLING = {"temperature", "top_p", "stop", "seed", "top_k", "min_p", "repeat_penalty",
+             "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs",
+             "response_format"}
+
+
+def refuse_tools(body: ChatCompletionRequest) -> list[tuple[str, str]]:
+    """TOOLS: the one place tool calling is refused (``tools``, ``tool_choice``,
+    ``parallel_tool_calls``, the deprecated ``functions``/``function_call``, ``role:
+    "tool"`` messages and assistant ``tool_calls``). Replace it when tools land."""
+    why = "tool calling is not supported yet"
+    problems = [(name, why) for name in ("tools", "tool_choice", "parallel_tool_calls",
+                                         "functions", "function_call")
+                if getattr(body, name) is not None]
+    for i, m in enumerate(body.messages):
+        if m.role == "tool":
+            problems.append((f"messages[{i}].role", why))
+        for name in ("tool_calls", "tool_call_id"):
+            if getattr(m, name) is not None:
+                problems.append((f"messages[{i}].{name}", why))
+    return problems
 
 
 def _data(body: dict[str, Any]) -> str:
     return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
 
 
+def _logprobs(entries: list[LogprobEntry] | None) -> dict[str, Any] | None:
+    """OpenAI's ``choices[].logprobs`` (None: not asked for)."""
+    if entries is None:
+        return None
+    return {"content": [e.model_dump() for e in entries], "refusal": None}
+
+
 def _chunk(record: JobRecord, created: int, delta: dict[str, Any], finish: str | None = None,
-           usage: bool = False) -> str:
+           *, usage: bool = False, logprobs: list[LogprobEntry] | None = None) -> str:
     """A content chunk; with ``usage`` (include_usage asked) it carries ``"usage": null``."""
-    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    choice = {"index": 0, "delta": delta, "logprobs": _logprobs(logprobs),
+              "finish_reason": finish}
     body = _chunk_body(record, created, [choice])
     if usage:
         body["usage"] = None
@@ -140,11 +240,20 @@ async def chat_completions(
     return JSONResponse({
         "id": record.id, "object": "chat.completion", "created": created,
         "model": record.model, "system_fingerprint": None,
-        "choices": [{"index": 0, "logprobs": None,
+        "choices": [{"index": 0, "logprobs": _logprobs(await _answer_logprobs(svc, record)),
                      "message": {"role": "assistant", "content": output, "refusal": None},
                      "finish_reason": _FINISH.get(record.finish_reason or "stop", "stop")}],
         "usage": _usage(record),
     })
+
+
+async def _answer_logprobs(svc: Services, record: JobRecord) -> list[LogprobEntry] | None:
+    """The logprobs of every token of a finished answer, from its token events (None:
+    not asked for)."""
+    if not record.params.logprobs:
+        return None
+    events = await jobs.read_log(svc, record.id)
+    return [e for ev in events if isinstance(ev, TokenEvent) for e in ev.logprobs or []]
 
 
 async def _wait_unless_disconnected(
@@ -175,7 +284,9 @@ async def _stream(
         yield _chunk(record, created, {"role": "assistant", "content": ""}, usage=usage)
         async for event in jobs.iterate_events(svc, record):
             if isinstance(event, TokenEvent):
-                yield _chunk(record, created, {"content": event.text}, usage=usage)
+                lps = (event.logprobs or []) if record.params.logprobs else None
+                yield _chunk(record, created, {"content": event.text}, usage=usage,
+                             logprobs=lps)
             elif isinstance(event, KeepaliveEvent):
                 yield KEEPALIVE
         finished = True

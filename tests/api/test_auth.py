@@ -24,9 +24,18 @@ def test_keys_map_to_their_tenants(tmp_path: Path) -> None:
 
 
 def test_development_without_keys_is_open_as_tenant_dev() -> None:
+    """Any key, or none, as llama-server and Ollama take it (SDKs insist on some key)."""
     ring = KeyRing(load_settings())
-    assert ring.tenant(None) == "dev"
-    assert ring.tenant(f"Bearer {DEV_API_KEY}") == "dev"
+    for authorization in (None, "", f"Bearer {DEV_API_KEY}", "Bearer sk-anything", "Basic x"):
+        assert ring.tenant(authorization) == "dev"
+
+
+def test_production_needs_a_configured_key() -> None:
+    ring = KeyRing(load_settings(env="production", api={"keys": "k-prod=acme"}))
+    assert ring.tenant("Bearer k-prod") == "acme"
+    for bad in (None, "Bearer sk-anything", f"Bearer {DEV_API_KEY}"):
+        with pytest.raises(Unauthorized):
+            ring.tenant(bad)
 
 
 def test_malformed_key_lines_are_refused_without_echoing_the_key() -> None:

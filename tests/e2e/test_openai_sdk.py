@@ -58,14 +58,11 @@ def test_models_list(sdk: openai.OpenAI) -> None:
     assert "smollm2-135m" in [m.id for m in sdk.models.list()]
 
 
-def test_sdk_raises_its_own_error_classes(chatq: Chatq, sdk: openai.OpenAI) -> None:
-    bad_key = openai.OpenAI(base_url=f"{chatq.base_url}/v1", api_key="wrong", max_retries=0)
-    with pytest.raises(openai.AuthenticationError):
-        bad_key.chat.completions.create(model="smollm2-135m",
-                                        messages=[{"role": "user", "content": "hi"}])
+def test_sdk_raises_its_own_error_classes(sdk: openai.OpenAI) -> None:
+    # (AuthenticationError: tests/e2e/test_openai_compat.py, on a stack with keys)
     with pytest.raises(openai.NotFoundError):
         sdk.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "x"}])
-    with pytest.raises(openai.BadRequestError, match="exceeds the context"):
+    with pytest.raises(openai.BadRequestError, match="maximum context length is 2048 tokens"):
         sdk.chat.completions.create(model="smollm2-135m", max_tokens=4000,
                                     messages=[{"role": "user", "content": "x"}])
 

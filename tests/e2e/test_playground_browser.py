@@ -258,10 +258,12 @@ def test_playground_shows_the_queue_position_and_stop_cancels_a_long_answer(
 
 
 def test_playground_shows_api_errors_and_keeps_the_key_in_the_tab(
-    chatq: Chatq, browser: WebDriver, tmp_path: Path
+    make_stack, browser: WebDriver, tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
-    page = Playground(browser, chatq)
-    page.open()
+    # Development with no keys takes any key: a stack with a key of its own refuses others.
+    stack = make_stack(with_worker=False, env={"CHATQ_API__KEYS": "pg-key=dev"})
+    page = Playground(browser, stack)
+    visit(browser, f"{stack.base_url}/playground")
     page.field("api-key", "not-a-key\t")  # the tab commits the field
     page.wait_models("error")
     error = browser.find_element(By.ID, "error")
@@ -277,6 +279,6 @@ def test_playground_shows_api_errors_and_keeps_the_key_in_the_tab(
     assert browser.find_element(By.ID, "message").get_attribute("value") == "Hello?"
     browser.save_screenshot(str(tmp_path / "unauthorized.png"))
 
-    page.field("api-key", "\t")  # development runs open: no key is tenant `dev`
+    page.field("api-key", "pg-key\t")
     page.wait_models("ready")
     assert not browser.find_element(By.ID, "error").is_displayed()
