@@ -29,7 +29,7 @@ from shared.errors import (
     UnknownModel,
     UnsupportedParameter,
 )
-from shared.events import KeepaliveEvent, StatusEvent, is_terminal
+from shared.events import KeepaliveEvent, LogprobEntry, StatusEvent, TokenEvent, is_terminal
 from shared.lifecycle import Cancelled, JobRecord, new_job_id
 from shared.personas import persona_turns
 from shared.registry import ModelSpec
@@ -213,7 +213,18 @@ async def view(svc: Services, record: JobRecord, output: str) -> Job:
     if record.status is JobStatus.queued:
         position = await svc.jobs(svc.jobs.ops.position(record))
     hooks = await webhooks.job_deliveries(svc, record.id) if record.webhook else None
-    return job_view(record, output, position, hooks)
+    logprobs = await answer_logprobs(svc, record)
+    return job_view(record, output, position, hooks,
+                    None if logprobs is None else [e.model_dump() for e in logprobs])
+
+
+async def answer_logprobs(svc: Services, record: JobRecord) -> list[LogprobEntry] | None:
+    """The logprobs of the answer's tokens so far, from its token events (None: not
+    asked for)."""
+    if not record.params.logprobs:
+        return None
+    events = await read_log(svc, record.id)
+    return [e for ev in events if isinstance(ev, TokenEvent) for e in ev.logprobs or []]
 
 
 async def final(svc: Services, job_id: str, tenant: str) -> tuple[JobRecord, str]:

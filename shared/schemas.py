@@ -427,6 +427,10 @@ class Job(BaseModel):
     queue: str
     position: int | None = Field(None, description="Jobs ahead of this one while queued.")
     output: str = ""
+    logprobs: list[dict[str, Any]] | None = Field(
+        None, description="With `logprobs` asked: each output token so far, OpenAI's shape "
+                          "(`token`, `logprob`, `bytes`, `top_logprobs`); the tokens add up "
+                          "to `output`.")
     finish_reason: str | None = None
     usage: Usage | None = None
     timings: Timings = Timings()

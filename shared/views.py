@@ -2,20 +2,25 @@
 
 The API answers with it and the webhook worker posts it, so a webhook's body is
 the very object a poll returns (less ``webhook_deliveries``, which a delivery
-cannot contain: it changes with every attempt).
+cannot contain: it changes with every attempt, and ``logprobs``, which the API
+reads from the job's replay log).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from shared.lifecycle import JobRecord
 from shared.schemas import Job, JobStatus, WebhookDelivery, WebhookEvent, utc
 
 
 def job_view(record: JobRecord, output: str, position: int | None = None,
-             deliveries: list[WebhookDelivery] | None = None) -> Job:
+             deliveries: list[WebhookDelivery] | None = None,
+             logprobs: list[dict[str, Any]] | None = None) -> Job:
     return Job(
         id=record.id, status=record.status, model=record.model, queue=record.queue,
         position=position if record.status is JobStatus.queued else None, output=output,
+        logprobs=logprobs,
         finish_reason=record.finish_reason, usage=record.usage, timings=record.timings or {},
         error=record.error, attempts=record.attempts, conversation_id=record.conversation_id,
         persisted=record.persisted, history_messages=record.history_messages,

@@ -240,20 +240,11 @@ async def chat_completions(
     return JSONResponse({
         "id": record.id, "object": "chat.completion", "created": created,
         "model": record.model, "system_fingerprint": None,
-        "choices": [{"index": 0, "logprobs": _logprobs(await _answer_logprobs(svc, record)),
+        "choices": [{"index": 0, "logprobs": _logprobs(await jobs.answer_logprobs(svc, record)),
                      "message": {"role": "assistant", "content": output, "refusal": None},
                      "finish_reason": _FINISH.get(record.finish_reason or "stop", "stop")}],
         "usage": _usage(record),
     })
-
-
-async def _answer_logprobs(svc: Services, record: JobRecord) -> list[LogprobEntry] | None:
-    """The logprobs of every token of a finished answer, from its token events (None:
-    not asked for)."""
-    if not record.params.logprobs:
-        return None
-    events = await jobs.read_log(svc, record.id)
-    return [e for ev in events if isinstance(ev, TokenEvent) for e in ev.logprobs or []]
 
 
 async def _wait_unless_disconnected(

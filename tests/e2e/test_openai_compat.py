@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -27,8 +28,10 @@ ASK = [{"role": "user", "content": "Write one sentence about the sea."}]
 
 
 @pytest.fixture
-def sdk(chatq: Chatq) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{chatq.base_url}/v1", api_key=DEV_API_KEY, max_retries=0)
+def sdk(chatq: Chatq) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{chatq.base_url}/v1", api_key=DEV_API_KEY,
+                       max_retries=0) as client:
+        yield client
 
 
 def _greedy(sdk: openai.OpenAI, **extra: Any) -> str:
@@ -100,6 +103,9 @@ def test_jobs_take_and_refuse_the_same_fields(client: httpx.Client) -> None:
                             logit_bias={"28": -5}))
     done = wait_done(client, job["id"])
     assert done["status"] == "succeeded"
+    assert "".join(t["token"] for t in done["logprobs"]) == done["output"]
+    assert all(len(t["top_logprobs"]) == 2 for t in done["logprobs"])
+    assert client.get(f"/v1/jobs/{job['id']}").json()["logprobs"] == done["logprobs"]
     if done["finish_reason"] == "stop":
         assert isinstance(json.loads(done["output"]), dict)
 
@@ -116,8 +122,8 @@ def test_wrong_key_is_authentication_error_where_keys_are_configured(
     make_stack,  # type: ignore[no-untyped-def]
 ) -> None:
     stack = make_stack(with_worker=False, env={"CHATQ_API__KEYS": "k-real=acme"})
-    bad = openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key="sk-anything", max_retries=0)
-    with pytest.raises(openai.AuthenticationError):
+    with (openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key="sk-anything",
+                        max_retries=0) as bad, pytest.raises(openai.AuthenticationError)):
         bad.models.list()
 
 
