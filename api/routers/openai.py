@@ -145,10 +145,13 @@ class ChatCompletionRequest(BaseModel):
             problems.append(("audio", "chatq answers text only"))
         for i, m in enumerate(self.messages):
             for j, part in enumerate(m.content if isinstance(m.content, list) else []):
-                if part.type != "text" or part.text is None:
-                    problems.append((f"messages[{i}].content[{j}].type",
+                if part.type != "text":
+                    problems.append((f"messages.{i}.content.{j}.type",
                                      f"content of type {part.type!r} is not supported: the "
                                      "model takes text only"))
+                elif part.text is None or set(part.model_extra or {}):
+                    problems.append((f"messages.{i}.content.{j}",
+                                     "a text part is {\"type\": \"text\", \"text\": ...}"))
         return problems
 
     def to_job(self) -> JobRequest:
@@ -183,10 +186,10 @@ def refuse_tools(body: ChatCompletionRequest) -> list[tuple[str, str]]:
                 if getattr(body, name) is not None]
     for i, m in enumerate(body.messages):
         if m.role == "tool":
-            problems.append((f"messages[{i}].role", why))
+            problems.append((f"messages.{i}.role", why))
         for name in ("tool_calls", "tool_call_id"):
             if getattr(m, name) is not None:
-                problems.append((f"messages[{i}].{name}", why))
+                problems.append((f"messages.{i}.{name}", why))
     return problems
 
 

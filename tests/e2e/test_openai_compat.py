@@ -73,14 +73,17 @@ def test_unknown_fields_and_messages_are_400_naming_them(sdk: openai.OpenAI) -> 
     cases: list[tuple[dict[str, Any], str]] = [
         ({"messages": ASK, "frobnicate": 1}, "frobnicate"),
         ({"messages": []}, "messages"),
+        ({"messages": [{"role": "user", "content": "hi", "name": "bob"}]}, "messages.0.name"),
+        ({"messages": ASK, "stream_options": {"include_obfuscation": True}},
+         "stream_options.include_obfuscation"),
         ({"messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]},
-         "messages[0].content[0].type"),
+         "messages.0.content.0.type"),
         ({"messages": [*ASK, {"role": "tool", "tool_call_id": "c1", "content": "4"}]},
-         "messages[1].role"),
+         "messages.1.role"),
         ({"messages": [{"role": "assistant", "content": None, "tool_calls": [
             {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
-            *ASK]}, "messages[0].tool_calls"),
+            *ASK]}, "messages.0.tool_calls"),
     ]
     for body, param in cases:
         with pytest.raises(openai.BadRequestError) as refused:
