@@ -56,7 +56,10 @@ def sampling(spec: ModelSpec, req: JobRequest) -> SamplingParams:
     win; its stop strings are added to the model's): see ModelSpec.sampling_params.
     ``response_format`` becomes the grammar that enforces it. A parameter the model
     (or its upstream) cannot honour is refused (400 naming it), never dropped."""
-    params = spec.sampling_params({**req.sampling_fields(), "grammar": _grammar(req)})
+    grammar = _grammar(req)
+    params = spec.sampling_params({**req.sampling_fields(), "grammar": grammar})
+    if grammar is not None:
+        params = _grammar_ends_it(req, params)
     problems = spec.upstream.unsupported(params) if spec.upstream else []
     if problems:
         raise UnsupportedParameter.of_fields(
@@ -70,6 +73,17 @@ def _grammar(req: JobRequest) -> str | None:
     except UnenforceableSchema as exc:
         field = "response_format.json_schema.schema" + exc.where.replace("/", ".")
         raise UnsupportedParameter.of_fields([(field, str(exc))]) from exc
+
+
+def _grammar_ends_it(req: JobRequest, params: SamplingParams) -> SamplingParams:
+    """Under response_format the grammar decides where the answer ends: a stop string
+    could cut it into invalid JSON, so a request's own ``stop`` is refused and the
+    model's default stop strings (which guard free text) do not apply."""
+    if req.stop_list():
+        raise UnsupportedParameter.of_fields(
+            [("stop", "stop strings could cut a structured answer into invalid JSON; "
+                      "response_format ends the answer where the JSON ends")])
+    return params.model_copy(update={"stop": []})
 
 
 async def check_vocabulary(svc: Services, spec: ModelSpec, params: SamplingParams) -> None:
