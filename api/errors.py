@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 
 
 # Paths whose errors use OpenAI's error object (the SDK parses it).
-OPENAI_PATHS = ("/v1/chat/completions", "/v1/models")
+OPENAI_PATHS = ("/v1/chat/completions", "/v1/models", "/v1/completions", "/v1/embeddings")
+# Paths whose invalid requests answer 400, as OpenAI does (``except BadRequestError``).
+OPENAI_400_PATHS = ("/v1/completions", "/v1/embeddings")
 _OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                  404: "not_found_error", 409: "invalid_request_error",
                  422: "invalid_request_error", 429: "rate_limit_error"}
@@ -58,7 +60,10 @@ async def _chatq(request: Request, exc: Exception) -> JSONResponse:
 
 async def _validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return await _chatq(request, validation_error(exc))
+    error = validation_error(exc)
+    if request.url.path.startswith(OPENAI_400_PATHS):
+        error.status = 400
+    return await _chatq(request, error)
 
 
 async def _redis(request: Request, exc: Exception) -> JSONResponse:

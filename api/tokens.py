@@ -26,16 +26,32 @@ class TokenCounter:
         self._renderers: dict[str, PromptRenderer] = {}
         self._lock = threading.Lock()  # llama.cpp tokenizers are not shared across threads
 
+    def _renderer(self, spec: ModelSpec) -> PromptRenderer:
+        """The model's renderer (call with ``_lock`` held)."""
+        renderer = self._renderers.get(spec.name)
+        if renderer is None:
+            llm = Llama(model_path=str(self.registry.gguf_path(spec)), vocab_only=True,
+                        n_ctx=spec.context_size, verbose=False)
+            renderer = self._renderers[spec.name] = PromptRenderer(llm, spec.chat_template)
+        return renderer
+
     def _count(self, spec: ModelSpec, messages: Sequence[dict[str, str]]) -> int | None:
         if not spec.tokenizer_local:
             return None
         with self._lock:
-            renderer = self._renderers.get(spec.name)
-            if renderer is None:
-                llm = Llama(model_path=str(self.registry.gguf_path(spec)), vocab_only=True,
-                            n_ctx=spec.context_size, verbose=False)
-                renderer = self._renderers[spec.name] = PromptRenderer(llm, spec.chat_template)
-            return renderer.count(messages)
+            return self._renderer(spec).count(messages)
+
+    def _count_texts(self, spec: ModelSpec, texts: Sequence[str]) -> list[int] | None:
+        if not spec.tokenizer_local:
+            return None
+        with self._lock:
+            renderer = self._renderer(spec)
+            return [renderer.count_text(t) for t in texts]
 
     async def count(self, spec: ModelSpec, messages: Sequence[dict[str, str]]) -> int | None:
         return await anyio.to_thread.run_sync(self._count, spec, messages)
+
+    async def count_texts(self, spec: ModelSpec, texts: Sequence[str]) -> list[int] | None:
+        """Tokens of each text read as it is, no chat template (a raw prompt, inputs to
+        embed); None when chatq has no tokenizer for the model."""
+        return await anyio.to_thread.run_sync(self._count_texts, spec, texts)

@@ -20,10 +20,11 @@ import redis
 
 from shared.conversations import TurnWrite, WorkerConversationStore
 from shared.lifecycle import BlockingJobs, Emitted, JobRecord, new_lease
-from shared.schemas import JobStatus, SamplingParams
+from shared.prompting import PromptRenderer
+from shared.schemas import JobKind, JobStatus, SamplingParams
 from shared.settings import Settings
 from workers.emitter import TokenEmitter
-from workers.engine import Engine, Generation, GenRequest, Outcome
+from workers.engine import EmbeddingError, Engine, Generation, GenRequest, Outcome
 from workers.history import PromptPlan, plan_prompt
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,10 @@ def run_job(w: Worker, job_id: str, dispatch: int = 1) -> None:
     record.started_at = record.started_at or time.time()
     w.heartbeat.track(job_id)
     try:
-        _generate(w, record, loaded.output, ctx)
+        if record.kind is JobKind.embedding:
+            _embed(w, record, ctx)
+        else:
+            _generate(w, record, loaded.output, ctx)
     except redis.RedisError:
         # Past the client's retries: the sweeper requeues the job once no beat claims it.
         log.exception("Redis failed during the job; leaving it to recovery", extra=ctx)
@@ -117,6 +121,33 @@ def _generate(w: Worker, record: JobRecord, output: str, ctx: dict[str, Any]) ->
     log.info("job finished", extra={**ctx, "status": status.value, "result": result,
                                     "finish_reason": outcome.finish_reason,
                                     "completion_tokens": emitter.completion_tokens})
+
+
+def _embed(w: Worker, record: JobRecord, ctx: dict[str, Any]) -> None:
+    """Embed the job's texts and finish it with the vectors as its ``result``."""
+    lease = record.lease or ""
+    log.info("job started", extra={**ctx, "attempt": record.attempts, "kind": "embedding",
+                                   "texts": len(record.inputs or [])})
+    try:
+        done = w.engine.embed(record.inputs or [])
+    except Exception as exc:
+        code = exc.code if isinstance(exc, EmbeddingError) else "embedding_error"
+        log.warning("embedding failed", extra={**ctx, "error": str(exc), "code": code})
+        w.jobs(w.jobs.ops.finish(record, JobStatus.failed, lease, finish_reason="error",
+                                 error={"code": code, "message": str(exc)}))
+        return
+    finished = time.time()
+    started_at = record.started_at or finished
+    n = done.prompt_tokens
+    result = w.jobs(w.jobs.ops.finish(
+        record, JobStatus.succeeded, lease, finish_reason="stop", prompt_tokens=n,
+        usage={"prompt_tokens": n, "completion_tokens": 0, "total_tokens": n},
+        result={"embeddings": done.vectors},
+        timings={"queue_wait_ms": round((started_at - record.created_at) * 1000, 3),
+                 "duration_ms": round((finished - started_at) * 1000, 3)},
+    ))
+    log.info("job finished", extra={**ctx, "status": "succeeded", "result": result,
+                                    "prompt_tokens": n})
 
 
 def _request(w: Worker, record: JobRecord, plan: PromptPlan, output: str) -> GenRequest:
@@ -183,6 +214,8 @@ def _plan(w: Worker, record: JobRecord, ctx: dict[str, Any]) -> PromptPlan | Non
     """The job's prompt, or None after failing the job when it cannot be built
     (e.g. the model's chat template refuses the messages' roles)."""
     try:
+        if record.kind is JobKind.completion:
+            return _raw_plan(w.engine.prompter, record)
         return plan_prompt(w.conversations, w.engine.prompter, w.engine.context_size,
                            record, ctx)
     except Exception as exc:
@@ -191,6 +224,16 @@ def _plan(w: Worker, record: JobRecord, ctx: dict[str, Any]) -> PromptPlan | Non
                                  finish_reason="error",
                                  error={"code": "prompt_error", "message": str(exc)}))
         return None
+
+
+def _raw_plan(prompter: PromptRenderer | None, record: JobRecord) -> PromptPlan:
+    """A completion job's prompt: its text as it is (no template, no conversation)."""
+    if prompter is None:
+        raise ValueError("completing a raw prompt needs the model's own tokenizer "
+                         "(a local GGUF model)")
+    text = (record.inputs or [""])[0]
+    return PromptPlan(prompt=prompter.raw(text), messages=[{"role": "user", "content": text}],
+                      turn=[])
 
 
 def _persist(w: Worker, record: JobRecord, plan: PromptPlan, answer: str) -> bool | None:
