@@ -136,9 +136,10 @@ class Engine(abc.ABC):
     def busy(self) -> int:
         """Generations running now (at most ``slots``)."""
 
-    def embed(self, texts: list[str]) -> Embeddings:
-        """Embed each text (blocking; called from a job's thread). Engines that cannot
-        raise :class:`EmbeddingError`."""
+    def embed(self, texts: list[str], deadline: float | None = None) -> Embeddings:
+        """Embed each text (blocking; called from a job's thread); past ``deadline``
+        (``time.monotonic()``) it stops between texts with :class:`EmbeddingError`
+        code ``timeout``. Engines that cannot embed raise :class:`EmbeddingError`."""
         raise EmbeddingError(f"the engine of model {self.model!r} does not embed",
                              code="unsupported")
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -60,12 +61,20 @@ class Embedder:
             "model": spec.name, "n_embd": self.n_embd,
             "pooling": int(llama_cpp.llama_pooling_type(self.ctx))})
 
-    def embed(self, texts: Sequence[list[int]]) -> list[list[float]]:
-        """One unit vector per tokenized text, in order."""
+    def embed(self, texts: Sequence[list[int]], deadline: float | None = None
+              ) -> list[list[float]]:
+        """One unit vector per tokenized text, in order; past ``deadline``
+        (``time.monotonic()``) it stops between texts (code ``timeout``)."""
         with self.lock:
-            if self.ctx is None:
-                raise EmbeddingError("the engine is closed")
-            return [self._one(tokens) for tokens in texts]
+            vectors = []
+            for tokens in texts:
+                if self.ctx is None:
+                    raise EmbeddingError("the engine is closed")
+                if deadline is not None and time.monotonic() > deadline:
+                    raise EmbeddingError("embedding exceeded the job time limit",
+                                         code="timeout")
+                vectors.append(self._one(tokens))
+            return vectors
 
     def _one(self, tokens: list[int]) -> list[float]:
         if not tokens:

@@ -397,11 +397,11 @@ class LlamaEngine(Engine):
             raise
         return chain
 
-    def embed(self, texts: list[str]) -> Embeddings:
+    def embed(self, texts: list[str], deadline: float | None = None) -> Embeddings:
         """Pooled, unit-length embeddings from a second context on the same weights
         (:mod:`workers.llama_embed`); blocks the calling job's thread."""
         tokens = [self.prompter.raw(t).tokens for t in texts]
-        vectors = self._embedding_context().embed(tokens)
+        vectors = self._embedding_context().embed(tokens, deadline)
         return Embeddings(vectors=vectors, prompt_tokens=sum(len(t) for t in tokens))
 
     def _embedding_context(self) -> Embedder:

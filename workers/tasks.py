@@ -129,7 +129,7 @@ def _embed(w: Worker, record: JobRecord, ctx: dict[str, Any]) -> None:
     log.info("job started", extra={**ctx, "attempt": record.attempts, "kind": "embedding",
                                    "texts": len(record.inputs or [])})
     try:
-        done = w.engine.embed(record.inputs or [])
+        done = w.engine.embed(record.inputs or [], _deadline(w, record))
     except Exception as exc:
         code = exc.code if isinstance(exc, EmbeddingError) else "embedding_error"
         log.warning("embedding failed", extra={**ctx, "error": str(exc), "code": code})

@@ -1,0 +1,128 @@
+"""Request validation of ``/v1/completions`` and ``/v1/embeddings``, without services:
+what is taken, what is refused and which field the refusal names."""
+
+from __future__ import annotations
+
+import base64
+import struct
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from api.main import create_app
+from api.routers.completions import CompletionRequest
+from api.routers.embeddings import EmbeddingRequest, encode, response
+from shared.errors import InvalidRequest, UnsupportedParameter
+from shared.settings import load_settings
+
+
+def refused_field(exc: pytest.ExceptionInfo[Any]) -> str:
+    if isinstance(exc.value, ValidationError):
+        return ".".join(str(p) for p in exc.value.errors()[0]["loc"])
+    assert isinstance(exc.value, UnsupportedParameter | InvalidRequest)
+    assert exc.value.status == 400
+    return str(exc.value.details[0]["field"])
+
+
+def completion(**fields: Any) -> CompletionRequest:
+    return CompletionRequest.model_validate({"prompt": "Hi", **fields})
+
+
+def test_a_completion_takes_a_string_or_a_list_of_one() -> None:
+    assert completion().text() == "Hi"
+    assert completion(prompt=["Once"]).text() == "Once"
+    job = completion(max_tokens=5, temperature=0, top_p=0.5, stop="\n", seed=7,
+                     user="u1").to_job()
+    assert (job.max_tokens, job.temperature, job.top_p, job.stop, job.seed) == (
+        5, 0, 0.5, "\n", 7)
+    assert job.metadata == {"user": "u1"}
+    assert completion().to_job().max_tokens == 16  # OpenAI's default for this path
+    # Neutral values of the fields chatq does not implement are taken.
+    completion(n=1, best_of=1, echo=False, suffix=None, logprobs=None).to_job()
+
+
+@pytest.mark.parametrize(("fields", "param"), [
+    ({"prompt": ["a", "b"]}, "prompt"),
+    ({"prompt": []}, "prompt"),
+    ({"prompt": ""}, "prompt"),
+    ({"prompt": [1, 2]}, "prompt"),
+    ({"temperature": 2.5}, "temperature"),
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"stop": ["", "x"]}, "stop"),
+    ({"mirostat": 2}, "mirostat"),
+])
+def test_a_completion_refuses_bad_fields(fields: dict[str, Any], param: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        completion(**fields)
+    assert refused_field(info) == param or refused_field(info).startswith(f"{param}.")
+
+
+@pytest.mark.parametrize(("fields", "param"), [
+    ({"echo": True}, "echo"),
+    ({"suffix": ""}, "suffix"),
+    ({"best_of": 3}, "best_of"),
+    ({"n": 2}, "n"),
+    ({"logprobs": 0}, "logprobs"),
+])
+def test_a_completion_refuses_what_chatq_does_not_do(fields: dict[str, Any],
+                                                     param: str) -> None:
+    with pytest.raises(UnsupportedParameter) as info:
+        completion(**fields).to_job()
+    assert refused_field(info) == param
+
+
+def embedding(**fields: Any) -> EmbeddingRequest:
+    return EmbeddingRequest.model_validate({"input": "Hi", **fields})
+
+
+def test_embedding_inputs() -> None:
+    assert embedding().texts() == ["Hi"]
+    assert embedding(input=["a", "b"]).texts() == ["a", "b"]
+    assert embedding().encoding_format == "float"
+    assert embedding(model="m").to_job().model == "m"
+
+
+@pytest.mark.parametrize(("fields", "param"), [
+    ({"input": [1, 2, 3]}, "input"),
+    ({"input": [[1, 2], [3]]}, "input"),
+    ({"input": []}, "input"),
+    ({"input": ["a", ""]}, "input"),
+    ({"input": ["x"] * 2049}, "input"),
+    ({"encoding_format": "int8"}, "encoding_format"),
+    ({"truncate": True}, "truncate"),
+])
+def test_embedding_refuses_bad_fields(fields: dict[str, Any], param: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        embedding(**fields)
+    assert refused_field(info).split(".")[0] == param
+
+
+def test_embedding_refuses_dimensions() -> None:
+    with pytest.raises(UnsupportedParameter) as info:
+        embedding(dimensions=64).to_job()
+    assert refused_field(info) == "dimensions"
+
+
+def test_base64_is_little_endian_float32() -> None:
+    vector = [0.5, -0.25, 1.0]
+    raw = base64.b64decode(encode(vector, "base64"))  # type: ignore[arg-type]
+    assert list(struct.unpack("<3f", raw)) == vector
+    assert encode(vector, "float") == vector
+
+
+def test_response_shape() -> None:
+    body = response("m", [[1.0], [0.0]], {"prompt_tokens": 4, "completion_tokens": 0},
+                    "float")
+    assert body == {"object": "list", "model": "m",
+                    "data": [{"object": "embedding", "index": 0, "embedding": [1.0]},
+                             {"object": "embedding", "index": 1, "embedding": [0.0]}],
+                    "usage": {"prompt_tokens": 4, "total_tokens": 4}}
+
+
+def test_routes_are_documented() -> None:
+    spec = create_app(load_settings()).openapi()
+    assert {"/v1/completions", "/v1/embeddings"} <= set(spec["paths"])
+    schemas = spec["components"]["schemas"]
+    assert "encoding_format" in schemas["EmbeddingRequest"]["properties"]
+    assert "prompt" in schemas["CompletionRequest"]["properties"]
