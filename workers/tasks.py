@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import redis
 
+from shared import vectors
 from shared.conversations import TurnWrite, WorkerConversationStore
 from shared.lifecycle import BlockingJobs, Emitted, JobRecord, new_lease
 from shared.prompting import PromptRenderer
@@ -124,7 +125,8 @@ def _generate(w: Worker, record: JobRecord, output: str, ctx: dict[str, Any]) ->
 
 
 def _embed(w: Worker, record: JobRecord, ctx: dict[str, Any]) -> None:
-    """Embed the job's texts and finish it with the vectors as its ``result``."""
+    """Embed the job's texts and finish it with the vectors as its ``result``
+    (see :mod:`shared.vectors`)."""
     lease = record.lease or ""
     log.info("job started", extra={**ctx, "attempt": record.attempts, "kind": "embedding",
                                    "texts": len(record.inputs or [])})
@@ -142,7 +144,7 @@ def _embed(w: Worker, record: JobRecord, ctx: dict[str, Any]) -> None:
     result = w.jobs(w.jobs.ops.finish(
         record, JobStatus.succeeded, lease, finish_reason="stop", prompt_tokens=n,
         usage={"prompt_tokens": n, "completion_tokens": 0, "total_tokens": n},
-        result={"embeddings": done.vectors},
+        result={vectors.RESULT_KEY: [vectors.pack(v) for v in done.vectors]},
         timings={"queue_wait_ms": round((started_at - record.created_at) * 1000, 3),
                  "duration_ms": round((finished - started_at) * 1000, 3)},
     ))

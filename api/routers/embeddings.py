@@ -2,9 +2,10 @@
 
 The texts go to the model's worker as one :attr:`shared.schemas.JobKind.embedding`
 job (queue, lifecycle, recovery like any job); the worker writes the vectors to
-the job's ``result`` and the API answers with them. The vectors are unit length
-(L2-normalised, as OpenAI's are): a model marked ``embedding`` in the registry
-is pooled as its GGUF says, any other by the mean of its token embeddings.
+the job's ``result`` (as :mod:`shared.vectors` packs them) and the API answers
+with them. The vectors are unit length (L2-normalised, as OpenAI's are): a model
+marked ``embedding`` in the registry is pooled as its GGUF says, any other by the
+mean of its token embeddings.
 
 Refused with 400 naming the field: token-id arrays as ``input``, an empty text,
 ``dimensions`` (no truncation is done), and any field OpenAI does not define.
@@ -12,8 +13,6 @@ Refused with 400 naming the field: token-id arrays as ``input``, an empty text,
 
 from __future__ import annotations
 
-import base64
-import struct
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -23,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from api import jobs
 from api.deps import ServicesDep, TenantDep
 from api.routers.openai import _wait_unless_disconnected
+from shared import vectors
 from shared.errors import JobFailed, UnsupportedParameter
 from shared.schemas import JobKind, JobRequest, JobStatus, Message
 
@@ -75,20 +75,17 @@ class EmbeddingRequest(BaseModel):
                           metadata={"user": self.user} if self.user else None)
 
 
-def encode(vector: list[float], encoding_format: str) -> list[float] | str:
-    """A vector as OpenAI sends it: numbers, or base64 of little-endian float32."""
-    if encoding_format == "base64":
-        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
-    return vector
-
-
-def response(model: str, vectors: list[list[float]], usage: dict[str, int] | None,
+def response(model: str, packed: list[str], usage: dict[str, int] | None,
              encoding_format: str) -> dict[str, Any]:
+    """OpenAI's answer for the job's vectors (packed as :mod:`shared.vectors` says):
+    passed through as base64, or decoded to numbers."""
     prompt_tokens = (usage or {}).get("prompt_tokens", 0)
+    embeddings: list[str] | list[list[float]] = (
+        packed if encoding_format == "base64" else [vectors.unpack(v) for v in packed])
     return {
         "object": "list",
-        "data": [{"object": "embedding", "index": i, "embedding": encode(v, encoding_format)}
-                 for i, v in enumerate(vectors)],
+        "data": [{"object": "embedding", "index": i, "embedding": e}
+                 for i, e in enumerate(embeddings)],
         "model": model,
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     }
@@ -109,5 +106,5 @@ async def embeddings(
     if record.status is not JobStatus.succeeded or not record.result:
         raise JobFailed(record.id, record.error or {"code": record.status.value,
                                                     "message": f"the job ended {record.status}"})
-    vectors = record.result["embeddings"]
-    return JSONResponse(response(record.model, vectors, record.usage, body.encoding_format))
+    packed = record.result[vectors.RESULT_KEY]
+    return JSONResponse(response(record.model, packed, record.usage, body.encoding_format))

@@ -12,7 +12,8 @@ from pydantic import ValidationError
 
 from api.main import create_app
 from api.routers.completions import CompletionRequest
-from api.routers.embeddings import EmbeddingRequest, encode, response
+from api.routers.embeddings import EmbeddingRequest, response
+from shared import vectors
 from shared.errors import InvalidRequest, UnsupportedParameter
 from shared.settings import load_settings
 
@@ -104,20 +105,23 @@ def test_embedding_refuses_dimensions() -> None:
     assert refused_field(info) == "dimensions"
 
 
-def test_base64_is_little_endian_float32() -> None:
+def test_vectors_travel_as_base64_of_little_endian_float32() -> None:
     vector = [0.5, -0.25, 1.0]
-    raw = base64.b64decode(encode(vector, "base64"))  # type: ignore[arg-type]
-    assert list(struct.unpack("<3f", raw)) == vector
-    assert encode(vector, "float") == vector
+    packed = vectors.pack(vector)
+    assert list(struct.unpack("<3f", base64.b64decode(packed))) == vector
+    assert vectors.unpack(packed) == vector
 
 
 def test_response_shape() -> None:
-    body = response("m", [[1.0], [0.0]], {"prompt_tokens": 4, "completion_tokens": 0},
-                    "float")
+    packed = [vectors.pack([1.0]), vectors.pack([0.0])]
+    usage = {"prompt_tokens": 4, "completion_tokens": 0}
+    body = response("m", packed, usage, "float")
     assert body == {"object": "list", "model": "m",
                     "data": [{"object": "embedding", "index": 0, "embedding": [1.0]},
                              {"object": "embedding", "index": 1, "embedding": [0.0]}],
                     "usage": {"prompt_tokens": 4, "total_tokens": 4}}
+    as_base64 = response("m", packed, usage, "base64")
+    assert [d["embedding"] for d in as_base64["data"]] == packed
 
 
 def test_routes_are_documented() -> None:

@@ -9,6 +9,7 @@ import time
 import pytest
 import redis
 
+from shared import vectors
 from shared.lifecycle import BlockingJobs, JobRecord
 from shared.prompting import Prompt
 from shared.schemas import JobKind, JobStatus
@@ -78,7 +79,8 @@ def test_an_embedding_job_finishes_with_its_vectors(w: FakeWorker) -> None:
     run_job(w, rec.id)
     done, output = final(w, rec)
     assert done.status is JobStatus.succeeded and done.kind is JobKind.embedding
-    assert done.result == {"embeddings": [[3.0, 0.0], [5.0, 0.0]]}
+    assert done.result is not None
+    assert [vectors.unpack(v) for v in done.result["embeddings"]] == [[3.0, 0.0], [5.0, 0.0]]
     assert done.usage == {"prompt_tokens": 5, "completion_tokens": 0, "total_tokens": 5}
     assert output == "" and not w.engine.requests and w.engine.embedded == [["a b", "c d e"]]
     assert w.engine.deadline is not None and w.engine.deadline > before + 200  # time limit
