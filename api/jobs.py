@@ -118,10 +118,11 @@ async def submit_text(svc: Services, req: JobRequest, tenant: str, kind: JobKind
     is, or texts to embed. No chat template, persona or conversation; the same queue,
     lifecycle and worker as a chat job. ``req`` carries the model and sampling fields."""
     spec = resolve_model(svc, req.model)
-    if spec.upstream is not None:
+    if spec.upstream is not None and kind is JobKind.completion:
         raise UnsupportedParameter.of_fields([(
-            "model", f"model {spec.name!r} is served by a remote upstream, which chatq "
-                     f"forwards chat only; {kind.value} jobs need a local GGUF model")])
+            "model", f"model {spec.name!r} is served by a remote upstream, to which chatq "
+                     "forwards chat and embeddings only; completions need a local GGUF "
+                     "model")])
     params = sampling(spec, req)
     if kind is JobKind.completion:
         await check_texts(svc, spec, inputs, params.max_tokens, field="prompt")

@@ -204,7 +204,7 @@ class LlamaOptions(BaseModel):
 GPU_OPTIONS = ("gpu_layers", "main_gpu", "split_mode", "tensor_split")
 # What only a local GGUF model may set: refused next to an `upstream`.
 LOCAL_KEYS = (*LlamaOptions.model_fields, "path", "package", "file", "assemble",
-              "chat_template", "embedding")
+              "chat_template")
 
 
 @dataclass(frozen=True)
@@ -247,9 +247,10 @@ class ModelSpec(LlamaOptions):
     default: bool = Field(False, description="The model of requests that name none.")
     embedding: bool = Field(False, description="An embedding model: the model of "
                             "`/v1/embeddings` requests that name none (the first one "
-                            "marked; else the default model), pooled as its GGUF says. Any "
-                            "local model embeds; one not marked is pooled by the mean of "
-                            "its token embeddings.")
+                            "marked; else the default model). A local one is pooled as its "
+                            "GGUF says; any local model embeds, one not marked pooled by "
+                            "the mean of its token embeddings. An `upstream` model embeds "
+                            "on its server's `/embeddings`.")
     slots: int = Field(4, ge=1, le=64, description="Jobs the worker generates at once "
                        "(continuous batching; each has its own `context_size`), or, with "
                        "`upstream`, requests it forwards at once.")

@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import base64
 import struct
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import anyio
 import pytest
 from pydantic import ValidationError
 
+from api import jobs
 from api.main import create_app
 from api.routers.completions import CompletionRequest
 from api.routers.embeddings import EmbeddingRequest, response
 from shared import vectors
 from shared.errors import InvalidRequest, UnsupportedParameter
+from shared.registry import ModelSpec, Registry
+from shared.schemas import JobKind
 from shared.settings import load_settings
 
 
@@ -130,3 +136,14 @@ def test_routes_are_documented() -> None:
     schemas = spec["components"]["schemas"]
     assert "encoding_format" in schemas["EmbeddingRequest"]["properties"]
     assert "prompt" in schemas["CompletionRequest"]["properties"]
+
+
+def test_completions_are_refused_on_an_upstream_model() -> None:
+    spec = ModelSpec.model_validate({
+        "name": "up", "queue": "upstream", "embedding": True,
+        "upstream": {"url": "https://api.example/v1", "model": "m"}})
+    svc = SimpleNamespace(registry=Registry({"up": spec}, Path(".")))
+    with pytest.raises(UnsupportedParameter) as caught:
+        anyio.run(jobs.submit_text, svc, completion().to_job(), "t", JobKind.completion, ["Hi"])
+    assert caught.value.status == 400 and caught.value.details[0]["field"] == "model"
+    assert svc.registry.embedding_name == "up"
