@@ -321,6 +321,9 @@ class Job(BaseModel):
 
     id: str
     object: Literal["chat.job"] = "chat.job"
+    kind: JobKind = Field(JobKind.chat, description="`chat`, `completion` (a "
+                          "`/v1/completions` prompt, fed as it is) or `embedding` (its "
+                          "vectors are in the `/v1/embeddings` answer, not here).")
     status: JobStatus
     model: str
     queue: str

@@ -14,7 +14,8 @@ from shared.schemas import Job, JobStatus, WebhookDelivery, WebhookEvent, utc
 def job_view(record: JobRecord, output: str, position: int | None = None,
              deliveries: list[WebhookDelivery] | None = None) -> Job:
     return Job(
-        id=record.id, status=record.status, model=record.model, queue=record.queue,
+        id=record.id, kind=record.kind, status=record.status, model=record.model,
+        queue=record.queue,
         position=position if record.status is JobStatus.queued else None, output=output,
         finish_reason=record.finish_reason, usage=record.usage, timings=record.timings or {},
         error=record.error, attempts=record.attempts, conversation_id=record.conversation_id,

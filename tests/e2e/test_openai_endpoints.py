@@ -76,6 +76,7 @@ def test_completion_non_stream(sdk: openai.OpenAI, client: httpx.Client) -> None
     job = client.get(f"/v1/jobs/{completion.id}").json()
     assert job["status"] == "succeeded" and job["output"] == choice.text
     assert job["conversation_id"] is None  # a raw completion is no conversation
+    assert job["kind"] == "completion"
 
 
 def test_completion_prompt_as_list_of_one_and_stop(sdk: openai.OpenAI) -> None:
