@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import anyio
 from redis.exceptions import RedisError
@@ -113,17 +114,20 @@ async def submit(svc: Services, req: JobRequest, tenant: str) -> JobRecord:
 
 
 async def submit_text(svc: Services, req: JobRequest, tenant: str, kind: JobKind,
-                      inputs: list[str]) -> JobRecord:
+                      inputs: list[str], *, overrides: dict[str, Any] | None = None
+                      ) -> JobRecord:
     """Admit and enqueue a job on raw text (:class:`JobKind`): a prompt completed as it
     is, or texts to embed. No chat template, persona or conversation; the same queue,
-    lifecycle and worker as a chat job. ``req`` carries the model and sampling fields."""
+    lifecycle and worker as a chat job. ``req`` carries the model and sampling fields;
+    ``overrides``, sampling fields a chat request does not carry (they win)."""
     spec = resolve_model(svc, req.model)
     if spec.upstream is not None and kind is JobKind.completion:
         raise UnsupportedParameter.of_fields([(
             "model", f"model {spec.name!r} is served by a remote upstream, to which chatq "
                      "forwards chat and embeddings only; completions need a local GGUF "
                      "model")])
-    params = sampling(spec, req)
+    params = sampling(spec, req).model_copy(update=overrides or {})
+    await check_logit_bias(svc, spec, params)
     if kind is JobKind.completion:
         await check_texts(svc, spec, inputs, params.max_tokens, field="prompt")
     else:
@@ -139,6 +143,20 @@ async def submit_text(svc: Services, req: JobRequest, tenant: str, kind: JobKind
     log.info("job queued", extra={"job_id": record.id, "queue": spec.queue, "model": spec.name,
                                   "tenant": tenant, "kind": kind.value})
     return record
+
+
+async def check_logit_bias(svc: Services, spec: ModelSpec, params: SamplingParams) -> None:
+    """Every token ``logit_bias`` names is in the model's vocabulary (400 naming it)."""
+    if not params.logit_bias:
+        return
+    size = await svc.tokens.vocab_size(spec)
+    outside = sorted(t for t in params.logit_bias if size is not None and t >= size)
+    if outside:
+        error = InvalidRequest.of_field(
+            "logit_bias", f"token {outside[0]} is outside the vocabulary of {spec.name} "
+                          f"({size} tokens)")
+        error.status = 400
+        raise error
 
 
 async def check_texts(svc: Services, spec: ModelSpec, texts: list[str], max_tokens: int,

@@ -48,6 +48,16 @@ class TokenCounter:
             renderer = self._renderer(spec)
             return [renderer.count_text(t) for t in texts]
 
+    def _vocab_size(self, spec: ModelSpec) -> int | None:
+        if not spec.tokenizer_local:
+            return None
+        with self._lock:
+            return int(self._renderer(spec).llm.n_vocab())
+
+    async def vocab_size(self, spec: ModelSpec) -> int | None:
+        """Tokens in the model's vocabulary (None: chatq has no tokenizer for it)."""
+        return await anyio.to_thread.run_sync(self._vocab_size, spec)
+
     async def count(self, spec: ModelSpec, messages: Sequence[dict[str, str]]) -> int | None:
         return await anyio.to_thread.run_sync(self._count, spec, messages)
 

@@ -65,6 +65,15 @@ class CompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, max_length=128, description="The end user (kept in the "
                              "job's metadata).")
+    presence_penalty: float | None = Field(
+        None, ge=-2, le=2, description="Lowers the logit of every token already generated "
+                                       "(recent ones) by this much.")
+    frequency_penalty: float | None = Field(
+        None, ge=-2, le=2, description="Lowers a token's logit by this much per time it "
+                                       "was generated (recent ones).")
+    logit_bias: dict[str, float] | None = Field(
+        None, description="Token id (a string of digits) -> bias added to its logit, "
+                          "-100 to 100 (-100 bans the token).")
     n: int = Field(1, description="Only 1: chatq returns one choice.")
     best_of: int | None = Field(None, description="Only 1 (or absent).")
     echo: bool = Field(False, description="Only false: the prompt is not echoed.")
@@ -87,6 +96,24 @@ class CompletionRequest(BaseModel):
     @classmethod
     def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
         return JobRequest.check_stop(value)
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        for token, value in (bias or {}).items():
+            if not token.isdigit():
+                raise ValueError(f"keys are token ids (strings of digits), not {token!r}")
+            if not -100 <= value <= 100:
+                raise ValueError(f"token {token}: a bias is between -100 and 100")
+        return bias
+
+    def sampling_overrides(self) -> dict[str, Any]:
+        """The sampling fields of this path that a chat request does not carry."""
+        given = {"presence_penalty": self.presence_penalty,
+                 "frequency_penalty": self.frequency_penalty,
+                 "logit_bias": {int(t): v for t, v in self.logit_bias.items()}
+                 if self.logit_bias else None}
+        return {k: v for k, v in given.items() if v is not None}
 
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
@@ -149,7 +176,7 @@ async def completions(
     body: CompletionRequest, request: Request, svc: ServicesDep, tenant: TenantDep
 ) -> JSONResponse | StreamingResponse:
     record = await jobs.submit_text(svc, body.to_job(), tenant, JobKind.completion,
-                                    [body.text()])
+                                    [body.text()], overrides=body.sampling_overrides())
     created = int(record.created_at)
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)

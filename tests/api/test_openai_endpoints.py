@@ -45,6 +45,10 @@ def test_a_completion_takes_a_string_or_a_list_of_one() -> None:
         5, 0, 0.5, "\n", 7)
     assert job.metadata == {"user": "u1"}
     assert completion().to_job().max_tokens == 16  # OpenAI's default for this path
+    assert completion().sampling_overrides() == {}
+    assert completion(presence_penalty=0.5, frequency_penalty=-1,
+                      logit_bias={"42": -100}).sampling_overrides() == {
+        "presence_penalty": 0.5, "frequency_penalty": -1, "logit_bias": {42: -100}}
     # Neutral values of the fields chatq does not implement are taken.
     completion(n=1, best_of=1, echo=False, suffix=None, logprobs=None).to_job()
 
@@ -58,6 +62,10 @@ def test_a_completion_takes_a_string_or_a_list_of_one() -> None:
     ({"max_tokens": 0}, "max_tokens"),
     ({"stop": ["", "x"]}, "stop"),
     ({"mirostat": 2}, "mirostat"),
+    ({"presence_penalty": 3}, "presence_penalty"),
+    ({"frequency_penalty": -2.5}, "frequency_penalty"),
+    ({"logit_bias": {"x": 1}}, "logit_bias"),
+    ({"logit_bias": {"12": -101}}, "logit_bias"),
 ])
 def test_a_completion_refuses_bad_fields(fields: dict[str, Any], param: str) -> None:
     with pytest.raises(ValidationError) as info:

@@ -12,8 +12,10 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
+from llama_cpp import Llama
 
-from shared.settings import DEV_API_KEY
+from shared.registry import Registry
+from shared.settings import DEFAULT_REGISTRY, DEV_API_KEY
 from tests.conftest import Chatq
 
 MODEL = "smollm2-135m"
@@ -104,6 +106,39 @@ def test_completion_stream(sdk: openai.OpenAI, client: httpx.Client) -> None:
     greedy = sdk.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=20,
                                     temperature=0)
     assert greedy.choices[0].text == text
+
+
+def first_token(text: str) -> int:
+    registry = Registry.load(DEFAULT_REGISTRY)
+    vocab = Llama(model_path=str(registry.gguf_path(registry.models[MODEL])), vocab_only=True,
+                  verbose=False)
+    try:
+        return int(vocab.tokenize(text.encode(), add_bos=False, special=False)[0])
+    finally:
+        vocab.close()
+
+
+def test_completion_logit_bias_and_penalties_take_effect(sdk: openai.OpenAI) -> None:
+    prompt = "The capital of France is"
+    greedy = sdk.completions.create(model=MODEL, prompt=prompt, max_tokens=8,
+                                    temperature=0).choices[0].text
+    banned = first_token(greedy)
+    biased = sdk.completions.create(model=MODEL, prompt=prompt, max_tokens=8, temperature=0,
+                                    logit_bias={str(banned): -100}).choices[0].text
+    assert biased != greedy and first_token(biased) != banned
+    plain = sdk.completions.create(model=MODEL, prompt=prompt, max_tokens=16,
+                                   temperature=0).choices[0].text
+    for penalty in ({"presence_penalty": 2.0}, {"frequency_penalty": 2.0}):
+        penalised = sdk.completions.create(model=MODEL, prompt=prompt, max_tokens=16,
+                                           temperature=0, **penalty).choices[0].text
+        assert penalised != plain, penalty
+
+
+def test_logit_bias_outside_the_vocabulary_is_400(sdk: openai.OpenAI) -> None:
+    for bias in ({"99999999": -100}, {"abc": 5}, {"5": 500}):
+        with pytest.raises(openai.BadRequestError) as info:
+            sdk.completions.create(model=MODEL, prompt="Hi", logit_bias=bias)
+        assert isinstance(info.value.body, dict) and info.value.body["param"] == "logit_bias"
 
 
 def test_completion_stream_ends_with_done(client: httpx.Client) -> None:
