@@ -23,7 +23,7 @@ What must hold for every engine:
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from shared.prompting import Prompt, PromptRenderer
@@ -136,10 +136,12 @@ class Engine(abc.ABC):
     def busy(self) -> int:
         """Generations running now (at most ``slots``)."""
 
-    def embed(self, texts: list[str], deadline: float | None = None) -> Embeddings:
-        """Embed each text (blocking; called from a job's thread); past ``deadline``
-        (``time.monotonic()``) it stops between texts with :class:`EmbeddingError`
-        code ``timeout``. Engines that cannot embed raise :class:`EmbeddingError`."""
+    def embed(self, texts: list[str], deadline: float | None = None,
+              stop: Callable[[], bool] | None = None) -> Embeddings:
+        """Embed each text (blocking; called from a job's thread). Between texts it
+        ends with :class:`EmbeddingError` code ``timeout`` past ``deadline``
+        (``time.monotonic()``), or code ``cancelled`` when ``stop()`` says so. Engines
+        that cannot embed raise :class:`EmbeddingError`."""
         raise EmbeddingError(f"the engine of model {self.model!r} does not embed",
                              code="unsupported")
 

@@ -24,7 +24,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import llama_cpp
@@ -61,10 +61,11 @@ class Embedder:
             "model": spec.name, "n_embd": self.n_embd,
             "pooling": int(llama_cpp.llama_pooling_type(self.ctx))})
 
-    def embed(self, texts: Sequence[list[int]], deadline: float | None = None
-              ) -> list[list[float]]:
-        """One unit vector per tokenized text, in order; past ``deadline``
-        (``time.monotonic()``) it stops between texts (code ``timeout``)."""
+    def embed(self, texts: Sequence[list[int]], deadline: float | None = None,
+              stop: Callable[[], bool] | None = None) -> list[list[float]]:
+        """One unit vector per tokenized text, in order. Between texts it stops past
+        ``deadline`` (``time.monotonic()``; code ``timeout``) or when ``stop()`` says
+        so (code ``cancelled``)."""
         with self.lock:
             vectors = []
             for tokens in texts:
@@ -73,6 +74,8 @@ class Embedder:
                 if deadline is not None and time.monotonic() > deadline:
                     raise EmbeddingError("embedding exceeded the job time limit",
                                          code="timeout")
+                if stop is not None and stop():
+                    raise EmbeddingError("the job was cancelled", code="cancelled")
                 vectors.append(self._one(tokens))
             return vectors
 

@@ -397,11 +397,12 @@ class LlamaEngine(Engine):
             raise
         return chain
 
-    def embed(self, texts: list[str], deadline: float | None = None) -> Embeddings:
+    def embed(self, texts: list[str], deadline: float | None = None,
+              stop: Callable[[], bool] | None = None) -> Embeddings:
         """Pooled, unit-length embeddings from a second context on the same weights
         (:mod:`workers.llama_embed`); blocks the calling job's thread."""
         tokens = [self.prompter.raw(t).tokens for t in texts]
-        vectors = self._embedding_context().embed(tokens, deadline)
+        vectors = self._embedding_context().embed(tokens, deadline, stop)
         return Embeddings(vectors=vectors, prompt_tokens=sum(len(t) for t in tokens))
 
     def _embedding_context(self) -> Embedder:

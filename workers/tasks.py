@@ -126,17 +126,23 @@ def _generate(w: Worker, record: JobRecord, output: str, ctx: dict[str, Any]) ->
 
 def _embed(w: Worker, record: JobRecord, ctx: dict[str, Any]) -> None:
     """Embed the job's texts and finish it with the vectors as its ``result``
-    (see :mod:`shared.vectors`)."""
+    (see :mod:`shared.vectors`). Between texts the engine asks whether the job was
+    cancelled (it then ends ``cancelled``) or taken from this run (it is dropped)."""
     lease = record.lease or ""
     log.info("job started", extra={**ctx, "attempt": record.attempts, "kind": "embedding",
                                    "texts": len(record.inputs or [])})
+    asked: list[Emitted] = []
+
+    def stop() -> bool:  # an empty emit: is the job still this run's, not cancelled?
+        verdict = w.jobs(w.jobs.ops.emit(record, lease, [], 0)).verdict
+        if verdict in (Emitted.cancel, Emitted.lost):
+            asked.append(verdict)
+        return bool(asked)
+
     try:
-        done = w.engine.embed(record.inputs or [], _deadline(w, record))
+        done = w.engine.embed(record.inputs or [], _deadline(w, record), stop)
     except Exception as exc:
-        code = exc.code if isinstance(exc, EmbeddingError) else "embedding_error"
-        log.warning("embedding failed", extra={**ctx, "error": str(exc), "code": code})
-        w.jobs(w.jobs.ops.finish(record, JobStatus.failed, lease, finish_reason="error",
-                                 error={"code": code, "message": str(exc)}))
+        _embedding_ended(w, record, exc, asked, ctx)
         return
     finished = time.time()
     started_at = record.started_at or finished
@@ -150,6 +156,25 @@ def _embed(w: Worker, record: JobRecord, ctx: dict[str, Any]) -> None:
     ))
     log.info("job finished", extra={**ctx, "status": "succeeded", "result": result,
                                     "prompt_tokens": n})
+
+
+def _embedding_ended(w: Worker, record: JobRecord, exc: Exception, asked: list[Emitted],
+                     ctx: dict[str, Any]) -> None:
+    """An embedding job that did not complete: cancelled, taken away, or failed."""
+    lease = record.lease or ""
+    if Emitted.lost in asked:
+        log.warning("job taken from this worker (requeued or ended); dropped its embedding",
+                    extra=ctx)
+        return
+    if Emitted.cancel in asked:
+        w.jobs(w.jobs.ops.finish(record, JobStatus.cancelled, lease,
+                                 finish_reason="cancelled"))
+        log.info("job cancelled", extra=ctx)
+        return
+    code = exc.code if isinstance(exc, EmbeddingError) else "embedding_error"
+    log.warning("embedding failed", extra={**ctx, "error": str(exc), "code": code})
+    w.jobs(w.jobs.ops.finish(record, JobStatus.failed, lease, finish_reason="error",
+                             error={"code": code, "message": str(exc)}))
 
 
 def _request(w: Worker, record: JobRecord, plan: PromptPlan, output: str) -> GenRequest:

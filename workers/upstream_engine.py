@@ -44,7 +44,7 @@ import queue
 import threading
 import time
 import traceback
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -439,11 +439,13 @@ class UpstreamEngine(Engine):
             self._live.add(generation)
         return generation
 
-    def embed(self, texts: list[str], deadline: float | None = None) -> Embeddings:
+    def embed(self, texts: list[str], deadline: float | None = None,
+              stop: Callable[[], bool] | None = None) -> Embeddings:
         """One ``POST /embeddings`` for all the texts, in one of the ``slots``: the
         upstream's vectors as it sends them and its usage. Not retried: a refusal fails
         the job with ``upstream_rejected`` and its message, anything else with
-        ``upstream_error``; the deadline with ``timeout``."""
+        ``upstream_error``; the deadline with ``timeout``. One request has no "between
+        texts": ``stop`` is not asked (the request's own timeout bounds it)."""
         timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
         future = asyncio.run_coroutine_threadsafe(self._embed(texts), self.loop)
         try:

@@ -67,3 +67,15 @@ def test_a_deadline_stops_between_texts(engine: LlamaEngine) -> None:
     with pytest.raises(EmbeddingError) as info:
         engine.embed(["one", "two"], deadline=time.monotonic() - 1)
     assert info.value.code == "timeout"
+
+
+def test_stop_ends_between_texts(engine: LlamaEngine) -> None:
+    asked: list[int] = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return len(asked) > 1  # the second text is not embedded
+
+    with pytest.raises(EmbeddingError) as info:
+        engine.embed(["one", "two", "three"], stop=stop)
+    assert info.value.code == "cancelled" and len(asked) == 2

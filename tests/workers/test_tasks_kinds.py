@@ -5,6 +5,7 @@ job's result; an engine that cannot embed, or a deadline, fails the job."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -16,8 +17,8 @@ from shared.schemas import JobKind, JobStatus
 from shared.settings import load_settings
 from tests.shared.test_lifecycle import CFG, created
 from tests.workers.fake_engine import FakeEngine
-from tests.workers.test_tasks import FakeWorker, final
-from workers.engine import Embeddings
+from tests.workers.test_tasks import WORKER, FakeWorker, final
+from workers.engine import EmbeddingError, Embeddings
 from workers.tasks import run_job
 
 
@@ -29,14 +30,24 @@ class RawPrompter:
 
 
 class EmbeddingEngine(FakeEngine):
-    def __init__(self) -> None:
+    """Embeds each text as [its length, 0]; asks ``stop`` before each text, after
+    ``before_each`` (a test's way to act while the job runs)."""
+
+    def __init__(self, before_each: Callable[[], object] | None = None) -> None:
         super().__init__()
         self.embedded: list[list[str]] = []
         self.deadline: float | None = None
+        self.before_each = before_each
 
-    def embed(self, texts: list[str], deadline: float | None = None) -> Embeddings:
+    def embed(self, texts: list[str], deadline: float | None = None,
+              stop: Callable[[], bool] | None = None) -> Embeddings:
         self.embedded.append(texts)
         self.deadline = deadline
+        for _ in texts:
+            if self.before_each is not None:
+                self.before_each()
+            if stop is not None and stop():
+                raise EmbeddingError("the job was cancelled", code="cancelled")
         return Embeddings(vectors=[[float(len(t)), 0.0] for t in texts],
                           prompt_tokens=sum(len(t.split()) for t in texts))
 
@@ -94,4 +105,29 @@ def test_an_engine_that_cannot_embed_fails_the_job(w: FakeWorker) -> None:
     done, _ = final(w, rec)
     assert done.status is JobStatus.failed and done.error is not None
     assert done.error["code"] == "unsupported" and "does not embed" in done.error["message"]
+    assert done.result is None
+
+
+def test_a_cancelled_embedding_job_ends_cancelled_between_texts(w: FakeWorker) -> None:
+    rec = text_job(w, JobKind.embedding, ["a", "b", "c"])
+    w.engine = EmbeddingEngine(before_each=lambda: w.jobs(w.jobs.ops.cancel(rec)))
+    run_job(w, rec.id)
+    done, _ = final(w, rec)
+    assert (done.status, done.finish_reason) == (JobStatus.cancelled, "cancelled")
+    assert done.result is None and done.error is None
+
+
+def test_an_embedding_job_taken_away_is_dropped_not_finished(w: FakeWorker) -> None:
+    rec = text_job(w, JobKind.embedding, ["a", "b"])
+
+    def requeue() -> None:  # the sweeper decided this worker was gone
+        loaded = final(w, rec)[0]
+        if loaded.status is JobStatus.running:
+            assert w.jobs(w.jobs.ops.requeue(loaded, WORKER, max_attempts=3)).verdict == (
+                "requeued")
+
+    w.engine = EmbeddingEngine(before_each=requeue)
+    run_job(w, rec.id)
+    done, _ = final(w, rec)
+    assert (done.status, done.dispatch, done.owner) == (JobStatus.queued, 2, None)
     assert done.result is None
