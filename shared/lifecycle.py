@@ -128,7 +128,7 @@ class JobRecord:
     history_trimmed: int | None = None  # stored messages left out to fit the context
     kind: JobKind = JobKind.chat  # see JobKind: chat, completion (raw prompt) or embedding
     inputs: list[str] | None = None  # completion: [prompt]; embedding: the texts
-    result: dict[str, Any] | None = None  # embedding: {"embeddings": [[float, ...], ...]}
+    result: dict[str, Any] | None = None  # embedding: its vectors (see shared.vectors)
 
     @property
     def rank(self) -> float:

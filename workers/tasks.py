@@ -1,5 +1,7 @@
 """Running one job: start it, build its prompt, generate through the engine, stream,
-finish it with usage and timings.
+finish it with usage and timings. A ``completion`` job's prompt is its text as it is
+(no template, no conversation); an ``embedding`` job is not generated at all: its
+texts go to ``Engine.embed`` and its vectors to the job's ``result``.
 
 Every state change goes through :mod:`shared.lifecycle`; the engine is whatever
 :class:`workers.engine.Engine` the worker holds. One call runs in one thread of
@@ -141,6 +143,8 @@ def _embed(w: Worker, record: JobRecord, ctx: dict[str, Any]) -> None:
 
     try:
         done = w.engine.embed(record.inputs or [], _deadline(w, record), stop)
+    except redis.RedisError:
+        raise  # left to recovery, as a generation's (run_job)
     except Exception as exc:
         _embedding_ended(w, record, exc, asked, ctx)
         return
