@@ -9,10 +9,13 @@ use a context of their own. What holds, and why:
   model the engine already holds (llama.cpp allows several contexts per model;
   the model is read-only). It is created on the first embedding job (a worker
   that never embeds pays nothing) and freed before the weights.
-- **One text at a time, under a lock**: llama.cpp contexts are not thread-safe
-  and the jobs of a worker run in several threads. A text is decoded whole in
-  one micro-batch (``n_ubatch`` = ``context_size``): pooling needs every token.
-  Its memory is cleared before each text, so nothing of one text reaches another.
+- **One pack of texts at a time, under a lock**: llama.cpp contexts are not
+  thread-safe and the jobs of a worker run in several threads. Texts are decoded
+  in packs of at most ``context_size`` tokens and ``MAX_SEQS`` texts, each text
+  its own sequence, a pack in one micro-batch (``n_ubatch`` = ``context_size``):
+  pooling needs every token of a text. Sequences attend only to themselves, and
+  the memory is cleared before each pack, so nothing of one text reaches another
+  (a text's vector is the same alone or packed, to float rounding).
 - **Pooling**: a model marked ``embedding`` in the registry is pooled as its GGUF
   says (CLS, mean, last...); any other by the mean of its tokens' last hidden
   states. The vectors are L2-normalised (unit length), as OpenAI's are.
@@ -24,7 +27,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import llama_cpp
@@ -36,12 +39,33 @@ from workers.llama_params import context_params
 log = logging.getLogger(__name__)
 
 
+MAX_SEQS = 64  # texts decoded together in one llama_decode (llama.cpp allows 256)
+
+
+def packs(texts: Sequence[list[int]], n_ctx: int, max_seqs: int = MAX_SEQS
+          ) -> Iterator[list[int]]:
+    """Indexes of ``texts`` in order, grouped so each group's tokens fit ``n_ctx``
+    (one decode) and it has at most ``max_seqs`` texts."""
+    group: list[int] = []
+    used = 0
+    for i, tokens in enumerate(texts):
+        if group and (used + len(tokens) > n_ctx or len(group) == max_seqs):
+            yield group
+            group, used = [], 0
+        group.append(i)
+        used += len(tokens)
+    if group:
+        yield group
+
+
 class Embedder:
     """A pooled-embeddings context on an already loaded model (``model_ptr``)."""
 
     def __init__(self, model_ptr: Any, spec: ModelSpec, n_threads: int) -> None:
         params = context_params(spec, 1, spec.context_size, n_threads)
-        params.n_ubatch = spec.context_size  # a whole text in one micro-batch
+        params.n_ubatch = spec.context_size  # a whole pack of texts in one micro-batch
+        params.n_seq_max = MAX_SEQS
+        params.kv_unified = True  # the texts of a pack share context_size cells
         params.embeddings = True
         params.pooling_type = (llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED if spec.embedding
                                else llama_cpp.LLAMA_POOLING_TYPE_MEAN)
@@ -63,12 +87,20 @@ class Embedder:
 
     def embed(self, texts: Sequence[list[int]], deadline: float | None = None,
               stop: Callable[[], bool] | None = None) -> list[list[float]]:
-        """One unit vector per tokenized text, in order. Between texts it stops past
-        ``deadline`` (``time.monotonic()``; code ``timeout``) or when ``stop()`` says
-        so (code ``cancelled``)."""
+        """One unit vector per tokenized text, in order. Texts are decoded a pack at a
+        time (:func:`packs`); between packs it stops past ``deadline``
+        (``time.monotonic()``; code ``timeout``) or when ``stop()`` says so (code
+        ``cancelled``)."""
+        for tokens in texts:
+            if not tokens:
+                raise EmbeddingError("a text to embed has no tokens")
+            if len(tokens) > self.n_ctx:
+                raise EmbeddingError(f"a text of {len(tokens)} tokens does not fit the "
+                                     f"context ({self.n_ctx} tokens)",
+                                     code="context_length_exceeded")
         with self.lock:
-            vectors = []
-            for tokens in texts:
+            vectors: list[list[float]] = []
+            for group in packs(texts, self.n_ctx):
                 if self.ctx is None:
                     raise EmbeddingError("the engine is closed")
                 if deadline is not None and time.monotonic() > deadline:
@@ -76,28 +108,30 @@ class Embedder:
                                          code="timeout")
                 if stop is not None and stop():
                     raise EmbeddingError("the job was cancelled", code="cancelled")
-                vectors.append(self._one(tokens))
+                vectors += self._pack([texts[i] for i in group])
             return vectors
 
-    def _one(self, tokens: list[int]) -> list[float]:
-        if not tokens:
-            raise EmbeddingError("a text to embed has no tokens")
-        if len(tokens) > self.n_ctx:
-            raise EmbeddingError(f"a text of {len(tokens)} tokens does not fit the context "
-                                 f"({self.n_ctx} tokens)", code="context_length_exceeded")
+    def _pack(self, texts: list[list[int]]) -> list[list[float]]:
+        """One decode of these texts, text ``k`` as sequence ``k``; their unit vectors."""
         llama_cpp.llama_memory_clear(self.mem, True)
         b = self.batch
-        for i, token in enumerate(tokens):
-            b.token[i] = token
-            b.pos[i] = i
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = 0
-            b.logits[i] = 1
-        b.n_tokens = len(tokens)
+        n = 0
+        for seq, tokens in enumerate(texts):
+            for pos, token in enumerate(tokens):
+                b.token[n] = token
+                b.pos[n] = pos
+                b.n_seq_id[n] = 1
+                b.seq_id[n][0] = seq
+                b.logits[n] = 1
+                n += 1
+        b.n_tokens = n
         rc = llama_cpp.llama_decode(self.ctx, b)
         if rc != 0:
             raise EmbeddingError(f"llama_decode failed (code {rc})")
-        row = llama_cpp.llama_get_embeddings_seq(self.ctx, 0)
+        return [self._vector(seq) for seq in range(len(texts))]
+
+    def _vector(self, seq: int) -> list[float]:
+        row = llama_cpp.llama_get_embeddings_seq(self.ctx, seq)
         if not row:
             raise EmbeddingError("llama.cpp returned no pooled embedding")
         vector = [float(x) for x in row[: self.n_embd]]

@@ -1,7 +1,8 @@
 """Embeddings and raw prompts on the llama engine, in-process, with the demo model.
 
 The embedding context shares the loaded weights and runs beside the batched
-generation without disturbing it."""
+generation without disturbing it; texts decoded together in one pack get the
+vectors they get alone."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from shared.registry import Registry
 from shared.schemas import SamplingParams
 from shared.settings import DEFAULT_REGISTRY
 from workers.engine import EmbeddingError, GenRequest
+from workers.llama_embed import packs
 from workers.llama_engine import LlamaEngine
 
 
@@ -69,13 +71,21 @@ def test_a_deadline_stops_between_texts(engine: LlamaEngine) -> None:
     assert info.value.code == "timeout"
 
 
-def test_stop_ends_between_texts(engine: LlamaEngine) -> None:
+def test_stop_ends_between_packs(engine: LlamaEngine) -> None:
     asked: list[int] = []
 
     def stop() -> bool:
         asked.append(1)
-        return len(asked) > 1  # the second text is not embedded
+        return len(asked) > 1  # the second pack is not embedded
 
+    long = "word " * 1500  # two of these do not fit one pack (2048 tokens)
     with pytest.raises(EmbeddingError) as info:
-        engine.embed(["one", "two", "three"], stop=stop)
+        engine.embed([long, long, "three"], stop=stop)
     assert info.value.code == "cancelled" and len(asked) == 2
+
+
+def test_texts_are_packed_in_order_within_the_context_and_the_sequence_cap() -> None:
+    texts = [[0] * n for n in (5, 5, 10, 3, 12)]
+    assert list(packs(texts, n_ctx=12)) == [[0, 1], [2], [3], [4]]
+    assert list(packs(texts, n_ctx=100, max_seqs=2)) == [[0, 1], [2, 3], [4]]
+    assert list(packs([], n_ctx=10)) == []
