@@ -41,9 +41,9 @@ class EmbeddingRequest(BaseModel):
     input: str | list[str] | list[int] | list[list[int]] = Field(
         description="A text or a list of texts (at most 2048, none empty). Token-id arrays "
                     "are not supported.")
-    encoding_format: Literal["float", "base64"] = Field(
-        "float", description="`float`: lists of numbers; `base64`: each vector as the "
-                             "base64 of its little-endian float32 values.")
+    encoding_format: Literal["float", "base64"] | None = Field(
+        "float", description="`float` (or null): lists of numbers; `base64`: each vector "
+                             "as the base64 of its little-endian float32 values.")
     dimensions: int | None = Field(None, description="Not supported: absent or null.")
     user: str | None = Field(None, max_length=128, description="The end user.")
 
@@ -107,4 +107,5 @@ async def embeddings(
         raise JobFailed(record.id, record.error or {"code": record.status.value,
                                                     "message": f"the job ended {record.status}"})
     packed = record.result[vectors.RESULT_KEY]
-    return JSONResponse(response(record.model, packed, record.usage, body.encoding_format))
+    return JSONResponse(response(record.model, packed, record.usage,
+                                 body.encoding_format or "float"))

@@ -10,8 +10,10 @@ import math
 from collections.abc import Iterator
 
 import httpx
+import litellm
 import openai
 import pytest
+from langchain_openai import OpenAI, OpenAIEmbeddings
 from llama_cpp import Llama
 
 from shared.registry import Registry
@@ -43,6 +45,20 @@ def test_embeddings_of_two_inputs(sdk: openai.OpenAI) -> None:
     alone = sdk.embeddings.create(model=MODEL, input=texts[1], encoding_format="float")
     assert len(alone.data) == 1
     assert alone.data[0].embedding == pytest.approx(second, abs=1e-5)  # batched = alone
+
+
+def test_langchain_and_litellm_embed(chatq: Chatq) -> None:
+    # LangChain's default sends tiktoken token ids (OpenAI's vocabulary, not the model's):
+    # chatq refuses those, so it is told to send the texts.
+    embedder = OpenAIEmbeddings(model=MODEL, base_url=f"{chatq.base_url}/v1",
+                                api_key=DEV_API_KEY, check_embedding_ctx_length=False)  # type: ignore[arg-type]
+    docs = embedder.embed_documents(["first text", "second text"])
+    assert len(docs) == 2 and len(docs[0]) == len(docs[1]) > 0
+    assert embedder.embed_query("first text") == pytest.approx(docs[0], abs=1e-5)
+    response = litellm.embedding(model=f"openai/{MODEL}", input=["hello"],
+                                 api_base=f"{chatq.base_url}/v1", api_key=DEV_API_KEY)
+    assert len(response.data) == 1 and len(response.data[0]["embedding"]) == len(docs[0])
+    assert response.usage.prompt_tokens > 0
 
 
 def test_base64_decodes_to_the_float_vectors(sdk: openai.OpenAI, client: httpx.Client) -> None:
@@ -139,6 +155,18 @@ def test_logit_bias_outside_the_vocabulary_is_400(sdk: openai.OpenAI) -> None:
         with pytest.raises(openai.BadRequestError) as info:
             sdk.completions.create(model=MODEL, prompt="Hi", logit_bias=bias)
         assert isinstance(info.value.body, dict) and info.value.body["param"] == "logit_bias"
+
+
+def test_langchain_and_litellm_complete(chatq: Chatq) -> None:
+    llm = OpenAI(model=MODEL, base_url=f"{chatq.base_url}/v1", api_key=DEV_API_KEY,  # type: ignore[arg-type]
+                 max_tokens=8, temperature=0)
+    text = llm.invoke("The capital of France is")
+    assert isinstance(text, str) and text
+    assert "".join(llm.stream("The capital of France is")) == text
+    response = litellm.text_completion(
+        model=f"text-completion-openai/{MODEL}", prompt="The capital of France is",
+        api_base=f"{chatq.base_url}/v1", api_key=DEV_API_KEY, max_tokens=8, temperature=0)
+    assert response.choices[0].text == text
 
 
 def test_completion_stream_ends_with_done(client: httpx.Client) -> None:
