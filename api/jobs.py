@@ -325,6 +325,11 @@ async def iterate_events(svc: Services, record: JobRecord, last_seq: int = 0
                 yield KeepaliveEvent()
 
 
+async def read_log(svc: Services, job_id: str) -> list[Event]:
+    """The job's replay log (its token events, with their logprobs)."""
+    return await _read_log(svc, job_id)
+
+
 async def _read_log(svc: Services, job_id: str) -> list[Event]:
     try:
         return list(await svc.jobs(svc.jobs.ops.read_log(job_id)))

@@ -6,8 +6,10 @@ queue, run by its worker like any chat job. The response ``id`` is the job id
 (``GET /v1/jobs/{id}`` works on it); a client that goes away cancels its job.
 
 Nothing is silently ignored: a field chatq does not implement (``echo``,
-``suffix``, ``best_of`` > 1, ``n`` > 1, ``logprobs``) answers 400 naming it, as
-does any field OpenAI does not define.
+``suffix``, ``best_of`` > 1, ``n`` > 1) answers 400 naming it, as does any field
+OpenAI does not define. ``logprobs`` comes in the legacy shape (``tokens``,
+``token_logprobs``, ``top_logprobs``, ``text_offset`` counted from the start of the
+prompt), from the answer's token events.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from api.routers.events import KEEPALIVE, SSE_HEADERS
 from api.routers.openai import StreamOptions, _wait_unless_disconnected
 from api.services import Services
 from shared.errors import InvalidRequest, JobFailed, UnsupportedParameter
-from shared.events import KeepaliveEvent, TokenEvent
+from shared.events import KeepaliveEvent, LogprobEntry, TokenEvent
 from shared.lifecycle import JobRecord
 from shared.schemas import (
     JobKind,
@@ -78,8 +80,9 @@ class CompletionRequest(BaseModel):
     best_of: int | None = Field(None, description="Only 1 (or absent).")
     echo: bool = Field(False, description="Only false: the prompt is not echoed.")
     suffix: str | None = Field(None, description="Not supported (insertion): absent or null.")
-    logprobs: int | None = Field(None, description="Not supported on this path yet: absent "
-                                 "or null.")
+    logprobs: int | None = Field(None, ge=0, le=5, description="Log probabilities of "
+                                 "the sampled tokens and of this many most likely "
+                                 "alternatives at each (0 to 5).")
 
     @field_validator("prompt")
     @classmethod
@@ -112,7 +115,9 @@ class CompletionRequest(BaseModel):
         given = {"presence_penalty": self.presence_penalty,
                  "frequency_penalty": self.frequency_penalty,
                  "logit_bias": {int(t): v for t, v in self.logit_bias.items()}
-                 if self.logit_bias else None}
+                 if self.logit_bias else None,
+                 "logprobs": True if self.logprobs is not None else None,
+                 "top_logprobs": self.logprobs or None}
         return {k: v for k, v in given.items() if v is not None}
 
     def text(self) -> str:
@@ -129,8 +134,6 @@ class CompletionRequest(BaseModel):
             problems.append(("echo", "echoing the prompt is not supported"))
         if self.suffix is not None:
             problems.append(("suffix", "insertion after a suffix is not supported"))
-        if self.logprobs is not None:
-            problems.append(("logprobs", "logprobs are not supported on /v1/completions"))
         return problems
 
     def to_job(self) -> JobRequest:
@@ -158,8 +161,28 @@ def _body(record: JobRecord, created: int, choices: list[dict[str, Any]]) -> dic
             "model": record.model, "system_fingerprint": None, "choices": choices}
 
 
-def _choice(text: str, finish: str | None) -> dict[str, Any]:
-    return {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
+def _choice(text: str, finish: str | None, logprobs: dict[str, Any] | None = None
+            ) -> dict[str, Any]:
+    return {"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish}
+
+
+def legacy_logprobs(entries: list[LogprobEntry], offset: int) -> dict[str, Any]:
+    """The legacy completions' logprobs object for these tokens, whose text starts at
+    ``offset`` characters after the start of the prompt."""
+    offsets = []
+    for entry in entries:
+        offsets.append(offset)
+        offset += len(entry.token)
+    return {"tokens": [e.token for e in entries],
+            "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [{t.token: t.logprob for t in e.top_logprobs} for e in entries],
+            "text_offset": offsets}
+
+
+async def _answer_logprobs(svc: Services, record: JobRecord) -> list[LogprobEntry]:
+    """The logprobs of the answer's tokens, from its token events."""
+    events = await jobs.read_log(svc, record.id)
+    return [e for ev in events if isinstance(ev, TokenEvent) for e in ev.logprobs or []]
 
 
 def _finish(record: JobRecord) -> str:
@@ -180,7 +203,8 @@ async def completions(
     created = int(record.created_at)
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
-        stream = _stream(svc, record, tenant, created, usage)
+        offset = len(body.text()) if body.logprobs is not None else None
+        stream = _stream(svc, record, tenant, created, usage, offset)
         return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
     done = await _wait_unless_disconnected(request, svc, record, tenant)
     if done is None:
@@ -188,20 +212,29 @@ async def completions(
     record, output = done
     if record.status is JobStatus.failed:
         raise JobFailed(record.id, record.error)
-    return JSONResponse({**_body(record, created, [_choice(output, _finish(record))]),
-                         "usage": _usage(record)})
+    logprobs = None
+    if body.logprobs is not None:
+        logprobs = legacy_logprobs(await _answer_logprobs(svc, record), len(body.text()))
+    choice = _choice(output, _finish(record), logprobs)
+    return JSONResponse({**_body(record, created, [choice]), "usage": _usage(record)})
 
 
-async def _stream(
-    svc: Services, record: JobRecord, tenant: str, created: int, usage: bool
+async def _stream(  # noqa: PLR0917 (the stream's whole context)
+    svc: Services, record: JobRecord, tenant: str, created: int, usage: bool,
+    offset: int | None
 ) -> AsyncIterator[str]:
-    """``text_completion`` chunks of the job's tokens, one with the finish reason, the
-    usage chunk (``choices: []``) when asked, then ``[DONE]``."""
+    """``text_completion`` chunks of the job's tokens (with their logprobs when asked:
+    ``offset`` is where the answer starts), one with the finish reason, the usage
+    chunk (``choices: []``) when asked, then ``[DONE]``."""
     finished = False
     try:
         async for event in jobs.iterate_events(svc, record):
             if isinstance(event, TokenEvent):
-                yield _data(_body(record, created, [_choice(event.text, None)]))
+                logprobs = None
+                if offset is not None:
+                    logprobs = legacy_logprobs(event.logprobs or [], offset)
+                    offset += len(event.text)
+                yield _data(_body(record, created, [_choice(event.text, None, logprobs)]))
             elif isinstance(event, KeepaliveEvent):
                 yield KEEPALIVE
         finished = True

@@ -15,10 +15,11 @@ from pydantic import ValidationError
 
 from api import jobs
 from api.main import create_app
-from api.routers.completions import CompletionRequest
+from api.routers.completions import CompletionRequest, legacy_logprobs
 from api.routers.embeddings import EmbeddingRequest, response
 from shared import vectors
 from shared.errors import InvalidRequest, UnsupportedParameter
+from shared.events import LogprobEntry, TopLogprobEntry
 from shared.registry import ModelSpec, Registry
 from shared.schemas import JobKind
 from shared.settings import load_settings
@@ -51,6 +52,19 @@ def test_a_completion_takes_a_string_or_a_list_of_one() -> None:
         "presence_penalty": 0.5, "frequency_penalty": -1, "logit_bias": {42: -100}}
     # Neutral values of the fields chatq does not implement are taken.
     completion(n=1, best_of=1, echo=False, suffix=None, logprobs=None).to_job()
+    assert completion(logprobs=0).sampling_overrides() == {"logprobs": True}
+    assert completion(logprobs=3).sampling_overrides() == {"logprobs": True,
+                                                           "top_logprobs": 3}
+
+
+def test_legacy_logprobs_shape() -> None:
+    entries = [LogprobEntry(token=" Par", logprob=-0.5, bytes=[], top_logprobs=[
+                   TopLogprobEntry(token=" Par", logprob=-0.5, bytes=[]),
+                   TopLogprobEntry(token=" Lyon", logprob=-2.0, bytes=[])]),
+               LogprobEntry(token="is", logprob=-0.1, bytes=[])]
+    assert legacy_logprobs(entries, 10) == {
+        "tokens": [" Par", "is"], "token_logprobs": [-0.5, -0.1],
+        "top_logprobs": [{" Par": -0.5, " Lyon": -2.0}, {}], "text_offset": [10, 14]}
 
 
 @pytest.mark.parametrize(("fields", "param"), [
@@ -66,6 +80,7 @@ def test_a_completion_takes_a_string_or_a_list_of_one() -> None:
     ({"frequency_penalty": -2.5}, "frequency_penalty"),
     ({"logit_bias": {"x": 1}}, "logit_bias"),
     ({"logit_bias": {"12": -101}}, "logit_bias"),
+    ({"logprobs": 6}, "logprobs"),
 ])
 def test_a_completion_refuses_bad_fields(fields: dict[str, Any], param: str) -> None:
     with pytest.raises(ValidationError) as info:
@@ -78,7 +93,6 @@ def test_a_completion_refuses_bad_fields(fields: dict[str, Any], param: str) -> 
     ({"suffix": ""}, "suffix"),
     ({"best_of": 3}, "best_of"),
     ({"n": 2}, "n"),
-    ({"logprobs": 0}, "logprobs"),
 ])
 def test_a_completion_refuses_what_chatq_does_not_do(fields: dict[str, Any],
                                                      param: str) -> None:

@@ -169,6 +169,26 @@ def test_langchain_and_litellm_complete(chatq: Chatq) -> None:
     assert response.choices[0].text == text
 
 
+def test_completion_logprobs_add_up(sdk: openai.OpenAI) -> None:
+    prompt = "The capital of France is"
+    completion = sdk.completions.create(model=MODEL, prompt=prompt, max_tokens=10,
+                                        temperature=0, logprobs=2)
+    choice = completion.choices[0]
+    lp = choice.logprobs
+    assert lp is not None and lp.tokens and lp.token_logprobs and lp.top_logprobs
+    assert "".join(lp.tokens) == choice.text
+    assert completion.usage is not None
+    assert len(lp.tokens) == completion.usage.completion_tokens
+    assert all(x <= 0 for x in lp.token_logprobs)
+    assert all(len(top) == 2 for top in lp.top_logprobs)
+    assert lp.text_offset is not None and lp.text_offset[0] == len(prompt)
+    chunks = list(sdk.completions.create(model=MODEL, prompt=prompt, max_tokens=10,
+                                         temperature=0, logprobs=2, stream=True))
+    tokens = [t for c in chunks if c.choices and c.choices[0].logprobs
+              for t in c.choices[0].logprobs.tokens or []]
+    assert tokens == lp.tokens
+
+
 def test_completion_stream_ends_with_done(client: httpx.Client) -> None:
     body = {"model": MODEL, "prompt": "Hello", "max_tokens": 4, "stream": True}
     with client.stream("POST", "/v1/completions", json=body) as response:
@@ -182,7 +202,7 @@ def test_completion_stream_ends_with_done(client: httpx.Client) -> None:
     ({"suffix": "!"}, "suffix"),
     ({"best_of": 2}, "best_of"),
     ({"n": 2}, "n"),
-    ({"logprobs": 2}, "logprobs"),
+    ({"logprobs": 6}, "logprobs"),
     ({"prompt": ["a", "b"]}, "prompt"),
     ({"temperature": 5}, "temperature"),
     ({"max_tokens": 0}, "max_tokens"),
