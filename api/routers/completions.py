@@ -5,9 +5,9 @@ conversation): a :attr:`shared.schemas.JobKind.completion` job on the model's
 queue, run by its worker like any chat job. The response ``id`` is the job id
 (``GET /v1/jobs/{id}`` works on it); a client that goes away cancels its job.
 
-Nothing is silently ignored: a field chatq does not implement (``echo``,
-``suffix``, ``best_of`` > 1, ``n`` > 1) answers 400 naming it, as does any field
-OpenAI does not define. ``logprobs`` comes in the legacy shape (``tokens``,
+Nothing is silently ignored: a field chatq does not implement (``suffix``,
+``best_of`` > 1, ``n`` > 1, ``echo`` with ``logprobs``) answers 400 naming it, as
+does any field OpenAI does not define. ``logprobs`` comes in the legacy shape (``tokens``,
 ``token_logprobs``, ``top_logprobs``, ``text_offset`` counted from the start of the
 prompt), from the answer's token events.
 """
@@ -78,7 +78,8 @@ class CompletionRequest(BaseModel):
                           "-100 to 100 (-100 bans the token).")
     n: int = Field(1, description="Only 1: chatq returns one choice.")
     best_of: int | None = Field(None, description="Only 1 (or absent).")
-    echo: bool = Field(False, description="Only false: the prompt is not echoed.")
+    echo: bool = Field(False, description="Return the prompt before the completion (not "
+                       "with `logprobs`: chatq does not score the prompt).")
     suffix: str | None = Field(None, description="Not supported (insertion): absent or null.")
     logprobs: int | None = Field(None, ge=0, le=5, description="Log probabilities of "
                                  "the sampled tokens and of this many most likely "
@@ -130,8 +131,9 @@ class CompletionRequest(BaseModel):
             problems.append(("n", "chatq returns one choice: n must be 1"))
         if self.best_of not in (None, 1):
             problems.append(("best_of", "chatq returns one choice: best_of must be 1"))
-        if self.echo:
-            problems.append(("echo", "echoing the prompt is not supported"))
+        if self.echo and self.logprobs is not None:
+            problems.append(("echo", "echo with logprobs is not supported (chatq does not "
+                                     "compute the prompt's logprobs)"))
         if self.suffix is not None:
             problems.append(("suffix", "insertion after a suffix is not supported"))
         return problems
@@ -204,7 +206,8 @@ async def completions(
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
         offset = len(body.text()) if body.logprobs is not None else None
-        stream = _stream(svc, record, tenant, created, usage, offset)
+        stream = _stream(svc, record, tenant, created, usage, offset,
+                         body.text() if body.echo else "")
         return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
     done = await _wait_unless_disconnected(request, svc, record, tenant)
     if done is None:
@@ -215,19 +218,22 @@ async def completions(
     logprobs = None
     if body.logprobs is not None:
         logprobs = legacy_logprobs(await _answer_logprobs(svc, record), len(body.text()))
-    choice = _choice(output, _finish(record), logprobs)
+    text = body.text() + output if body.echo else output
+    choice = _choice(text, _finish(record), logprobs)
     return JSONResponse({**_body(record, created, [choice]), "usage": _usage(record)})
 
 
 async def _stream(  # noqa: PLR0917 (the stream's whole context)
     svc: Services, record: JobRecord, tenant: str, created: int, usage: bool,
-    offset: int | None
+    offset: int | None, echo: str
 ) -> AsyncIterator[str]:
-    """``text_completion`` chunks of the job's tokens (with their logprobs when asked:
-    ``offset`` is where the answer starts), one with the finish reason, the usage
-    chunk (``choices: []``) when asked, then ``[DONE]``."""
+    """``text_completion`` chunks: ``echo`` (the prompt, when asked), the job's tokens
+    (with their logprobs when asked: ``offset`` is where the answer starts), one with
+    the finish reason, the usage chunk (``choices: []``) when asked, then ``[DONE]``."""
     finished = False
     try:
+        if echo:
+            yield _data(_body(record, created, [_choice(echo, None)]))
         async for event in jobs.iterate_events(svc, record):
             if isinstance(event, TokenEvent):
                 logprobs = None

@@ -89,7 +89,7 @@ def test_a_completion_refuses_bad_fields(fields: dict[str, Any], param: str) -> 
 
 
 @pytest.mark.parametrize(("fields", "param"), [
-    ({"echo": True}, "echo"),
+    ({"echo": True, "logprobs": 1}, "echo"),
     ({"suffix": ""}, "suffix"),
     ({"best_of": 3}, "best_of"),
     ({"n": 2}, "n"),

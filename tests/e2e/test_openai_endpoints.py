@@ -189,6 +189,18 @@ def test_completion_logprobs_add_up(sdk: openai.OpenAI) -> None:
     assert tokens == lp.tokens
 
 
+def test_completion_echo(sdk: openai.OpenAI) -> None:
+    prompt = "The capital of France is"
+    plain = sdk.completions.create(model=MODEL, prompt=prompt, max_tokens=6, temperature=0)
+    echoed = sdk.completions.create(model=MODEL, prompt=prompt, max_tokens=6, temperature=0,
+                                    echo=True)
+    assert echoed.choices[0].text == prompt + plain.choices[0].text
+    assert echoed.usage == plain.usage
+    chunks = list(sdk.completions.create(model=MODEL, prompt=prompt, max_tokens=6,
+                                         temperature=0, echo=True, stream=True))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == echoed.choices[0].text
+
+
 def test_completion_stream_ends_with_done(client: httpx.Client) -> None:
     body = {"model": MODEL, "prompt": "Hello", "max_tokens": 4, "stream": True}
     with client.stream("POST", "/v1/completions", json=body) as response:
@@ -198,7 +210,7 @@ def test_completion_stream_ends_with_done(client: httpx.Client) -> None:
 
 
 @pytest.mark.parametrize(("fields", "param"), [
-    ({"echo": True}, "echo"),
+    ({"echo": True, "logprobs": 1}, "echo"),
     ({"suffix": "!"}, "suffix"),
     ({"best_of": 2}, "best_of"),
     ({"n": 2}, "n"),
