@@ -41,25 +41,25 @@ class TokenCounter:
         with self._lock:
             return self._renderer(spec).count(messages)
 
-    def _count_texts(self, spec: ModelSpec, texts: Sequence[str]) -> list[int] | None:
-        if not spec.tokenizer_local:
-            return None
-        with self._lock:
-            renderer = self._renderer(spec)
-            return [renderer.count_text(t) for t in texts]
-
     def _vocab_size(self, spec: ModelSpec) -> int | None:
         if not spec.tokenizer_local:
             return None
         with self._lock:
             return int(self._renderer(spec).llm.n_vocab())
 
+    async def count(self, spec: ModelSpec, messages: Sequence[dict[str, str]]) -> int | None:
+        return await anyio.to_thread.run_sync(self._count, spec, messages)
+
     async def vocab_size(self, spec: ModelSpec) -> int | None:
         """Tokens in the model's vocabulary (None: chatq has no tokenizer for it)."""
         return await anyio.to_thread.run_sync(self._vocab_size, spec)
 
-    async def count(self, spec: ModelSpec, messages: Sequence[dict[str, str]]) -> int | None:
-        return await anyio.to_thread.run_sync(self._count, spec, messages)
+    def _count_texts(self, spec: ModelSpec, texts: Sequence[str]) -> list[int] | None:
+        if not spec.tokenizer_local:
+            return None
+        with self._lock:
+            renderer = self._renderer(spec)
+            return [renderer.count_text(t) for t in texts]
 
     async def count_texts(self, spec: ModelSpec, texts: Sequence[str]) -> list[int] | None:
         """Tokens of each text read as it is, no chat template (a raw prompt, inputs to
