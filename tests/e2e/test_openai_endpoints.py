@@ -6,6 +6,7 @@ unit length, usage, base64 = float), not for meaning."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 
@@ -16,6 +17,9 @@ import pytest
 from langchain_openai import OpenAI, OpenAIEmbeddings
 from llama_cpp import Llama
 
+from shared import vectors
+from shared.events import Transition
+from shared.keys import Keys
 from shared.registry import Registry
 from shared.settings import DEFAULT_REGISTRY, DEV_API_KEY
 from tests.conftest import Chatq
@@ -59,6 +63,25 @@ def test_langchain_and_litellm_embed(chatq: Chatq) -> None:
                                  api_base=f"{chatq.base_url}/v1", api_key=DEV_API_KEY)
     assert len(response.data) == 1 and len(response.data[0]["embedding"]) == len(docs[0])
     assert response.usage.prompt_tokens > 0
+
+
+def test_embeddings_run_as_a_job_on_the_models_queue(chatq: Chatq,
+                                                     sdk: openai.OpenAI) -> None:
+    r = chatq.redis()
+    keys = Keys()
+    last = r.xrevrange(keys.transitions(), count=1)
+    since = last[0][0] if last else "0-0"
+    result = sdk.embeddings.create(model=MODEL, input=["through the queue"])
+    moves = [Transition.from_fields(f) for _, f in r.xrange(keys.transitions(), min=since)]
+    embedding_jobs = [job_id for job_id in {t.job_id for t in moves}
+                      if r.hget(keys.job(job_id), "kind") == "embedding"]
+    assert len(embedding_jobs) == 1
+    [job_id] = embedding_jobs
+    assert [t.to for t in moves if t.job_id == job_id] == ["queued", "running", "succeeded"]
+    assert {t.queue for t in moves if t.job_id == job_id} == {"cpu"}
+    job = r.hgetall(keys.job(job_id))
+    stored = json.loads(job["result"])["embeddings"][0]
+    assert vectors.unpack(stored) == pytest.approx(result.data[0].embedding, abs=1e-6)
 
 
 def test_base64_decodes_to_the_float_vectors(sdk: openai.OpenAI, client: httpx.Client) -> None:
