@@ -7,9 +7,9 @@ queue, run by its worker like any chat job. The response ``id`` is the job id
 
 Nothing is silently ignored: a field chatq does not implement (``suffix``,
 ``best_of`` > 1, ``n`` > 1, ``echo`` with ``logprobs``) answers 400 naming it, as
-does any field OpenAI does not define. ``logprobs`` comes in the legacy shape (``tokens``,
-``token_logprobs``, ``top_logprobs``, ``text_offset`` counted from the start of the
-prompt), from the answer's token events.
+does any field OpenAI does not define. ``logprobs`` comes in the legacy shape
+(``tokens``, ``token_logprobs``, ``top_logprobs``, ``text_offset`` counted from the
+start of the prompt), from the answer's token events.
 """
 
 from __future__ import annotations
