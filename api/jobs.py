@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import anyio
 from redis.exceptions import RedisError
@@ -33,7 +34,7 @@ from shared.events import KeepaliveEvent, LogprobEntry, StatusEvent, TokenEvent,
 from shared.lifecycle import Cancelled, JobRecord, new_job_id
 from shared.personas import persona_turns
 from shared.registry import ModelSpec
-from shared.schemas import Job, JobRequest, JobStatus, SamplingParams, cancel_at
+from shared.schemas import Job, JobKind, JobRequest, JobStatus, SamplingParams, cancel_at
 from shared.structured import UnenforceableSchema, grammar_for
 from shared.views import job_view
 
@@ -158,6 +159,58 @@ async def submit(svc: Services, req: JobRequest, tenant: str) -> JobRecord:
     log.info("job queued", extra={"job_id": record.id, "queue": spec.queue, "model": spec.name,
                                   "tenant": tenant, "priority": record.priority.value})
     return record
+
+
+async def submit_text(svc: Services, req: JobRequest, tenant: str, kind: JobKind,
+                      inputs: list[str], *, overrides: dict[str, Any] | None = None
+                      ) -> JobRecord:
+    """Admit and enqueue a job on raw text (:class:`JobKind`): a prompt completed as it
+    is, or texts to embed. No chat template, persona or conversation; the same queue,
+    lifecycle and worker as a chat job. ``req`` carries the model and sampling fields;
+    ``overrides``, sampling fields a chat request does not carry (they win)."""
+    spec = resolve_model(svc, req.model)
+    if spec.upstream is not None and kind is JobKind.completion:
+        raise UnsupportedParameter.of_fields([(
+            "model", f"model {spec.name!r} is served by a remote upstream, to which chatq "
+                     "forwards chat and embeddings only; completions need a local GGUF "
+                     "model")])
+    params = sampling(spec, req).model_copy(update=overrides or {})
+    await check_vocabulary(svc, spec, params)
+    if kind is JobKind.completion:
+        await check_texts(svc, spec, inputs, params.max_tokens, field="prompt")
+    else:
+        await check_texts(svc, spec, inputs, 0)
+    await svc.require_worker(spec.queue)
+    record = JobRecord(
+        id=new_job_id(), status=JobStatus.queued, model=spec.name, queue=spec.queue,
+        tenant=tenant, params=params, messages=[], created_at=time.time(),
+        metadata=req.metadata, user_id=req.user_id, kind=kind, inputs=inputs,
+    )
+    await _create(svc, record)
+    await _send(svc, record)
+    log.info("job queued", extra={"job_id": record.id, "queue": spec.queue, "model": spec.name,
+                                  "tenant": tenant, "kind": kind.value})
+    return record
+
+
+async def check_texts(svc: Services, spec: ModelSpec, texts: list[str], max_tokens: int,
+                      field: str = "input") -> int | None:
+    """Each text read as it is must fit the model's context (with ``max_tokens`` for a
+    prompt to complete): 400 naming the first that does not. The total token count."""
+    counts = await svc.tokens.count_texts(spec, texts)
+    if counts is None:
+        return None
+    for i, n in enumerate(counts):
+        if n + max_tokens > spec.context_size:
+            where = f"{field}[{i}]" if len(texts) > 1 else field
+            raise ContextOverflow(  # worded as OpenAI words it (clients match the wording)
+                f"This model's maximum context length is {spec.context_size} tokens. "
+                f"However, you requested {n + max_tokens} tokens ({n} in {where}; "
+                f"{max_tokens} for the completion). Please reduce {where} or the completion "
+                "length.",
+                details={"prompt_tokens": n, "max_tokens": max_tokens,
+                         "context_size": spec.context_size, "field": where})
+    return sum(counts)
 
 
 def check_cancel_after(svc: Services, req: JobRequest, now: float) -> float | None:

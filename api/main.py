@@ -11,7 +11,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api import assets, conversations, errors, telemetry
 from api.routers import (
     ancestor,
+    completions,
     docs,
+    embeddings,
     events,
     health,
     invocations,
@@ -66,7 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(JsonBodies)
     telemetry.install(app)
-    for module in (health, jobs, events, invocations, openai, models, metrics, queues,
+    for module in (health, jobs, events, invocations, openai, completions, embeddings, models,
+                   metrics, queues,
                    conversations_router, ancestor, webhooks, docs, playground):
         app.include_router(module.router)
     assets.mount(app)

@@ -53,3 +53,15 @@ class TokenCounter:
     async def vocab_size(self, spec: ModelSpec) -> int | None:
         """Tokens in the model's vocabulary (None: chatq has no tokenizer for it)."""
         return await anyio.to_thread.run_sync(self._vocab_size, spec)
+
+    def _count_texts(self, spec: ModelSpec, texts: Sequence[str]) -> list[int] | None:
+        if not spec.tokenizer_local:
+            return None
+        with self._lock:
+            renderer = self._renderer(spec)
+            return [renderer.count_text(t) for t in texts]
+
+    async def count_texts(self, spec: ModelSpec, texts: Sequence[str]) -> list[int] | None:
+        """Tokens of each text read as it is, no chat template (a raw prompt, inputs to
+        embed); None when chatq has no tokenizer for the model."""
+        return await anyio.to_thread.run_sync(self._count_texts, spec, texts)

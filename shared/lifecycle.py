@@ -48,14 +48,14 @@ from shared import events
 from shared.events import StreamEventT, TokenEvent
 from shared.keys import Keys
 from shared.opstats import HISTOGRAMS, RECENT_MAX, lua_bound
-from shared.schemas import TERMINAL, JobStatus, Priority, SamplingParams
+from shared.schemas import TERMINAL, JobKind, JobStatus, Priority, SamplingParams
 from shared.settings import Settings
 
 LUA_DIR = Path(__file__).with_name("lua")
 
 # Fields stored as JSON inside the job hash; the rest are plain strings/numbers.
 _JSON_FIELDS = ("params", "messages", "persona", "metadata", "usage", "timings", "error",
-                "persisted", "webhook_events")
+                "persisted", "webhook_events", "inputs", "result")
 _FLOAT_FIELDS = ("created_at", "started_at", "finished_at", "expires_at", "rank", "run_at",
                  "cancel_at")
 _INT_FIELDS = ("attempts", "seq", "completion_tokens", "prompt_tokens", "history_messages",
@@ -126,6 +126,9 @@ class JobRecord:
     persisted: bool | None = None  # conversation write landed (False: waiting in the outbox)
     history_messages: int | None = None  # stored conversation messages in the prompt
     history_trimmed: int | None = None  # stored messages left out to fit the context
+    kind: JobKind = JobKind.chat  # see JobKind: chat, completion (raw prompt) or embedding
+    inputs: list[str] | None = None  # completion: [prompt]; embedding: the texts
+    result: dict[str, Any] | None = None  # embedding: its vectors (see shared.vectors)
 
     @property
     def rank(self) -> float:
@@ -143,6 +146,7 @@ class JobRecord:
                     values[name] = convert(values[name])
         values["status"] = JobStatus(values["status"])
         values["priority"] = Priority(values.get("priority") or Priority.interactive)
+        values["kind"] = JobKind(values.get("kind") or JobKind.chat)
         values["params"] = SamplingParams.model_validate(values["params"])
         values["owner"] = values.get("owner") or None
         values["lease"] = values.get("lease") or None
@@ -152,7 +156,8 @@ class JobRecord:
     def create_fields(self) -> dict[str, Any]:
         names = ("id", "status", "model", "queue", "tenant", "messages", "created_at",
                  "conversation_id", "persona", "metadata", "user_id", "priority",
-                 "expires_at", "dispatch", "cancel_at", "webhook", "webhook_events")
+                 "expires_at", "dispatch", "cancel_at", "webhook", "webhook_events", "kind",
+                 "inputs")
         fields = {name: getattr(self, name) for name in names}
         return {**fields, "params": self.params.model_dump(), "attempts": 0, "rank": self.rank}
 

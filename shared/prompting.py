@@ -77,3 +77,14 @@ class PromptRenderer:
 
     def count(self, messages: Sequence[dict[str, str]]) -> int:
         return len(self.render(messages).tokens)
+
+    def raw(self, text: str) -> Prompt:
+        """A prompt fed as it is (``/v1/completions``): no chat template, the model's
+        BOS if it wants one, special tokens written in the text read as such (as
+        llama-server reads them)."""
+        tokens = self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+        return Prompt(tokens=tokens, stop=[])
+
+    def count_text(self, text: str) -> int:
+        """Tokens of a text as :meth:`raw` reads it (an input to embed, a raw prompt)."""
+        return len(self.raw(text).tokens)

@@ -245,6 +245,12 @@ class ModelSpec(LlamaOptions):
     queue: str = Field(pattern=r"^[a-z][a-z0-9_-]*$", description="The Celery queue (one "
                        "per GPU) whose worker holds this model.")
     default: bool = Field(False, description="The model of requests that name none.")
+    embedding: bool = Field(False, description="An embedding model: the model of "
+                            "`/v1/embeddings` requests that name none (the first one "
+                            "marked; else the default model). A local one is pooled as its "
+                            "GGUF says; any local model embeds, one not marked pooled by "
+                            "the mean of its token embeddings. An `upstream` model embeds "
+                            "on its server's `/embeddings`.")
     slots: int = Field(4, ge=1, le=64, description="Jobs the worker generates at once "
                        "(continuous batching; each has its own `context_size`), or, with "
                        "`upstream`, requests it forwards at once.")
@@ -429,6 +435,9 @@ class Registry:
         if len(defaults) > 1:
             raise ConfigError(f"more than one default model: {defaults}")
         self.default_name = defaults[0] if defaults else next(iter(models))
+        # The model of /v1/embeddings requests that name none: the first one marked.
+        embedders = [m.name for m in models.values() if m.embedding]
+        self.embedding_name = embedders[0] if embedders else self.default_name
         self.ancestor = ancestor or AncestorRoutes()
         for route, name in self.ancestor.model_dump().items():
             if name is not None and name not in models:

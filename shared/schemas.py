@@ -46,6 +46,21 @@ TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled
                       JobStatus.expired})
 
 
+class JobKind(StrEnum):
+    """What a job asks of its worker.
+
+    ``chat``: messages rendered with the model's chat template, with persona and
+    conversation. ``completion``: one prompt (``inputs[0]``) fed to the model as
+    it is (no template, no conversation), the legacy ``/v1/completions``.
+    ``embedding``: one vector per text of ``inputs`` (``/v1/embeddings``), written
+    to the job's ``result``; nothing is streamed.
+    """
+
+    chat = "chat"
+    completion = "completion"
+    embedding = "embedding"
+
+
 class Priority(StrEnum):
     """Within a queue, every waiting interactive job starts before any batch job."""
 
@@ -372,6 +387,11 @@ class JobRequest(BaseModel):
     @field_validator("stop")
     @classmethod
     def _stop_list(cls, value: str | list[str] | None) -> str | list[str] | None:
+        return cls.check_stop(value)
+
+    @staticmethod
+    def check_stop(value: str | list[str] | None) -> str | list[str] | None:
+        """At most 4 non-empty stop strings (shared by every route that takes ``stop``)."""
         items = [value] if isinstance(value, str) else value or []
         if len(items) > 4 or any(not s for s in items):
             raise ValueError("stop takes at most 4 non-empty strings")
@@ -422,6 +442,9 @@ class Job(BaseModel):
 
     id: str
     object: Literal["chat.job"] = "chat.job"
+    kind: JobKind = Field(JobKind.chat, description="`chat`, `completion` (a "
+                          "`/v1/completions` prompt, fed as it is) or `embedding` (its "
+                          "vectors are in the `/v1/embeddings` answer, not here).")
     status: JobStatus
     model: str
     queue: str

@@ -155,6 +155,12 @@ class UpstreamOptions(BaseModel):
         return f"{url}?api-version={self.api_version}" if self.api_version else url
 
     @property
+    def embeddings_endpoint(self) -> str:
+        """The embeddings URL (with Azure's api-version)."""
+        url = f"{self.url.rstrip('/')}/embeddings"
+        return f"{url}?api-version={self.api_version}" if self.api_version else url
+
+    @property
     def public_url(self) -> str:
         """The base URL as it may be shown (it carries no credentials, by validation)."""
         return self.url

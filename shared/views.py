@@ -18,7 +18,8 @@ def job_view(record: JobRecord, output: str, position: int | None = None,
              deliveries: list[WebhookDelivery] | None = None,
              logprobs: list[dict[str, Any]] | None = None) -> Job:
     return Job(
-        id=record.id, status=record.status, model=record.model, queue=record.queue,
+        id=record.id, kind=record.kind, status=record.status, model=record.model,
+        queue=record.queue,
         position=position if record.status is JobStatus.queued else None, output=output,
         logprobs=logprobs,
         finish_reason=record.finish_reason, usage=record.usage, timings=record.timings or {},

@@ -23,7 +23,7 @@ What must hold for every engine:
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from shared.prompting import Prompt, PromptRenderer
@@ -86,6 +86,22 @@ class GenRequest:
     continuation: str = ""  # text earlier attempts already streamed; generation continues it
 
 
+@dataclass(frozen=True)
+class Embeddings:
+    """One vector per text (unit length, in the texts' order) and the tokens read."""
+
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+class EmbeddingError(Exception):
+    """Texts could not be embedded; ``code`` is the job's error code."""
+
+    def __init__(self, message: str, code: str = "embedding_error") -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class Generation(abc.ABC):
     outcome: Outcome
 
@@ -119,6 +135,15 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def busy(self) -> int:
         """Generations running now (at most ``slots``)."""
+
+    def embed(self, texts: list[str], deadline: float | None = None,
+              stop: Callable[[], bool] | None = None) -> Embeddings:
+        """Embed each text (blocking; called from a job's thread). Between texts it
+        ends with :class:`EmbeddingError` code ``timeout`` past ``deadline``
+        (``time.monotonic()``), or code ``cancelled`` when ``stop()`` says so. Engines
+        that cannot embed raise :class:`EmbeddingError`."""
+        raise EmbeddingError(f"the engine of model {self.model!r} does not embed",
+                             code="unsupported")
 
     def batch_sizes(self) -> dict[int, int]:
         """Since start: how many decode steps advanced how many jobs together (empty

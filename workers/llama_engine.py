@@ -68,6 +68,8 @@ from llama_cpp import Llama
 from shared.prompting import PromptRenderer
 from shared.registry import ModelSpec
 from workers.engine import (
+    EmbeddingError,
+    Embeddings,
     Engine,
     Generation,
     GenRequest,
@@ -76,6 +78,7 @@ from workers.engine import (
     TokenLogprob,
     TopLogprob,
 )
+from workers.llama_embed import Embedder
 from workers.llama_params import context_params, model_params
 from workers.llama_sampling import SamplerChain, chain_seed, logprobs
 from workers.text import TextAssembler
@@ -323,6 +326,8 @@ class LlamaEngine(Engine):
         self._pending: deque[_Job] = deque()
         self._preparing = 0  # submit() calls building a job's tokens and sampler chain
         self._closing = False
+        self._embedder: Embedder | None = None  # made by the first embed()
+        self._embedder_lock = threading.Lock()
         try:
             self._scheduler = _Scheduler(self)
         except BaseException:
@@ -392,6 +397,22 @@ class LlamaEngine(Engine):
             raise
         return chain
 
+    def embed(self, texts: list[str], deadline: float | None = None,
+              stop: Callable[[], bool] | None = None) -> Embeddings:
+        """Pooled, unit-length embeddings from a second context on the same weights
+        (:mod:`workers.llama_embed`); blocks the calling job's thread."""
+        tokens = [self.prompter.raw(t).tokens for t in texts]
+        vectors = self._embedding_context().embed(tokens, deadline, stop)
+        return Embeddings(vectors=vectors, prompt_tokens=sum(len(t) for t in tokens))
+
+    def _embedding_context(self) -> Embedder:
+        with self._embedder_lock:
+            if self._closing:
+                raise EmbeddingError("the engine is closed")
+            if self._embedder is None:
+                self._embedder = Embedder(self._weights.ptr, self.spec, self.n_threads)
+            return self._embedder
+
     def _wake(self) -> None:
         with self._cv:
             self._cv.notify_all()
@@ -429,6 +450,9 @@ class LlamaEngine(Engine):
         if self._scheduler.is_alive():
             log.error("scheduler did not stop; the model stays loaded", extra={"model": self.model})
             return
+        with self._embedder_lock:
+            if self._embedder is not None:
+                self._embedder.close()  # waits for an embedding in progress
         self._weights.close()
 
 

@@ -1,5 +1,7 @@
 """Running one job: start it, build its prompt, generate through the engine, stream,
-finish it with usage and timings.
+finish it with usage and timings. A ``completion`` job's prompt is its text as it is
+(no template, no conversation); an ``embedding`` job is not generated at all: its
+texts go to ``Engine.embed`` and its vectors to the job's ``result``.
 
 Every state change goes through :mod:`shared.lifecycle`; the engine is whatever
 :class:`workers.engine.Engine` the worker holds. One call runs in one thread of
@@ -18,12 +20,14 @@ from typing import Any, Protocol
 
 import redis
 
+from shared import vectors
 from shared.conversations import TurnWrite, WorkerConversationStore
 from shared.lifecycle import BlockingJobs, Emitted, JobRecord, new_lease
-from shared.schemas import JobStatus, SamplingParams
+from shared.prompting import PromptRenderer
+from shared.schemas import JobKind, JobStatus, SamplingParams
 from shared.settings import Settings
 from workers.emitter import TokenEmitter
-from workers.engine import Engine, Generation, GenRequest, Outcome
+from workers.engine import EmbeddingError, Engine, Generation, GenRequest, Outcome
 from workers.history import PromptPlan, plan_prompt
 
 log = logging.getLogger(__name__)
@@ -75,7 +79,10 @@ def run_job(w: Worker, job_id: str, dispatch: int = 1) -> None:
     record.started_at = record.started_at or time.time()
     w.heartbeat.track(job_id)
     try:
-        _generate(w, record, loaded.output, ctx)
+        if record.kind is JobKind.embedding:
+            _embed(w, record, ctx)
+        else:
+            _generate(w, record, loaded.output, ctx)
     except redis.RedisError:
         # Past the client's retries: the sweeper requeues the job once no beat claims it.
         log.exception("Redis failed during the job; leaving it to recovery", extra=ctx)
@@ -117,6 +124,61 @@ def _generate(w: Worker, record: JobRecord, output: str, ctx: dict[str, Any]) ->
     log.info("job finished", extra={**ctx, "status": status.value, "result": result,
                                     "finish_reason": outcome.finish_reason,
                                     "completion_tokens": emitter.completion_tokens})
+
+
+def _embed(w: Worker, record: JobRecord, ctx: dict[str, Any]) -> None:
+    """Embed the job's texts and finish it with the vectors as its ``result``
+    (see :mod:`shared.vectors`). Between texts the engine asks whether the job was
+    cancelled (it then ends ``cancelled``) or taken from this run (it is dropped)."""
+    lease = record.lease or ""
+    log.info("job started", extra={**ctx, "attempt": record.attempts, "kind": "embedding",
+                                   "texts": len(record.inputs or [])})
+    asked: list[Emitted] = []
+
+    def stop() -> bool:  # an empty emit: is the job still this run's, not cancelled?
+        verdict = w.jobs(w.jobs.ops.emit(record, lease, [], 0)).verdict
+        if verdict in (Emitted.cancel, Emitted.lost):
+            asked.append(verdict)
+        return bool(asked)
+
+    try:
+        done = w.engine.embed(record.inputs or [], _deadline(w, record), stop)
+    except redis.RedisError:
+        raise  # left to recovery, as a generation's (run_job)
+    except Exception as exc:
+        _embedding_ended(w, record, exc, asked, ctx)
+        return
+    finished = time.time()
+    started_at = record.started_at or finished
+    n = done.prompt_tokens
+    result = w.jobs(w.jobs.ops.finish(
+        record, JobStatus.succeeded, lease, finish_reason="stop", prompt_tokens=n,
+        usage={"prompt_tokens": n, "completion_tokens": 0, "total_tokens": n},
+        result={vectors.RESULT_KEY: [vectors.pack(v) for v in done.vectors]},
+        timings={"queue_wait_ms": round((started_at - record.created_at) * 1000, 3),
+                 "duration_ms": round((finished - started_at) * 1000, 3)},
+    ))
+    log.info("job finished", extra={**ctx, "status": "succeeded", "result": result,
+                                    "prompt_tokens": n})
+
+
+def _embedding_ended(w: Worker, record: JobRecord, exc: Exception, asked: list[Emitted],
+                     ctx: dict[str, Any]) -> None:
+    """An embedding job that did not complete: cancelled, taken away, or failed."""
+    lease = record.lease or ""
+    if Emitted.lost in asked:
+        log.warning("job taken from this worker (requeued or ended); dropped its embedding",
+                    extra=ctx)
+        return
+    if Emitted.cancel in asked:
+        w.jobs(w.jobs.ops.finish(record, JobStatus.cancelled, lease,
+                                 finish_reason="cancelled"))
+        log.info("job cancelled", extra=ctx)
+        return
+    code = exc.code if isinstance(exc, EmbeddingError) else "embedding_error"
+    log.warning("embedding failed", extra={**ctx, "error": str(exc), "code": code})
+    w.jobs(w.jobs.ops.finish(record, JobStatus.failed, lease, finish_reason="error",
+                             error={"code": code, "message": str(exc)}))
 
 
 def _request(w: Worker, record: JobRecord, plan: PromptPlan, output: str) -> GenRequest:
@@ -183,6 +245,8 @@ def _plan(w: Worker, record: JobRecord, ctx: dict[str, Any]) -> PromptPlan | Non
     """The job's prompt, or None after failing the job when it cannot be built
     (e.g. the model's chat template refuses the messages' roles)."""
     try:
+        if record.kind is JobKind.completion:
+            return _raw_plan(w.engine.prompter, record)
         return plan_prompt(w.conversations, w.engine.prompter, w.engine.context_size,
                            record, ctx)
     except Exception as exc:
@@ -191,6 +255,16 @@ def _plan(w: Worker, record: JobRecord, ctx: dict[str, Any]) -> PromptPlan | Non
                                  finish_reason="error",
                                  error={"code": "prompt_error", "message": str(exc)}))
         return None
+
+
+def _raw_plan(prompter: PromptRenderer | None, record: JobRecord) -> PromptPlan:
+    """A completion job's prompt: its text as it is (no template, no conversation)."""
+    if prompter is None:
+        raise ValueError("completing a raw prompt needs the model's own tokenizer "
+                         "(a local GGUF model)")
+    text = (record.inputs or [""])[0]
+    return PromptPlan(prompt=prompter.raw(text), messages=[{"role": "user", "content": text}],
+                      turn=[])
 
 
 def _persist(w: Worker, record: JobRecord, plan: PromptPlan, answer: str) -> bool | None:

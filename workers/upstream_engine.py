@@ -25,6 +25,9 @@ checks its context. What must hold:
   a last piece without text corrects the token count, and the outcome carries its
   prompt and completion tokens. Without a report, each streamed content chunk (or
   each token of its logprobs) counts as a token and the prompt count is unknown.
+- An embedding job is one ``POST /embeddings`` of all its texts (``Engine.embed``),
+  in a slot like a generation; it is not retried (its texts are small to send again
+  by resubmitting), and its refusals map as a generation's do.
 - A redelivered job that already streamed text continues it only on vLLM
   (``continue_final_message``); other upstreams cannot continue a partial answer,
   and the job fails saying so rather than repeat the text.
@@ -41,7 +44,7 @@ import queue
 import threading
 import time
 import traceback
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -50,7 +53,17 @@ import httpx
 from shared.registry import ModelSpec
 from shared.schemas import SamplingParams
 from shared.upstream import EXTRA_PARAMS, MAX_TOKENS_FIELD, NEUTRAL, UpstreamOptions, redact
-from workers.engine import Engine, Generation, GenRequest, Outcome, Piece, TokenLogprob, TopLogprob
+from workers.engine import (
+    EmbeddingError,
+    Embeddings,
+    Engine,
+    Generation,
+    GenRequest,
+    Outcome,
+    Piece,
+    TokenLogprob,
+    TopLogprob,
+)
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +158,21 @@ def _logprobs(raw: Any) -> list[TokenLogprob] | None:
                                          logprob=float(t.get("logprob", 0.0)), bytes=utf8(t))
                               for t in e.get("top_logprobs") or []])
             for e in content]
+
+
+def _embeddings(body: Any, count: int) -> Embeddings:
+    """The vectors (in input order) and prompt tokens of an ``/embeddings`` answer."""
+    try:
+        data = sorted(body["data"], key=lambda d: int(d["index"]))
+        vectors = [[float(x) for x in d["embedding"]] for d in data]
+        prompt_tokens = int((body.get("usage") or {}).get("prompt_tokens") or 0)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise EmbeddingError(f"the upstream's embeddings answer is malformed ({exc!r})",
+                             code="upstream_error") from exc
+    if len(vectors) != count:
+        raise EmbeddingError(f"the upstream returned {len(vectors)} vectors for {count} "
+                             "inputs", code="upstream_error")
+    return Embeddings(vectors=vectors, prompt_tokens=prompt_tokens)
 
 
 class UpstreamGeneration(Generation):
@@ -410,6 +438,47 @@ class UpstreamEngine(Engine):
             generation = UpstreamGeneration(self, request)
             self._live.add(generation)
         return generation
+
+    def embed(self, texts: list[str], deadline: float | None = None,
+              stop: Callable[[], bool] | None = None) -> Embeddings:
+        """One ``POST /embeddings`` for all the texts, in one of the ``slots``: the
+        upstream's vectors as it sends them and its usage. Not retried: a refusal fails
+        the job with ``upstream_rejected`` and its message, anything else with
+        ``upstream_error``; the deadline with ``timeout``. One request has no "between
+        texts": ``stop`` is not asked (the request's own timeout bounds it)."""
+        timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        future = asyncio.run_coroutine_threadsafe(self._embed(texts), self.loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError as exc:
+            future.cancel()
+            raise EmbeddingError("embedding exceeded the job time limit",
+                                 code="timeout") from exc
+
+    async def _embed(self, texts: list[str]) -> Embeddings:
+        body: dict[str, Any] = {"input": texts, "encoding_format": "float"}
+        if self.options.model:
+            body["model"] = self.options.model
+        async with self.slot():
+            try:
+                response = await self.client.post(self.options.embeddings_endpoint,
+                                                   json=body, headers=self._headers)
+            except httpx.HTTPError as exc:
+                raise EmbeddingError(self.redact(f"the upstream could not be reached: "
+                                                 f"{type(exc).__name__}: {exc}"),
+                                     code="upstream_error") from exc
+        if response.status_code != 200:
+            said = f"HTTP {response.status_code} {response.reason_phrase}".strip()
+            code = ("upstream_rejected" if response.status_code in REJECT_STATUSES
+                    else "upstream_error")
+            raise EmbeddingError(f"the upstream answered {said}: "
+                                 f"{self.redact(_error_message(response))}", code=code)
+        try:
+            answer = response.json()
+        except ValueError as exc:
+            raise EmbeddingError("the upstream's embeddings answer is not JSON",
+                                 code="upstream_error") from exc
+        return _embeddings(answer, len(texts))
 
     def forget(self, generation: UpstreamGeneration) -> None:
         with self._lock:
