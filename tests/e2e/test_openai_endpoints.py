@@ -70,7 +70,7 @@ def test_embeddings_run_as_a_job_on_the_models_queue(chatq: Chatq,
     r = chatq.redis()
     keys = Keys()
     last = r.xrevrange(keys.transitions(), count=1)
-    since = last[0][0] if last else "0-0"
+    since = f"({last[0][0]}" if last else "-"  # after the newest entry (exclusive)
     result = sdk.embeddings.create(model=MODEL, input=["through the queue"])
     moves = [Transition.from_fields(f) for _, f in r.xrange(keys.transitions(), min=since)]
     embedding_jobs = [job_id for job_id in {t.job_id for t in moves}
