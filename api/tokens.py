@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import anyio
 from llama_cpp import Llama
 
 from shared.prompting import PromptRenderer
 from shared.registry import ModelSpec, Registry
+from shared.tools import ToolSet
 
 
 class TokenCounter:
@@ -26,7 +28,8 @@ class TokenCounter:
         self._renderers: dict[str, PromptRenderer] = {}
         self._lock = threading.Lock()  # llama.cpp tokenizers are not shared across threads
 
-    def _count(self, spec: ModelSpec, messages: Sequence[dict[str, str]]) -> int | None:
+    def _count(self, spec: ModelSpec, messages: Sequence[dict[str, Any]],
+               toolset: ToolSet | None = None) -> int | None:
         if not spec.tokenizer_local:
             return None
         with self._lock:
@@ -35,7 +38,8 @@ class TokenCounter:
                 llm = Llama(model_path=str(self.registry.gguf_path(spec)), vocab_only=True,
                             n_ctx=spec.context_size, verbose=False)
                 renderer = self._renderers[spec.name] = PromptRenderer(llm, spec.chat_template)
-            return renderer.count(messages)
+            return renderer.for_tools(toolset).count(messages)
 
-    async def count(self, spec: ModelSpec, messages: Sequence[dict[str, str]]) -> int | None:
-        return await anyio.to_thread.run_sync(self._count, spec, messages)
+    async def count(self, spec: ModelSpec, messages: Sequence[dict[str, Any]],
+                    toolset: ToolSet | None = None) -> int | None:
+        return await anyio.to_thread.run_sync(self._count, spec, messages, toolset)

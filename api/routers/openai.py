@@ -29,11 +29,16 @@ from shared.schemas import (
     JobStatus,
     MaxTokensField,
     Message,
+    ParallelToolCallsField,
     SeedField,
     StopField,
     TemperatureField,
+    ToolChoiceField,
+    ToolsField,
     TopPField,
 )
+from shared.tools import ToolSet, could_be_call
+from shared.views import tool_calls
 
 router = APIRouter(prefix="/v1/chat", tags=["openai"])
 
@@ -48,14 +53,17 @@ class ContentPart(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
 
     def to_message(self) -> Message:
         text = (self.content if isinstance(self.content, str)
                 else "".join(p.text for p in self.content or []))
-        return Message(role="system" if self.role == "developer" else self.role, content=text)
+        return Message(role="system" if self.role == "developer" else self.role, content=text,
+                       tool_calls=self.tool_calls, tool_call_id=self.tool_call_id)
 
 
 class StreamOptions(BaseModel):
@@ -78,6 +86,9 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    tools: ToolsField = None
+    tool_choice: ToolChoiceField = None
+    parallel_tool_calls: ParallelToolCallsField = None
 
     @field_validator("n")
     @classmethod
@@ -92,6 +103,8 @@ class ChatCompletionRequest(BaseModel):
                 model=self.model, messages=[m.to_message() for m in self.messages],
                 max_tokens=self.max_completion_tokens or self.max_tokens,
                 temperature=self.temperature, top_p=self.top_p, stop=self.stop, seed=self.seed,
+                tools=self.tools, tool_choice=self.tool_choice,
+                parallel_tool_calls=self.parallel_tool_calls,
                 metadata={"user": self.user} if self.user else None,
             )
         except ValueError as exc:
@@ -137,14 +150,23 @@ async def chat_completions(
     record, output = done
     if record.status is JobStatus.failed:
         raise JobFailed(record.id, record.error)
+    calls = tool_calls(record, output)
+    message: dict[str, Any] = {"role": "assistant", "content": output, "refusal": None}
+    if calls:
+        message = {**message, "content": None, "tool_calls": calls}
     return JSONResponse({
         "id": record.id, "object": "chat.completion", "created": created,
         "model": record.model, "system_fingerprint": None,
-        "choices": [{"index": 0, "logprobs": None,
-                     "message": {"role": "assistant", "content": output, "refusal": None},
-                     "finish_reason": _FINISH.get(record.finish_reason or "stop", "stop")}],
+        "choices": [{"index": 0, "logprobs": None, "message": message,
+                     "finish_reason": _finish(record, calls)}],
         "usage": _usage(record),
     })
+
+
+def _finish(record: JobRecord, calls: list[dict[str, Any]]) -> str:
+    if calls:
+        return "tool_calls"
+    return _FINISH.get(record.finish_reason or "stop", "stop")
 
 
 async def _wait_unless_disconnected(
@@ -167,20 +189,50 @@ async def _wait_unless_disconnected(
     return result[0] if result else None
 
 
+class _Held:
+    """The text a stream holds back while its answer may still be a tool call.
+
+    With ``tool_choice`` required or a named function the answer *is* a call: all
+    of it is held, and the call goes out at the end as ``delta.tool_calls``. With
+    ``auto`` text is held only while the answer could still turn out to be a call
+    (it begins like JSON); once it cannot, the held text goes out and the rest
+    streams as it comes. Without tools (or with ``none``) nothing is held.
+    """
+
+    def __init__(self, record: JobRecord) -> None:
+        toolset = ToolSet.from_json(record.tools)
+        self.forced = bool(toolset and toolset.forced)
+        self.holding = bool(toolset and toolset.choice != "none")
+        self.text = ""
+
+    def add(self, text: str) -> str:
+        """What may go out now."""
+        if not self.holding:
+            return text
+        self.text += text
+        if self.forced or could_be_call(self.text):
+            return ""
+        self.holding, released, self.text = False, self.text, ""
+        return released
+
+
 async def _stream(
     svc: Services, record: JobRecord, tenant: str, created: int, usage: bool
 ) -> AsyncIterator[str]:
     finished = False
+    held = _Held(record)
     try:
         yield _chunk(record, created, {"role": "assistant", "content": ""}, usage=usage)
         async for event in jobs.iterate_events(svc, record):
             if isinstance(event, TokenEvent):
-                yield _chunk(record, created, {"content": event.text}, usage=usage)
+                text = held.add(event.text)
+                if text:
+                    yield _chunk(record, created, {"content": text}, usage=usage)
             elif isinstance(event, KeepaliveEvent):
                 yield KEEPALIVE
         finished = True
-        final, _ = await jobs.final(svc, record.id, tenant)
-        async for line in _ending(final, created, usage):
+        final, output = await jobs.final(svc, record.id, tenant)
+        async for line in _ending(final, output, held, created, usage):
             yield line
     finally:
         if not finished:  # the client went away mid-answer: stop generating for nobody
@@ -188,12 +240,18 @@ async def _stream(
                 await jobs.cancel(svc, record)
 
 
-async def _ending(final: JobRecord, created: int, usage: bool) -> AsyncIterator[str]:
+async def _ending(final: JobRecord, output: str, held: _Held, created: int,
+                  usage: bool) -> AsyncIterator[str]:
     if final.status is JobStatus.failed:
         yield _data(openai_body(JobFailed(final.id, final.error)))
     else:
-        finish = _FINISH.get(final.finish_reason or "stop", "stop")
-        yield _chunk(final, created, {}, finish, usage=usage)
+        calls = tool_calls(final, output)
+        if calls:
+            deltas = [{"index": i, **call} for i, call in enumerate(calls)]
+            yield _chunk(final, created, {"tool_calls": deltas}, usage=usage)
+        elif held.text:  # held back in case it was a call: it was not
+            yield _chunk(final, created, {"content": held.text}, usage=usage)
+        yield _chunk(final, created, {}, _finish(final, calls), usage=usage)
         if usage:
             yield _data({**_chunk_body(final, created, []), "usage": _usage(final)})
     yield "data: [DONE]\n\n"
