@@ -45,11 +45,11 @@ class UnsupportedSchema(ValueError):
 
 
 def _resolve(root: Any, ref: str, where: str) -> Any:
-    if not ref.startswith("#/"):
+    if ref != "#" and not ref.startswith("#/"):
         raise UnsupportedSchema(where, f"$ref {ref!r}: only local references (#/...) "
                                        "are supported")
     target = root
-    for part in ref[2:].split("/"):
+    for part in filter(None, ref[2:].split("/")):
         if not isinstance(target, dict) or part not in target:
             raise UnsupportedSchema(where, f"$ref {ref!r} points to nothing")
         target = target[part]
