@@ -2,7 +2,9 @@
 
 The response ``id`` is the chatq job id (``GET /v1/jobs/{id}`` works on it).
 If the client goes away before the answer is complete, its job is cancelled.
-Errors on this path use OpenAI's error object (see ``api.errors``).
+Errors on this path use OpenAI's error object (see ``api.errors``). Tool calls are
+read from the finished answer (``shared.tools``); a stream holds back the text
+that may still be a call (:class:`_Held`) and sends the call as ``delta.tool_calls``.
 """
 
 from __future__ import annotations
