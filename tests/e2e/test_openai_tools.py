@@ -189,3 +189,42 @@ def test_langchain_bind_tools_forced(chatq: Chatq) -> None:
     assert call["name"] == "get_weather" and call["id"].startswith("call_")
     assert isinstance(call["args"], dict) and set(call["args"]) == {"city", "unit"}
     assert all(isinstance(v, str) for v in call["args"].values())
+
+
+def test_auto_stream_agrees_with_the_job(sdk: openai.OpenAI, client: httpx.Client) -> None:
+    chunks = list(sdk.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Say hello to Ada."}], tools=TOOLS,
+        max_tokens=24, temperature=0, stream=True))
+    job = client.get(f"/v1/jobs/{chunks[0].id}").json()
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    calls = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
+    finish = chunks[-1].choices[0].finish_reason
+    if job["tool_calls"]:
+        assert finish == "tool_calls" and not text
+        assert [c.function.name for c in calls] == [
+            c["function"]["name"] for c in job["tool_calls"]]
+    else:
+        assert text == job["output"] and not calls and finish in ("stop", "length")
+
+
+def test_langchain_round_trip(chatq: Chatq) -> None:
+    from langchain_core.messages import HumanMessage, ToolMessage
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI
+
+    @tool
+    def get_time(timezone: str) -> str:
+        """The current time in a timezone."""
+        return "12:00"
+
+    llm = ChatOpenAI(model=MODEL, base_url=f"{chatq.base_url}/v1", api_key=DEV_API_KEY,
+                     max_tokens=48, temperature=0, max_retries=0)
+    question = HumanMessage("What time is it in Tokyo?")
+    call_msg = llm.bind_tools([get_time], tool_choice="required").invoke([question])
+    call = call_msg.tool_calls[0]  # type: ignore[attr-defined]
+    assert call["name"] == "get_time" and isinstance(call["args"].get("timezone"), str)
+    result = ToolMessage(get_time.invoke(call["args"]), tool_call_id=call["id"])
+    final = llm.bind_tools([get_time], tool_choice="none").invoke(
+        [question, call_msg, result])
+    assert isinstance(final.content, str) and final.content
+    assert not final.tool_calls  # type: ignore[attr-defined]
