@@ -103,7 +103,7 @@ async def submit(svc: Services, req: JobRequest, tenant: str) -> JobRecord:
     spec = resolve_model(svc, req.model)
     messages = [m.model_dump(exclude_none=True) for m in req.messages]
     check_messages(messages)
-    toolset = toolset_of(req.tools, req.tool_choice)
+    toolset = toolset_of(req.tools, req.tool_choice, req.parallel_tool_calls)
     params = tool_params(spec, sampling(spec, req), toolset)
     # Count what the worker will render at least: persona head + this request's turns
     # (stored history is trimmed by the worker to fit).

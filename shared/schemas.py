@@ -152,8 +152,8 @@ ToolChoiceField = Annotated[
                             "`required` and a named function are forced by a grammar.")]
 ParallelToolCallsField = Annotated[
     bool | None,
-    Field(None, description="Accepted as OpenAI does; chatq makes at most one call per "
-                            "forced answer.")]
+    Field(None, description="`false`: at most one call per answer. A forced answer "
+                            "(`required`, a named function) is always one call.")]
 
 
 # Sampling fields, defined once (None = the model's registry default).

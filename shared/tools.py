@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from shared.errors import InvalidRequest, UnsupportedParameter
@@ -56,7 +56,7 @@ class ToolSet:
     functions: list[dict[str, Any]]
     choice: str = "auto"
     named: str | None = None
-    _grammar: str | None = field(default=None, compare=False)
+    parallel: bool = True  # parallel_tool_calls: false reads at most one call
 
     @property
     def forced(self) -> bool:
@@ -72,14 +72,15 @@ class ToolSet:
         return [f["name"] for f in self.functions]
 
     def to_json(self) -> dict[str, Any]:
-        return {"functions": self.functions, "choice": self.choice, "named": self.named}
+        return {"functions": self.functions, "choice": self.choice, "named": self.named,
+                "parallel": self.parallel}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any] | None) -> ToolSet | None:
         if not raw:
             return None
         return cls(functions=list(raw["functions"]), choice=str(raw.get("choice", "auto")),
-                   named=raw.get("named"))
+                   named=raw.get("named"), parallel=bool(raw.get("parallel", True)))
 
     def grammar(self) -> str | None:
         """The GBNF grammar that forces one call (None unless forced)."""
@@ -164,7 +165,8 @@ def _choice(raw: Any, names: list[str]) -> tuple[str, str | None]:
     return "required", name
 
 
-def toolset_of(tools: list[Any] | None, tool_choice: Any) -> ToolSet | None:
+def toolset_of(tools: list[Any] | None, tool_choice: Any,
+               parallel_tool_calls: bool | None = None) -> ToolSet | None:
     """The request's checked tool set (None: no tools). Raises a 400 naming the param."""
     if not tools:
         if tool_choice not in (None, "none", "auto"):
@@ -178,7 +180,8 @@ def toolset_of(tools: list[Any] | None, tool_choice: Any) -> ToolSet | None:
     if dupes:
         raise _bad("tools", f"function names must be unique ({', '.join(dupes)} repeats)")
     choice, named = _choice(tool_choice, names)
-    toolset = ToolSet(functions=functions, choice=choice, named=named)
+    toolset = ToolSet(functions=functions, choice=choice, named=named,
+                      parallel=parallel_tool_calls is not False)
     if toolset.forced:
         try:
             toolset.grammar()
@@ -368,9 +371,10 @@ def parse_calls(output: str, toolset: ToolSet | None, job_id: str) -> list[dict[
         return []
     if not toolset.forced and not _only_json(stripped):
         return []
+    found = [c for c in calls if c is not None][:None if toolset.parallel else 1]
     return [{"id": call_id(job_id, i), "type": "function",
              "function": {"name": name, "arguments": json.dumps(args, ensure_ascii=False)}}
-            for i, (name, args) in enumerate(c for c in calls if c is not None)]
+            for i, (name, args) in enumerate(found)]
 
 
 _WRAPPERS = re.compile(r"```(?:json)?|</?tool_call>|<\|python_tag\|>|\[TOOL_CALLS\]")

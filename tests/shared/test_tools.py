@@ -298,6 +298,14 @@ def test_anything_else_is_content(output: str) -> None:
     assert parse_calls(output, toolset_of(TOOLS, "auto"), "j") == []
 
 
+def test_parallel_tool_calls_false_reads_one_call() -> None:
+    output = '{"name": "ping", "arguments": {}}\n{"name": "ping", "arguments": {}}'
+    toolset = toolset_of(TOOLS, "auto", parallel_tool_calls=False)
+    assert toolset is not None and ToolSet.from_json(toolset.to_json()) == toolset
+    assert len(parse_calls(output, toolset, "j")) == 1
+    assert len(parse_calls(output, toolset_of(TOOLS, "auto", True), "j")) == 2
+
+
 def test_no_calls_without_tools_or_with_none() -> None:
     call = '{"name": "ping", "arguments": {}}'
     assert parse_calls(call, None, "j") == []
