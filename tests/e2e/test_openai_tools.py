@@ -228,3 +228,15 @@ def test_langchain_round_trip(chatq: Chatq) -> None:
         [question, call_msg, result])
     assert isinstance(final.content, str) and final.content
     assert not final.tool_calls  # type: ignore[attr-defined]
+
+
+def test_jobs_body_refuses_bad_tools_with_400(client: httpx.Client) -> None:
+    body = {"model": MODEL, "messages": ASK, "tools": TOOLS,
+            "tool_choice": {"type": "function", "function": {"name": "nope"}}}
+    answer = client.post("/v1/jobs", json=body)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["details"][0]["field"] == "tool_choice.function.name"
+    missing_id = {"model": MODEL, "messages": [*ASK, {"role": "tool", "content": "21"}]}
+    answer = client.post("/v1/jobs", json=missing_id)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["details"][0]["field"] == "messages[1].tool_call_id"
