@@ -33,19 +33,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from shared.errors import InvalidRequest, UnsupportedParameter
+from shared.errors import InvalidRequest, InvalidTools, UnsupportedParameter
 from shared.json_grammar import UnsupportedSchema, inline_refs, schema_grammar
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _CHOICES = ("auto", "none", "required")
 _MAX_TOOLS = 128
 _EMPTY_PARAMS: dict[str, Any] = {"type": "object", "properties": {}}
-
-
-class InvalidTools(InvalidRequest):
-    """A malformed tool definition, tool choice or tool message: 400 on every path."""
-
-    status = 400
 
 
 @dataclass(frozen=True)
