@@ -19,6 +19,8 @@ What must always hold, and why:
 - Annotations (``title``, ``description``, ``default``, ``examples``...) are
   dropped before conversion: they constrain nothing, and the converter would
   refuse a node holding only annotations (pydantic's ``Any`` field).
+- ``oneOf`` is read by the converter as ``anyOf``: it passes only when no value
+  can match two branches (:func:`_check_one_of`).
 - Local ``$ref`` s (``#/$defs/...``, ``#/definitions/...``) are inlined first
   (:func:`inline_refs`); a recursive or remote one is refused.
 - A ``pattern`` is enforced only in the subset whose grammar stays inside a JSON
@@ -46,6 +48,7 @@ _ENFORCED = frozenset({
 _ANNOTATIONS = frozenset({
     "title", "description", "default", "examples", "$schema", "$id", "$comment",
     "deprecated", "readOnly", "writeOnly", "$defs", "definitions", "strict",
+    "discriminator",  # OpenAPI's hint; the branches' own consts tell them apart
 })
 # String formats the converter has a grammar for (others would be plain strings).
 _FORMATS = frozenset({"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3",
@@ -180,8 +183,10 @@ def _check_keyword(key: str, value: Any, path: str, node: dict[str, Any]) -> Any
 def _check_required(value: Any, path: str, node: dict[str, Any]) -> None:
     """The converter only writes the properties it knows: a required name missing from
     ``properties`` would never be produced."""
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise UnsupportedSchema(path, "required must be a list of property names")
     properties = node.get("properties")
-    if not isinstance(value, list) or not isinstance(properties, dict):
+    if not isinstance(properties, dict):
         return  # refused as unused (required without properties) by check_schema
     missing = [name for name in value if name not in properties]
     if missing:
@@ -192,7 +197,82 @@ def _check_required(value: Any, path: str, node: dict[str, Any]) -> None:
 def _check_list(key: str, value: Any, path: str) -> list[Any]:
     if not isinstance(value, list) or not value:
         raise UnsupportedSchema(path, f"{key} must be a non-empty list")
-    return [check_schema(sub, f"{path}[{i}]") for i, sub in enumerate(value)]
+    checked = [check_schema(sub, f"{path}[{i}]") for i, sub in enumerate(value)]
+    return _check_one_of(checked, path) if key == "oneOf" else checked
+
+
+# --- oneOf ---------------------------------------------------------------------------
+
+# The JSON types a schema's own keywords imply (a branch without `type`).
+_IMPLIED = [({"properties", "additionalProperties"}, "object"), ({"items", "prefixItems"}, "array"),
+            ({"pattern", "format", "minLength", "maxLength"}, "string")]
+
+
+def _check_one_of(branches: list[Any], path: str) -> list[Any]:
+    """The converter reads ``oneOf`` as ``anyOf``: that enforces "exactly one" only when
+    no value can match two branches. Refused unless the branches are told apart by
+    their types, their ``const``/``enum`` values, or a required property whose
+    values differ (a discriminator, as pydantic writes tagged unions)."""
+    for j, later in enumerate(branches):
+        for i, earlier in enumerate(branches[:j]):
+            if not _disjoint(earlier, later):
+                raise UnsupportedSchema(f"{path}[{j}]", f"oneOf branches {i} and {j} can "
+                                        "match the same value, and the grammar cannot "
+                                        "enforce exactly one; use anyOf")
+    return branches
+
+
+def _types(schema: dict[str, Any]) -> set[str]:
+    """The JSON types a (checked) schema admits: ``number`` includes ``integer``."""
+    if "type" in schema:
+        kind = schema["type"]
+        types = set(kind if isinstance(kind, list) else [kind])
+    elif "const" in schema or "enum" in schema:
+        types = {_type_of(v) for v in _values(schema) or []}
+    elif any(k in schema for k in ("anyOf", "oneOf")):
+        types = set().union(*(_types(b) for b in schema.get("anyOf") or schema["oneOf"]))
+    else:
+        types = {kind for keys, kind in _IMPLIED if keys & schema.keys()} or set(_TYPES)
+    return types | ({"integer"} if "number" in types else set())
+
+
+def _type_of(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "boolean" if isinstance(value, bool) else "null"
+    if isinstance(value, int | float):
+        return "integer" if isinstance(value, int) or value.is_integer() else "number"
+    return "string" if isinstance(value, str) else "array" if isinstance(value, list) else "object"
+
+
+def _values(schema: Any) -> set[str] | None:
+    """The values a ``const``/``enum`` schema admits (as JSON), or None."""
+    if not isinstance(schema, dict):
+        return None
+    if "const" in schema:
+        return {json.dumps(schema["const"], sort_keys=True)}
+    if "enum" in schema and isinstance(schema["enum"], list):
+        return {json.dumps(v, sort_keys=True) for v in schema["enum"]}
+    return None
+
+
+def _disjoint(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    common = _types(a) & _types(b)
+    if not common:
+        return True
+    va, vb = _values(a), _values(b)
+    if va is not None and vb is not None:
+        return not va & vb
+    if common != {"object"}:
+        return False
+    both = set(a.get("required", [])) & set(b.get("required", []))
+    return any(_apart(a.get("properties", {}).get(k), b.get("properties", {}).get(k))
+               for k in both)
+
+
+def _apart(a: Any, b: Any) -> bool:
+    """Two property schemas with ``const``/``enum`` values in common with none."""
+    va, vb = _values(a), _values(b)
+    return va is not None and vb is not None and not va & vb
 
 
 # --- patterns ------------------------------------------------------------------------

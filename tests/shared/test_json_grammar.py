@@ -3,7 +3,7 @@ and every other construct refused, named where it is."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import llama_cpp
 import pytest
@@ -35,6 +35,20 @@ class Person(BaseModel):
 class Team(BaseModel):
     lead: Person
     members: list[Person]
+
+
+class Cat(BaseModel):
+    pet_type: Literal["cat"]
+    meows: int
+
+
+class Dog(BaseModel):
+    pet_type: Literal["dog"]
+    barks: float
+
+
+class Owner(BaseModel):
+    pet: Cat | Dog = Field(discriminator="pet_type")  # oneOf, told apart by pet_type
 
 
 def _fmt(schema: dict[str, Any]) -> ResponseFormat:
@@ -71,6 +85,8 @@ ENFORCED: list[dict[str, Any]] = [
     {"type": "string", "pattern": "^(ab|cd)?x[.]y$"},
     {"type": "string", "pattern": "^\\(a\\)[-a-z]*[+]?$"},
     {"oneOf": [{"type": "string"}, {"type": "integer"}]},
+    {"oneOf": [{"enum": ["a", "b"]}, {"const": "c"}, {"type": "null"}]},
+    Owner.model_json_schema(),
     {"type": "array", "prefixItems": [{"type": "string"}, {"type": "integer"}]},
     {"type": "object", "properties": {"when": {"type": "string", "format": "date-time"},
                                       "id": {"type": "string", "format": "uuid4"}}},
@@ -141,6 +157,13 @@ def test_annotations_are_dropped_not_refused() -> None:
     ({"type": "string", "pattern": "^x\\.y$"}, "p.pattern"),  # llama.cpp cannot parse it
     ({"type": "string", "pattern": "^[a\\]]$"}, "p.pattern"),
     ({"type": "string", "pattern": "^a|b$"}, "p.pattern"),  # quotes in the alternatives
+    ({"type": "object", "required": "a", "properties": {"a": {}}}, "p.required"),
+    # oneOf is read as anyOf: branches that a value could match both are refused
+    ({"oneOf": [{"type": "number"}, {"type": "integer"}]}, "p.oneOf[1]"),
+    ({"oneOf": [{"enum": ["a", "b"]}, {"type": "string"}]}, "p.oneOf[1]"),
+    ({"oneOf": [{"type": "object", "properties": {"a": {"type": "string"}}},
+                {"type": "object", "properties": {"b": {"type": "string"}}}]}, "p.oneOf[1]"),
+    ({"oneOf": [{"type": "string"}, {"type": "null"}, {}]}, "p.oneOf[2]"),
     (False, "p"),
 ])
 def test_schemas_a_grammar_cannot_enforce_are_refused_naming_them(
