@@ -4,6 +4,7 @@ against a running chatq with the tiny demo model: structure and validity, not qu
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -39,8 +40,10 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
 @pytest.fixture
-def sdk(chatq: Chatq) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{chatq.base_url}/v1", api_key=DEV_API_KEY, max_retries=0)
+def sdk(chatq: Chatq) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{chatq.base_url}/v1", api_key=DEV_API_KEY,
+                       max_retries=0) as client:
+        yield client
 
 
 def _valid_call(name: str, arguments: str) -> dict[str, Any]:
@@ -205,6 +208,34 @@ def test_auto_stream_agrees_with_the_job(sdk: openai.OpenAI, client: httpx.Clien
             c["function"]["name"] for c in job["tool_calls"]]
     else:
         assert text == job["output"] and not calls and finish in ("stop", "length")
+
+
+def test_a_forced_call_has_no_content_logprobs(sdk: openai.OpenAI) -> None:
+    choice = sdk.chat.completions.create(
+        model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=64,
+        temperature=0, logprobs=True).choices[0]
+    assert choice.message.tool_calls and choice.message.content is None
+    assert choice.logprobs is not None and choice.logprobs.content == []
+
+
+def test_auto_stream_with_response_format_keeps_the_held_texts_logprobs(
+    sdk: openai.OpenAI
+) -> None:
+    """The answer starts with `{` (the schema's object), so it is held back as a
+    possible call; it is no call, so it goes out as content with its logprobs."""
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 24}},
+              "required": ["city"], "additionalProperties": False}
+    chunks = list(sdk.chat.completions.create(
+        model=MODEL, messages=ASK, tools=TOOLS, max_tokens=64, temperature=0, stream=True,
+        logprobs=True, response_format={"type": "json_schema",
+                                         "json_schema": {"name": "c", "schema": schema}}))
+    choices = [c.choices[0] for c in chunks if c.choices]
+    text = "".join(c.delta.content or "" for c in choices)
+    tokens = [t.token for c in choices if c.logprobs for t in c.logprobs.content or []]
+    assert text and "".join(tokens) == text
+    assert not any(c.delta.tool_calls for c in choices)
+    if choices[-1].finish_reason == "stop":
+        jsonschema.validate(json.loads(text), schema)
 
 
 def test_langchain_round_trip(chatq: Chatq) -> None:
