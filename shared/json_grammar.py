@@ -108,7 +108,7 @@ def check_schema(schema: Any, path: str) -> Any:
     (``schema`` already has its references inlined)."""
     if isinstance(schema, bool):
         if schema:
-            return {}  # any value: the converter's {} admits any object, a subset
+            return _any_value()
         raise UnsupportedSchema(path, "the schema `false` admits nothing")
     if not isinstance(schema, dict):
         raise UnsupportedSchema(path, "a schema must be a JSON object")
@@ -125,7 +125,13 @@ def check_schema(schema: Any, path: str) -> Any:
             raise UnsupportedSchema(f"{path}.{key}",
                                     f"`{key}` cannot be enforced alongside "
                                     f"{' / '.join(sorted(used & clean.keys()))}")
-    return clean
+    return clean or _any_value()
+
+
+def _any_value() -> dict[str, Any]:
+    """Any JSON value, as the converter reads it: its ``{}`` is any *object*, and it
+    fails on ``items: {}`` (pydantic's ``list[Any]``)."""
+    return {"type": ["object", "array", "string", "number", "boolean", "null"]}
 
 
 # The converter's branches in the order it tries them: (applies to the schema, the

@@ -30,6 +30,8 @@ class Person(BaseModel):
     tags: list[str] = Field(max_length=3)
     nick: str | None = None
     anything: Any = None  # {"title": ...}: annotations only
+    values: list[Any] = []  # items: {}
+    table: dict[str, Any] = {}  # additionalProperties: true
 
 
 class Team(BaseModel):
@@ -121,8 +123,9 @@ def test_annotations_are_dropped_not_refused() -> None:
     schema = {"title": "T", "description": "d", "type": "object", "$schema": "x",
               "properties": {"title": {"type": "string", "examples": ["a"]},
                              "any": {"title": "Any"}}}
+    any_value = {"type": ["object", "array", "string", "number", "boolean", "null"]}
     assert check_schema(schema, "p") == {
-        "type": "object", "properties": {"title": {"type": "string"}, "any": {}}}
+        "type": "object", "properties": {"title": {"type": "string"}, "any": any_value}}
 
 
 # --- refused -----------------------------------------------------------------------------
