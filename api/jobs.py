@@ -31,11 +31,12 @@ from shared.errors import (
     UnsupportedParameter,
 )
 from shared.events import KeepaliveEvent, LogprobEntry, StatusEvent, TokenEvent, is_terminal
+from shared.json_grammar import UnsupportedSchema, response_format_grammar
 from shared.lifecycle import Cancelled, JobRecord, new_job_id
 from shared.personas import persona_turns
 from shared.registry import ModelSpec
 from shared.schemas import Job, JobKind, JobRequest, JobStatus, SamplingParams, cancel_at
-from shared.structured import UnenforceableSchema, grammar_for
+from shared.tools import ToolSet, check_messages, toolset_of
 from shared.views import job_view
 
 log = logging.getLogger(__name__)
@@ -70,10 +71,9 @@ def sampling(spec: ModelSpec, req: JobRequest) -> SamplingParams:
 
 def _grammar(req: JobRequest) -> str | None:
     try:
-        return grammar_for(req.response_format)
-    except UnenforceableSchema as exc:
-        field = "response_format.json_schema.schema" + exc.where.replace("/", ".")
-        raise UnsupportedParameter.of_fields([(field, str(exc))]) from exc
+        return response_format_grammar(req.response_format, "response_format.json_schema.schema")
+    except UnsupportedSchema as exc:
+        raise UnsupportedParameter.of_fields([(exc.path, exc.message)]) from exc
 
 
 def _grammar_ends_it(req: JobRequest, params: SamplingParams) -> SamplingParams:
@@ -110,12 +110,33 @@ def overflow_message(context_size: int, prompt_tokens: int, max_tokens: int) -> 
             "the messages or completion.")
 
 
-async def check_context(svc: Services, spec: ModelSpec, messages: list[dict[str, str]],
-                        max_tokens: int) -> int | None:
+def tool_params(spec: ModelSpec, req: JobRequest, params: SamplingParams,
+                toolset: ToolSet | None) -> SamplingParams:
+    """With ``tool_choice`` required or a named function, the grammar that forces the
+    call. A model whose upstream takes no grammar cannot be forced: 400. One grammar
+    per answer: a forced call and a ``response_format`` cannot both hold, so the
+    combination is refused naming ``response_format``."""
+    grammar = toolset.grammar() if toolset else None
+    if grammar is None:
+        return params
+    if params.grammar is not None:
+        raise UnsupportedParameter.of_fields([(
+            "response_format", "a forced tool call (tool_choice required or a named "
+                               "function) is the whole answer; drop response_format or "
+                               "use tool_choice auto")])
+    if spec.upstream and spec.upstream.unsupported(params.model_copy(update={"grammar": grammar})):
+        raise UnsupportedParameter.of_fields([(
+            "tool_choice", f"model {spec.name}'s upstream takes no grammar, so a call "
+                           "cannot be forced; use tool_choice auto")])
+    return params.model_copy(update={"grammar": grammar})
+
+
+async def check_context(svc: Services, spec: ModelSpec, messages: list[dict[str, Any]],
+                        max_tokens: int, toolset: ToolSet | None = None) -> int | None:
     """Count the prompt with the model's tokenizer; 400 when it cannot fit with max_tokens.
     None when chatq has no tokenizer for the model: an upstream model's server checks
     its context, and its refusal fails the job (``upstream_rejected``)."""
-    prompt_tokens = await svc.tokens.count(spec, messages)
+    prompt_tokens = await svc.tokens.count(spec, messages, toolset)
     if prompt_tokens is not None and prompt_tokens + max_tokens > spec.context_size:
         # OpenAI's (and vLLM's) wording: client libraries (LangChain, LiteLLM) match it.
         raise ContextOverflow(
@@ -133,14 +154,16 @@ async def submit(svc: Services, req: JobRequest, tenant: str) -> JobRecord:
     if req.webhook is not None:
         await webhooks.check_target(svc, req.webhook)
     spec = resolve_model(svc, req.model)
-    params = sampling(spec, req)
+    messages = [m.model_dump(exclude_none=True) for m in req.messages]
+    check_messages(messages)
+    toolset = toolset_of(req.tools, req.tool_choice, req.parallel_tool_calls)
+    params = tool_params(spec, req, sampling(spec, req), toolset)
     await check_vocabulary(svc, spec, params)
-    messages = [m.model_dump() for m in req.messages]
     # Count what the worker will render at least: persona head + this request's turns
     # (stored history is trimmed by the worker to fit).
     head = persona_turns(req.persona, [m["content"] for m in messages if m["role"] == "system"])
     await check_context(svc, spec, head + [m for m in messages if m["role"] != "system"],
-                        params.max_tokens)
+                        params.max_tokens, toolset)
     await svc.require_worker(spec.queue)
     if req.conversation_id:
         await conversations.check_owner(svc, req.conversation_id, tenant)
@@ -153,6 +176,7 @@ async def submit(svc: Services, req: JobRequest, tenant: str) -> JobRecord:
         persona=req.persona.model_dump() if req.persona else None, metadata=req.metadata,
         user_id=req.user_id, priority=req.priority, cancel_at=deadline, webhook=req.webhook,
         webhook_events=[e.value for e in req.hook_events() or []] or None,
+        tools=toolset.to_json() if toolset else None,
     )
     await _create(svc, record)
     await _send(svc, record)

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import anyio
 from llama_cpp import Llama
 
 from shared.prompting import PromptRenderer
 from shared.registry import ModelSpec, Registry
+from shared.tools import ToolSet
 
 
 class TokenCounter:
@@ -35,11 +37,12 @@ class TokenCounter:
             renderer = self._renderers[spec.name] = PromptRenderer(llm, spec.chat_template)
         return renderer
 
-    def _count(self, spec: ModelSpec, messages: Sequence[dict[str, str]]) -> int | None:
+    def _count(self, spec: ModelSpec, messages: Sequence[dict[str, Any]],
+               toolset: ToolSet | None = None) -> int | None:
         if not spec.tokenizer_local:
             return None
         with self._lock:
-            return self._renderer(spec).count(messages)
+            return self._renderer(spec).for_tools(toolset).count(messages)
 
     def _vocab_size(self, spec: ModelSpec) -> int | None:
         if not spec.tokenizer_local:
@@ -47,8 +50,9 @@ class TokenCounter:
         with self._lock:
             return int(self._renderer(spec).llm.n_vocab())
 
-    async def count(self, spec: ModelSpec, messages: Sequence[dict[str, str]]) -> int | None:
-        return await anyio.to_thread.run_sync(self._count, spec, messages)
+    async def count(self, spec: ModelSpec, messages: Sequence[dict[str, Any]],
+                    toolset: ToolSet | None = None) -> int | None:
+        return await anyio.to_thread.run_sync(self._count, spec, messages, toolset)
 
     async def vocab_size(self, spec: ModelSpec) -> int | None:
         """Tokens in the model's vocabulary (None: chatq has no tokenizer for it)."""

@@ -8,7 +8,7 @@ without bound. Layout::
         index (tenant, user_id, updated_at desc, _id desc)  a user's recent conversations
         index (tenant, updated_at desc, _id desc)            a tenant's recent conversations
     messages       {_id: "{conversation}:{job}:{index}", conversation_id, tenant, seq,
-                    role, content, job_id, created_at}
+                    role, content, [tool_calls], [tool_call_id], job_id, created_at}
         index (conversation_id, seq)                         a conversation's messages in order
 
 Appends are idempotent: a message's ``_id`` is derived from the conversation,
@@ -51,6 +51,15 @@ MESSAGE_INDEXES = [IndexModel([("conversation_id", 1), ("seq", 1)], name="conver
 _SEQ_SHIFT = 20
 
 
+# A message's tool fields, stored only when present: an assistant turn's calls
+# (OpenAI's shape) and the call a tool message answers.
+TOOL_FIELDS = ("tool_calls", "tool_call_id")
+
+
+def tool_fields(message: dict[str, Any]) -> dict[str, Any]:
+    return {k: message[k] for k in TOOL_FIELDS if message.get(k) is not None}
+
+
 def new_conversation_id() -> str:
     return "conv_" + secrets.token_urlsafe(16)
 
@@ -64,7 +73,7 @@ class TurnWrite:
     tenant: str
     job_id: str
     at: float  # the job's submit time (unix s): orders the turn, the same on every retry
-    messages: list[dict[str, str]]  # the request's user/assistant turns, then the answer
+    messages: list[dict[str, Any]]  # the request's user/assistant/tool turns, then the answer
     user_id: str | None = None
     persona: dict[str, Any] | None = None
     written_at: float = field(default=0.0)
@@ -82,8 +91,8 @@ class TurnWrite:
         return [
             {"_id": f"{self.conversation_id}:{self.job_id}:{i}",
              "conversation_id": self.conversation_id, "tenant": self.tenant, "seq": base + i,
-             "role": m["role"], "content": m["content"], "job_id": self.job_id,
-             "created_at": created}
+             "role": m["role"], "content": m["content"], **tool_fields(m),
+             "job_id": self.job_id, "created_at": created}
             for i, m in enumerate(self.messages)
         ]
 
@@ -174,8 +183,8 @@ class ConversationStore:
         return {
             **_summary(doc),
             "messages": [
-                {"role": m["role"], "content": m["content"], "job_id": m.get("job_id"),
-                 "created_at": m.get("created_at")}
+                {"role": m["role"], "content": m["content"], **tool_fields(m),
+                 "job_id": m.get("job_id"), "created_at": m.get("created_at")}
                 for m in messages
             ],
         }
@@ -233,7 +242,7 @@ class WorkerConversationStore:
         self.messages.create_indexes(MESSAGE_INDEXES)
 
     def load(self, conversation_id: str, tenant: str, exclude_job: str,
-             limit: int) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
+             limit: int) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """The conversation's stored persona and its newest ``limit`` messages in order,
         leaving out the turn of ``exclude_job`` (a redelivered job that already wrote)."""
         doc = self.conversations.find_one({"_id": conversation_id, "tenant": tenant})
@@ -242,7 +251,8 @@ class WorkerConversationStore:
         query = {"conversation_id": conversation_id, "tenant": tenant,
                  "job_id": {"$ne": exclude_job}}
         newest = list(self.messages.find(query).sort("seq", -1).limit(limit))
-        history = [{"role": m["role"], "content": m["content"]} for m in reversed(newest)]
+        history = [{"role": m["role"], "content": m["content"], **tool_fields(m)}
+                   for m in reversed(newest)]
         return doc.get("persona"), history
 
     def append(self, write: TurnWrite) -> None:

@@ -3,7 +3,8 @@
     ChatqError                      code, HTTP status, message, details
     ├── ConfigError                 bad settings or registry: refuse to start
     ├── InvalidRequest      422     a field is wrong (names the field)
-    │   └── UnsafeWebhook   422     a webhook target chatq must not call (SSRF guard)
+    │   ├── UnsafeWebhook   422     a webhook target chatq must not call (SSRF guard)
+    │   └── InvalidTools    400     a malformed tool, tool_choice or tool message (names it)
     ├── ContextOverflow     400     prompt + max_tokens over the model's context
     ├── UnsupportedParameter 400    a sampling parameter the model's upstream cannot
     │                               honour (names it)
@@ -78,6 +79,13 @@ class UnsafeWebhook(InvalidRequest):
         super().__init__(f"invalid request: {field}: {message}",
                          details=[{"field": field, "message": message, "type": self.code}])
         self.reason = message
+
+
+class InvalidTools(InvalidRequest):
+    """A malformed tool definition, tool choice or tool message: 400 on every path
+    (as OpenAI answers it), naming the parameter."""
+
+    status = 400
 
 
 class ContextOverflow(ChatqError):

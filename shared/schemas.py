@@ -147,8 +147,35 @@ def cancel_at(cancel_after: float | datetime | None, submitted_at: float) -> flo
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    role: Literal["system", "user", "assistant"]
-    content: str = Field(max_length=1_000_000)
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = Field("", max_length=1_000_000)
+    tool_calls: list[dict[str, Any]] | None = Field(
+        None, description="An assistant turn's calls (OpenAI shape: id, type `function`, "
+                          "function.name, function.arguments as a JSON string).")
+    tool_call_id: str | None = Field(
+        None, max_length=256, description="A `tool` message: the call it answers.")
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _no_content(cls, value: object) -> object:
+        return "" if value is None else value  # an assistant turn of only tool calls
+
+
+# Tool fields, defined once (checked at submit by shared.tools: a 400 naming the param).
+ToolsField = Annotated[
+    list[dict[str, Any]] | None,
+    Field(None, description="Functions the model may call: `[{\"type\": \"function\", "
+                            "\"function\": {\"name\", \"description\", \"parameters\"}}]` "
+                            "(parameters: a JSON Schema, enforced by grammar when forced).")]
+ToolChoiceField = Annotated[
+    str | dict[str, Any] | None,
+    Field(None, description="`auto` (default with tools), `none`, `required`, or "
+                            "`{\"type\": \"function\", \"function\": {\"name\": ...}}`; "
+                            "`required` and a named function are forced by a grammar.")]
+ParallelToolCallsField = Annotated[
+    bool | None,
+    Field(None, description="`false`: at most one call per answer. A forced answer "
+                            "(`required`, a named function) is always one call.")]
 
 
 # Sampling fields, defined once (None = the model's registry default).
@@ -310,6 +337,9 @@ class JobRequest(BaseModel):
     logprobs: LogprobsField = None
     top_logprobs: TopLogprobsField = None
     response_format: ResponseFormatField = None
+    tools: ToolsField = None
+    tool_choice: ToolChoiceField = None
+    parallel_tool_calls: ParallelToolCallsField = None
     metadata: dict[str, Any] | None = Field(None, description="Caller data, returned as given.")
     webhook: str | None = Field(
         None, max_length=WEBHOOK_URL_MAX,
@@ -437,6 +467,17 @@ class WebhookDelivery(BaseModel):
     delivered_at: datetime | None = None
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str = Field(description="The arguments as a JSON object, in a string.")
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Job(BaseModel):
     """What ``GET /v1/jobs/{id}`` returns."""
 
@@ -454,6 +495,9 @@ class Job(BaseModel):
         None, description="With `logprobs` asked: each output token so far, OpenAI's shape "
                           "(`token`, `logprob`, `bytes`, `top_logprobs`); the tokens add up "
                           "to `output`.")
+    tool_calls: list[ToolCall] | None = Field(
+        None, description="The calls the answer makes (finish_reason `tool_calls`); "
+                          "`output` then holds the raw text they were read from.")
     finish_reason: str | None = None
     usage: Usage | None = None
     timings: Timings = Timings()

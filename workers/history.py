@@ -19,10 +19,11 @@ from shared.conversations import WorkerConversationStore
 from shared.lifecycle import JobRecord
 from shared.personas import parse_persona, persona_turns
 from shared.prompting import Prompt, PromptRenderer
+from shared.tools import ToolSet, prompt_messages
 
 log = logging.getLogger(__name__)
 
-Messages = list[dict[str, str]]
+Messages = list[dict[str, Any]]
 
 
 @dataclass
@@ -107,10 +108,13 @@ def plan_prompt(store: WorkerConversationStore, renderer: PromptRenderer | None,
     persona = parse_persona(record.persona or stored_persona)
     system = [m["content"] for m in record.messages if m["role"] == "system"]
     turn = [m for m in record.messages if m["role"] != "system"]
+    toolset = ToolSet.from_json(record.tools)
     if renderer is None or context_size is None:
+        # A remote server gets the functions and tool messages in the generic format.
         head = persona_turns(persona, system)
-        return PromptPlan(prompt=None, messages=[*head, *history, *turn], turn=turn,
-                          history_used=len(history))
+        messages = prompt_messages([*head, *history, *turn], toolset, native=False)
+        return PromptPlan(prompt=None, messages=messages, turn=turn, history_used=len(history))
+    renderer = renderer.for_tools(toolset)
     head = compatible_head(renderer, persona_turns(persona, system))
     budget = context_size - record.params.max_tokens
     dropped, prompt = fit_history(renderer, head, history, turn, budget)

@@ -26,6 +26,7 @@ from shared.lifecycle import BlockingJobs, Emitted, JobRecord, new_lease
 from shared.prompting import PromptRenderer
 from shared.schemas import JobKind, JobStatus, SamplingParams
 from shared.settings import Settings
+from shared.tools import ToolSet, parse_calls
 from workers.emitter import TokenEmitter
 from workers.engine import EmbeddingError, Engine, Generation, GenRequest, Outcome
 from workers.history import PromptPlan, plan_prompt
@@ -275,9 +276,12 @@ def _persist(w: Worker, record: JobRecord, plan: PromptPlan, answer: str) -> boo
     """
     if not record.conversation_id:
         return None
+    calls = parse_calls(answer, ToolSet.from_json(record.tools), record.id)
+    reply: dict[str, Any] = ({"role": "assistant", "content": "", "tool_calls": calls} if calls
+                             else {"role": "assistant", "content": answer})
     write = TurnWrite(
         conversation_id=record.conversation_id, tenant=record.tenant, job_id=record.id,
-        at=record.created_at, messages=[*plan.turn, {"role": "assistant", "content": answer}],
+        at=record.created_at, messages=[*plan.turn, reply],
         user_id=record.user_id, persona=record.persona, written_at=time.time(),
     )
     return w.persister.persist(write)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from api import conversations
 from api.deps import ServicesDep, TenantDep
 from shared.errors import NotFound
+from shared.schemas import ToolCall
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
 
@@ -18,6 +19,8 @@ router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
 class StoredMessage(BaseModel):
     role: str
     content: str
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
     job_id: str | None = None
     created_at: datetime | None = None
 

@@ -2,7 +2,9 @@
 
 The response ``id`` is the chatq job id (``GET /v1/jobs/{id}`` works on it).
 If the client goes away before the answer is complete, its job is cancelled.
-Errors on this path use OpenAI's error object (see ``api.errors``).
+Errors on this path use OpenAI's error object (see ``api.errors``). Tool calls are
+read from the finished answer (``shared.tools``); a stream holds back the text
+that may still be a call (:class:`_Held`) and sends the call as ``delta.tool_calls``.
 """
 
 from __future__ import annotations
@@ -33,18 +35,23 @@ from shared.schemas import (
     MaxTokensField,
     Message,
     MinPField,
+    ParallelToolCallsField,
     PresencePenaltyField,
     RepeatPenaltyField,
     ResponseFormatField,
     SeedField,
     StopField,
     TemperatureField,
+    ToolChoiceField,
+    ToolsField,
     TopKField,
     TopLogprobsField,
     TopPField,
     logit_bias_ids,
     top_logprobs_need_logprobs,
 )
+from shared.tools import ToolSet, could_be_call
+from shared.views import tool_calls
 
 router = APIRouter(prefix="/v1/chat", tags=["openai"])
 
@@ -67,16 +74,15 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     refusal: str | None = None  # an earlier answer's (always null from chatq)
-    # Tools (refused for now: see refuse_tools).
+    name: str | None = None  # refused except on a tool message (see refusals)
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
 
     def to_message(self) -> Message:
         text = (self.content if isinstance(self.content, str)
                 else "".join(p.text or "" for p in self.content or []))
-        role = "system" if self.role == "developer" else self.role
-        assert role != "tool"  # refused before (refuse_tools)
-        return Message(role=role, content=text)
+        return Message(role="system" if self.role == "developer" else self.role, content=text,
+                       tool_calls=self.tool_calls, tool_call_id=self.tool_call_id)
 
 
 class StreamOptions(BaseModel):
@@ -113,13 +119,13 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, max_length=256, description="Kept in the job's metadata.")
     metadata: dict[str, str] | None = Field(None, description="Kept in the job's metadata.")
+    tools: ToolsField = None
+    tool_choice: ToolChoiceField = None
+    parallel_tool_calls: ParallelToolCallsField = None
     # Refused unless neutral (see refusals).
     modalities: list[str] | None = None
     audio: dict[str, Any] | None = None
-    # Tools (refused for now: see refuse_tools).
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
+    # The deprecated forerunners of tools (refused: see refusals).
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
 
@@ -136,7 +142,7 @@ class ChatCompletionRequest(BaseModel):
 
     def refusals(self) -> list[tuple[str, str]]:
         """``(param, why)`` for each parameter asked for that chatq does not implement."""
-        problems = refuse_tools(self)
+        problems = refuse_functions(self)
         if self.n is not None and self.n > 1:
             problems.append(("n", "chatq returns one choice: n must be 1"))
         if self.modalities is not None and self.modalities != ["text"]:
@@ -164,32 +170,27 @@ class ChatCompletionRequest(BaseModel):
                 model=self.model, messages=[m.to_message() for m in self.messages],
                 max_tokens=self.max_completion_tokens or self.max_tokens,
                 metadata=metadata or None,
-                **self.model_dump(include=_SAMPLING, exclude_none=True, by_alias=True),
+                **self.model_dump(include=_SHARED, exclude_none=True, by_alias=True),
             )
         except ValueError as exc:
             raise InvalidRequest(f"invalid request: {exc}") from exc
 
 
 # Fields chatq's own request shares with OpenAI's, passed on as they are.
-_SAMPLING = {"temperature", "top_p", "stop", "seed", "top_k", "min_p", "repeat_penalty",
-             "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs",
-             "response_format"}
+_SHARED = {"temperature", "top_p", "stop", "seed", "top_k", "min_p", "repeat_penalty",
+           "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs",
+           "response_format", "tools", "tool_choice", "parallel_tool_calls"}
 
 
-def refuse_tools(body: ChatCompletionRequest) -> list[tuple[str, str]]:
-    """TOOLS: the one place tool calling is refused (``tools``, ``tool_choice``,
-    ``parallel_tool_calls``, the deprecated ``functions``/``function_call``, ``role:
-    "tool"`` messages and assistant ``tool_calls``). Replace it when tools land."""
-    why = "tool calling is not supported yet"
-    problems = [(name, why) for name in ("tools", "tool_choice", "parallel_tool_calls",
-                                         "functions", "function_call")
+def refuse_functions(body: ChatCompletionRequest) -> list[tuple[str, str]]:
+    """The deprecated ``functions``/``function_call`` (use ``tools``/``tool_choice``),
+    and a message ``name`` (chatq's prompt has no participant names; a tool message
+    may carry its function's name, as LangChain sends it)."""
+    problems = [(name, f"deprecated: use {new} instead") for name, new in
+                (("functions", "tools"), ("function_call", "tool_choice"))
                 if getattr(body, name) is not None]
-    for i, m in enumerate(body.messages):
-        if m.role == "tool":
-            problems.append((f"messages.{i}.role", why))
-        for name in ("tool_calls", "tool_call_id"):
-            if getattr(m, name) is not None:
-                problems.append((f"messages.{i}.{name}", why))
+    problems += [(f"messages.{i}.name", "message names are not supported")
+                 for i, m in enumerate(body.messages) if m.name is not None and m.role != "tool"]
     return problems
 
 
@@ -240,14 +241,25 @@ async def chat_completions(
     record, output = done
     if record.status is JobStatus.failed:
         raise JobFailed(record.id, record.error)
+    calls = tool_calls(record, output)
+    message: dict[str, Any] = {"role": "assistant", "content": output, "refusal": None}
+    logprobs = await jobs.answer_logprobs(svc, record)
+    if calls:  # the logprobs are the content's: a call has none
+        message = {**message, "content": None, "tool_calls": calls}
+        logprobs = [] if logprobs is not None else None
     return JSONResponse({
         "id": record.id, "object": "chat.completion", "created": created,
         "model": record.model, "system_fingerprint": None,
-        "choices": [{"index": 0, "logprobs": _logprobs(await jobs.answer_logprobs(svc, record)),
-                     "message": {"role": "assistant", "content": output, "refusal": None},
-                     "finish_reason": _FINISH.get(record.finish_reason or "stop", "stop")}],
+        "choices": [{"index": 0, "logprobs": _logprobs(logprobs), "message": message,
+                     "finish_reason": _finish(record, calls)}],
         "usage": _usage(record),
     })
+
+
+def _finish(record: JobRecord, calls: list[dict[str, Any]]) -> str:
+    if calls:
+        return "tool_calls"
+    return _FINISH.get(record.finish_reason or "stop", "stop")
 
 
 async def _wait_unless_disconnected(
@@ -270,22 +282,54 @@ async def _wait_unless_disconnected(
     return result[0] if result else None
 
 
+class _Held:
+    """The text a stream holds back while its answer may still be a tool call.
+
+    With ``tool_choice`` required or a named function the answer *is* a call: all
+    of it is held, and the call goes out at the end as ``delta.tool_calls``. With
+    ``auto`` text is held only while the answer could still turn out to be a call
+    (it begins like JSON); once it cannot, the held text goes out and the rest
+    streams as it comes. Without tools (or with ``none``) nothing is held.
+    """
+
+    def __init__(self, record: JobRecord) -> None:
+        toolset = ToolSet.from_json(record.tools)
+        self.forced = bool(toolset and toolset.forced)
+        self.holding = bool(toolset and toolset.choice != "none")
+        self.text = ""
+        self.logprobs: list[LogprobEntry] = []  # the held text's
+
+    def add(self, text: str, logprobs: list[LogprobEntry]) -> tuple[str, list[LogprobEntry]]:
+        """What may go out now, with its logprobs."""
+        if not self.holding:
+            return text, logprobs
+        self.text += text
+        self.logprobs += logprobs
+        if self.forced or could_be_call(self.text):
+            return "", []
+        released = (self.text, self.logprobs)
+        self.holding, self.text, self.logprobs = False, "", []
+        return released
+
+
 async def _stream(
     svc: Services, record: JobRecord, tenant: str, created: int, usage: bool
 ) -> AsyncIterator[str]:
     finished = False
+    held = _Held(record)
     try:
         yield _chunk(record, created, {"role": "assistant", "content": ""}, usage=usage)
         async for event in jobs.iterate_events(svc, record):
             if isinstance(event, TokenEvent):
-                lps = (event.logprobs or []) if record.params.logprobs else None
-                yield _chunk(record, created, {"content": event.text}, usage=usage,
-                             logprobs=lps)
+                text, lps = held.add(event.text, event.logprobs or [])
+                if text:
+                    yield _chunk(record, created, {"content": text}, usage=usage,
+                                 logprobs=lps if record.params.logprobs else None)
             elif isinstance(event, KeepaliveEvent):
                 yield KEEPALIVE
         finished = True
-        final, _ = await jobs.final(svc, record.id, tenant)
-        async for line in _ending(final, created, usage):
+        final, output = await jobs.final(svc, record.id, tenant)
+        async for line in _ending(final, output, held, created, usage):
             yield line
     finally:
         if not finished:  # the client went away mid-answer: stop generating for nobody
@@ -293,12 +337,19 @@ async def _stream(
                 await jobs.cancel(svc, record)
 
 
-async def _ending(final: JobRecord, created: int, usage: bool) -> AsyncIterator[str]:
+async def _ending(final: JobRecord, output: str, held: _Held, created: int,
+                  usage: bool) -> AsyncIterator[str]:
     if final.status is JobStatus.failed:
         yield _data(openai_body(JobFailed(final.id, final.error)))
     else:
-        finish = _FINISH.get(final.finish_reason or "stop", "stop")
-        yield _chunk(final, created, {}, finish, usage=usage)
+        calls = tool_calls(final, output)
+        if calls:
+            deltas = [{"index": i, **call} for i, call in enumerate(calls)]
+            yield _chunk(final, created, {"tool_calls": deltas}, usage=usage)
+        elif held.text:  # held back in case it was a call: it was not
+            yield _chunk(final, created, {"content": held.text}, usage=usage,
+                         logprobs=held.logprobs if final.params.logprobs else None)
+        yield _chunk(final, created, {}, _finish(final, calls), usage=usage)
         if usage:
             yield _data({**_chunk_body(final, created, []), "usage": _usage(final)})
     yield "data: [DONE]\n\n"

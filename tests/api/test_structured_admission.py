@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from api.jobs import sampling
+from api.jobs import sampling, tool_params
 from shared.errors import UnsupportedParameter
 from shared.registry import ModelSpec
 from shared.schemas import JobRequest
+from shared.tools import toolset_of
 
 
 def local_model(stop: list[str] | None = None) -> ModelSpec:
@@ -47,3 +48,17 @@ def test_an_unenforceable_schema_is_refused_naming_the_keyword() -> None:
         sampling(local_model(), job(response_format=bad))
     assert refused.value.details[0]["field"] == \
         "response_format.json_schema.schema.properties.a.maximum"
+
+
+def test_a_forced_tool_call_with_response_format_is_refused_naming_it() -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"x": {"type": "integer"}}}}}]
+    req = job(response_format={"type": "json_object"}, tools=tools, tool_choice="required")
+    toolset = toolset_of(req.tools, req.tool_choice)
+    with pytest.raises(UnsupportedParameter) as refused:
+        tool_params(local_model(), req, sampling(local_model(), req), toolset)
+    assert refused.value.details[0]["field"] == "response_format"
+    auto = job(response_format={"type": "json_object"}, tools=tools)
+    params = tool_params(local_model(), auto, sampling(local_model(), auto),
+                         toolset_of(auto.tools, auto.tool_choice))
+    assert params.grammar is not None and "root   ::= object" in params.grammar

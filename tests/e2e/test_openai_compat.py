@@ -25,6 +25,8 @@ from tests.helpers import hi, submit, wait_done
 
 MODEL = "smollm2-135m"
 ASK = [{"role": "user", "content": "Write one sentence about the sea."}]
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {
+    "type": "object", "properties": {"x": {"type": "integer"}}}}}
 
 
 @pytest.fixture
@@ -46,8 +48,11 @@ REFUSED: list[tuple[dict[str, Any], str]] = [
     ({"n": 2}, "n"),
     ({"modalities": ["text", "audio"]}, "modalities"),
     ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
-    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
-    ({"tool_choice": "required"}, "tool_choice"),
+    ({"functions": [{"name": "f", "parameters": {}}]}, "functions"),  # deprecated: tools
+    ({"function_call": "auto"}, "function_call"),
+    ({"tool_choice": "required"}, "tool_choice"),  # without tools
+    ({"tools": [TOOL], "tool_choice": "required", "response_format": {"type": "json_object"}},
+     "response_format"),  # a forced call is the whole answer
     ({"temperature": 5}, "temperature"),
     ({"max_tokens": 0}, "max_tokens"),
     ({"top_logprobs": 3}, "top_logprobs"),  # without logprobs
@@ -79,11 +84,10 @@ def test_unknown_fields_and_messages_are_400_naming_them(sdk: openai.OpenAI) -> 
         ({"messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]},
          "messages.0.content.0.type"),
-        ({"messages": [*ASK, {"role": "tool", "tool_call_id": "c1", "content": "4"}]},
-         "messages.1.role"),
-        ({"messages": [{"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
-            *ASK]}, "messages.0.tool_calls"),
+        ({"messages": [*ASK, {"role": "tool", "content": "4"}]}, "messages[1].tool_call_id"),
+        ({"messages": [{"role": "user", "content": "hi", "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]},
+         "messages[0].tool_calls"),
     ]
     for body, param in cases:
         with pytest.raises(openai.BadRequestError) as refused:

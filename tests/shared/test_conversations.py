@@ -171,3 +171,28 @@ def test_indexes_are_created_idempotently(
     names = {ix["name"] for ix in worker_store.conversations.list_indexes()}
     assert {"tenant_user_recent", "tenant_recent"} <= names
     assert "conversation_order" in {ix["name"] for ix in worker_store.messages.list_indexes()}
+
+
+def test_tool_calls_and_results_are_stored_and_loaded(worker_store: WorkerConversationStore,
+                                                     mongo_url: str, database: str) -> None:
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    first = TurnWrite(conversation_id="c-tools", tenant="t1", job_id="j1", at=1000.0,
+                      messages=[{"role": "user", "content": "Weather?"},
+                                {"role": "assistant", "content": "", "tool_calls": [call]}])
+    second = TurnWrite(conversation_id="c-tools", tenant="t1", job_id="j2", at=1001.0,
+                       messages=[{"role": "tool", "tool_call_id": "call_1", "content": "21 C"},
+                                 {"role": "assistant", "content": "It is 21 C."}])
+    worker_store.append(first)
+    worker_store.append(second)
+    _, history = worker_store.load("c-tools", "t1", "j3", 10)
+    assert history == [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "21 C", "tool_call_id": "call_1"},
+        {"role": "assistant", "content": "It is 21 C."},
+    ]
+    shown = with_api_store(mongo_url, database, lambda s: s.get("c-tools", "t1"))
+    assert shown is not None
+    assert [m.get("tool_calls") for m in shown["messages"]] == [None, [call], None, None]
+    assert shown["messages"][2]["tool_call_id"] == "call_1"

@@ -108,3 +108,27 @@ def test_a_template_that_wants_user_first_gets_the_greeting_in_the_system_messag
     assert [m["role"] for m in folded] == ["system"]
     assert "Hello there." in folded[0]["content"]
     strict.render([*folded, {"role": "user", "content": "Hi"}])  # renders now
+
+
+def test_tools_reach_the_demo_template_in_the_generic_format(renderer: PromptRenderer) -> None:
+    from shared.tools import toolset_of
+
+    toolset = toolset_of([{"type": "function", "function": {
+        "name": "get_weather", "parameters": {"type": "object", "properties": {
+            "city": {"type": "string"}}}}}], "auto")
+    bound = renderer.for_tools(toolset)
+    assert not renderer.supports_tools and renderer.toolset is None  # the original unchanged
+    turn = [{"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"id": "call_1", "type": "function",
+                 "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "21 C"}]
+    rendered = text(bound, turn)
+    assert rendered.startswith("<|im_start|>system\nYou can call these functions:")
+    assert '<|im_start|>assistant\n{"name": "get_weather", "arguments": {"city": "Paris"}}' \
+        in rendered
+    assert "<|im_start|>user\nResult of get_weather (call call_1):\n21 C" in rendered
+    # Trimming the history keeps the functions (they are part of every render).
+    dropped, prompt = fit_history(bound, [], history(10), turn, 500)
+    assert dropped > 0
+    assert "You can call these functions" in renderer.llm.detokenize(prompt.tokens).decode()
