@@ -30,11 +30,22 @@ def _many_open_files() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
+_FIGURES: list[str] = []
+
+
 def report(name: str, **figures: Any) -> None:
-    """One line of figures, for the README's reliability section."""
+    """One line of figures, for the README's reliability section (printed at the end of
+    the run, ``-q`` or not)."""
     shown = ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
                       for k, v in figures.items())
-    print(f"\n[fault figures] {name}: {shown}")
+    _FIGURES.append(f"{name}: {shown}")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _FIGURES:
+        terminalreporter.section("fault figures")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)
 
 
 def transitions(chatq: Chatq, job_id: str) -> list[Transition]:
