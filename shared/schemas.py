@@ -306,23 +306,10 @@ class SamplingParams(BaseModel):
     top_logprobs: int = 0  # alternatives per token (with logprobs), at most 20
 
 
-class JobRequest(BaseModel):
-    """Body of ``POST /v1/jobs`` (and ``/invocations``)."""
+class SamplingFields(BaseModel):
+    """The sampling and tool fields of a chat request, one definition and one set of
+    checks for ``POST /v1/jobs`` (:class:`JobRequest`) and ``/v1/chat/completions``."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    model: str | None = Field(None, description="Registry model name; default model if absent.")
-    messages: list[Message] = Field(min_length=1, description="OpenAI-style chat messages.")
-    conversation_id: str | None = Field(
-        None, min_length=1, max_length=128,
-        description="Continue this conversation (send only the new turn); a new one if absent.",
-    )
-    persona: Persona | None = Field(
-        None, description="`office` or `character` persona; kept on the conversation."
-    )
-    user_id: str | None = Field(
-        None, max_length=128, description="The end user; conversations are listed by it."
-    )
     max_tokens: MaxTokensField = None
     temperature: TemperatureField = None
     top_p: TopPField = None
@@ -340,6 +327,56 @@ class JobRequest(BaseModel):
     tools: ToolsField = None
     tool_choice: ToolChoiceField = None
     parallel_tool_calls: ParallelToolCallsField = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        logit_bias_ids(value)
+        return value
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs_need_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        return top_logprobs_need_logprobs(value, info)
+
+    def sampling_fields(self) -> dict[str, Any]:
+        """The request's sampling values as :class:`SamplingParams` names them (None:
+        not given; the model's default applies). ``response_format`` becomes a grammar
+        at admission."""
+        fields = self.model_dump(include=set(SamplingParams.model_fields) - {"logit_bias"})
+        return {**fields, "logit_bias": logit_bias_ids(self.logit_bias) or None}
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, value: str | list[str] | None) -> str | list[str] | None:
+        return cls.check_stop(value)
+
+    @staticmethod
+    def check_stop(value: str | list[str] | None) -> str | list[str] | None:
+        """At most 4 non-empty stop strings (shared by every route that takes ``stop``)."""
+        items = [value] if isinstance(value, str) else value or []
+        if len(items) > 4 or any(not s for s in items):
+            raise ValueError("stop takes at most 4 non-empty strings")
+        return value
+
+
+class JobRequest(SamplingFields):
+    """Body of ``POST /v1/jobs`` (and ``/invocations``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, description="Registry model name; default model if absent.")
+    messages: list[Message] = Field(min_length=1, description="OpenAI-style chat messages.")
+    conversation_id: str | None = Field(
+        None, min_length=1, max_length=128,
+        description="Continue this conversation (send only the new turn); a new one if absent.",
+    )
+    persona: Persona | None = Field(
+        None, description="`office` or `character` persona; kept on the conversation."
+    )
+    user_id: str | None = Field(
+        None, max_length=128, description="The end user; conversations are listed by it."
+    )
     metadata: dict[str, Any] | None = Field(None, description="Caller data, returned as given.")
     webhook: str | None = Field(
         None, max_length=WEBHOOK_URL_MAX,
@@ -389,43 +426,12 @@ class JobRequest(BaseModel):
             raise ValueError("webhook_events needs a webhook")
         return self
 
-    @field_validator("logit_bias")
-    @classmethod
-    def _logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        logit_bias_ids(value)
-        return value
-
-    @field_validator("top_logprobs")
-    @classmethod
-    def _top_logprobs_need_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
-        return top_logprobs_need_logprobs(value, info)
-
-    def sampling_fields(self) -> dict[str, Any]:
-        """The request's sampling values as :class:`SamplingParams` names them (None:
-        not given; the model's default applies). ``response_format`` becomes a grammar
-        at admission."""
-        fields = self.model_dump(include=set(SamplingParams.model_fields) - {"logit_bias"})
-        return {**fields, "logit_bias": logit_bias_ids(self.logit_bias) or None}
-
     def hook_events(self) -> list[WebhookEvent] | None:
         """The events to call the webhook on (None: no webhook)."""
         if self.webhook is None:
             return None
         chosen = set(self.webhook_events or [WebhookEvent.completed])
         return [e for e in WebhookEvent if e in chosen]  # in the order they happen
-
-    @field_validator("stop")
-    @classmethod
-    def _stop_list(cls, value: str | list[str] | None) -> str | list[str] | None:
-        return cls.check_stop(value)
-
-    @staticmethod
-    def check_stop(value: str | list[str] | None) -> str | list[str] | None:
-        """At most 4 non-empty stop strings (shared by every route that takes ``stop``)."""
-        items = [value] if isinstance(value, str) else value or []
-        if len(items) > 4 or any(not s for s in items):
-            raise ValueError("stop takes at most 4 non-empty strings")
-        return value
 
     def stop_list(self) -> list[str]:
         if self.stop is None:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from api import jobs
 from api.deps import ServicesDep, TenantDep
@@ -27,28 +27,11 @@ from shared.errors import InvalidRequest, JobFailed, UnsupportedParameter
 from shared.events import KeepaliveEvent, LogprobEntry, TokenEvent
 from shared.lifecycle import JobRecord
 from shared.schemas import (
-    FrequencyPenaltyField,
     JobRequest,
     JobStatus,
-    LogitBiasField,
-    LogprobsField,
     MaxTokensField,
     Message,
-    MinPField,
-    ParallelToolCallsField,
-    PresencePenaltyField,
-    RepeatPenaltyField,
-    ResponseFormatField,
-    SeedField,
-    StopField,
-    TemperatureField,
-    ToolChoiceField,
-    ToolsField,
-    TopKField,
-    TopLogprobsField,
-    TopPField,
-    logit_bias_ids,
-    top_logprobs_need_logprobs,
+    SamplingFields,
 )
 from shared.tools import ToolSet, could_be_call
 from shared.views import tool_calls
@@ -91,54 +74,27 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(SamplingFields):
     """OpenAI's chat request. Every field is either honoured or refused with a ``400``
-    naming it (:meth:`refusals`); an unknown field is refused too, never ignored."""
+    naming it (:meth:`refusals`); an unknown field is refused too, never ignored. The
+    sampling and tool fields are :class:`SamplingFields`, as on ``POST /v1/jobs``."""
 
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: MaxTokensField = None
     max_completion_tokens: MaxTokensField = None
-    temperature: TemperatureField = None
-    top_p: TopPField = None
-    stop: StopField = None
-    seed: SeedField = None
-    top_k: TopKField = None
-    min_p: MinPField = None
-    repeat_penalty: RepeatPenaltyField = None
-    presence_penalty: PresencePenaltyField = None
-    frequency_penalty: FrequencyPenaltyField = None
-    logit_bias: LogitBiasField = None
-    logprobs: LogprobsField = None
-    top_logprobs: TopLogprobsField = None
-    response_format: ResponseFormatField = None
     n: int | None = Field(None, ge=1, description="Choices to return: chatq returns one.")
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, max_length=256, description="Kept in the job's metadata.")
     metadata: dict[str, str] | None = Field(None, description="Kept in the job's metadata.")
-    tools: ToolsField = None
-    tool_choice: ToolChoiceField = None
-    parallel_tool_calls: ParallelToolCallsField = None
     # Refused unless neutral (see refusals).
     modalities: list[str] | None = None
     audio: dict[str, Any] | None = None
     # The deprecated forerunners of tools (refused: see refusals).
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
-
-    @field_validator("top_logprobs")
-    @classmethod
-    def _top_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
-        return top_logprobs_need_logprobs(value, info)
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        logit_bias_ids(value)
-        return value
 
     def refusals(self) -> list[tuple[str, str]]:
         """``(param, why)`` for each parameter asked for that chatq does not implement."""
