@@ -27,8 +27,9 @@ router = APIRouter(tags=["ancestor"])
 
 
 class AncestorRequest(BaseModel):
-    # The old servers ignored fields they did not know; so do these routes.
-    model_config = ConfigDict(extra="ignore")
+    # The old servers ignored fields they did not know; chatq refuses them (422 naming
+    # the field) rather than drop a parameter a caller thinks it set.
+    model_config = ConfigDict(extra="forbid")
 
     input_data: str = Field(min_length=1, max_length=500, description="The user's message.")
     db_id: str | int | None = Field(None, description="Conversation id (new one if absent).")

@@ -155,6 +155,13 @@ def test_ancestor_input_data_is_1_to_500_characters(client: httpx.Client, text: 
         assert response.json()["error"]["details"][0]["field"] == "input_data"
 
 
+def test_ancestor_routes_refuse_a_field_they_do_not_know(client: httpx.Client) -> None:
+    for path, extra in (("/office/Llama", {}), ("/character/Llama", {"character_name": "A"})):
+        response = client.post(path, json={"input_data": "Hi", "temperature": 0.2, **extra})
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["details"][0]["field"] == "temperature"
+
+
 def test_list_get_delete_with_pagination(client: httpx.Client) -> None:
     user = f"user-{uuid.uuid4().hex[:8]}"
     ids = [ask(client, f"Note {i}", user_id=user)["conversation_id"] for i in range(3)]
