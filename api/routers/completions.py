@@ -27,7 +27,7 @@ from api import jobs
 from api.deps import ServicesDep, TenantDep
 from api.errors import openai_body
 from api.routers.events import KEEPALIVE, SSE_HEADERS
-from api.routers.openai import StreamOptions, _wait_unless_disconnected
+from api.routers.openai import StreamOptions, openai_finish, wait_unless_disconnected
 from api.services import Services
 from shared.errors import InvalidRequest, JobFailed, UnsupportedParameter
 from shared.events import KeepaliveEvent, LogprobEntry, TokenEvent
@@ -45,9 +45,6 @@ from shared.schemas import (
 )
 
 router = APIRouter(prefix="/v1", tags=["openai"])
-
-_FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
-
 
 class CompletionRequest(BaseModel):
     """OpenAI's ``CreateCompletionRequest``; fields chatq does not implement are refused."""
@@ -187,10 +184,6 @@ async def _answer_logprobs(svc: Services, record: JobRecord) -> list[LogprobEntr
     return [e for ev in events if isinstance(ev, TokenEvent) for e in ev.logprobs or []]
 
 
-def _finish(record: JobRecord) -> str:
-    return _FINISH.get(record.finish_reason or "stop", "stop")
-
-
 def _usage(record: JobRecord) -> dict[str, int]:
     return dict(record.usage or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0})
 
@@ -209,7 +202,7 @@ async def completions(
         stream = _stream(svc, record, tenant, created, usage, offset,
                          body.text() if body.echo else "")
         return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
-    done = await _wait_unless_disconnected(request, svc, record, tenant)
+    done = await wait_unless_disconnected(request, svc, record, tenant)
     if done is None:
         return JSONResponse({}, status_code=499)  # nobody is listening any more
     record, output = done
@@ -219,7 +212,7 @@ async def completions(
     if body.logprobs is not None:
         logprobs = legacy_logprobs(await _answer_logprobs(svc, record), len(body.text()))
     text = body.text() + output if body.echo else output
-    choice = _choice(text, _finish(record), logprobs)
+    choice = _choice(text, openai_finish(record), logprobs)
     return JSONResponse({**_body(record, created, [choice]), "usage": _usage(record)})
 
 
@@ -248,7 +241,7 @@ async def _stream(  # noqa: PLR0917 (the stream's whole context)
         if final.status is JobStatus.failed:
             yield _data(openai_body(JobFailed(final.id, final.error)))
         else:
-            yield _data(_body(final, created, [_choice("", _finish(final))]))
+            yield _data(_body(final, created, [_choice("", openai_finish(final))]))
             if usage:
                 yield _data({**_body(final, created, []), "usage": _usage(final)})
         yield "data: [DONE]\n\n"

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api import jobs
 from api.deps import ServicesDep, TenantDep
-from api.routers.openai import _wait_unless_disconnected
+from api.routers.openai import wait_unless_disconnected
 from shared import vectors
 from shared.errors import JobFailed, UnsupportedParameter
 from shared.schemas import JobKind, JobRequest, JobStatus, Message
@@ -99,7 +99,7 @@ async def embeddings(
     job = body.to_job()
     job.model = body.model or svc.registry.embedding_name
     record = await jobs.submit_text(svc, job, tenant, JobKind.embedding, body.texts())
-    done = await _wait_unless_disconnected(request, svc, record, tenant)
+    done = await wait_unless_disconnected(request, svc, record, tenant)
     if done is None:
         return JSONResponse({}, status_code=499)  # nobody is listening any more
     record, _ = done

@@ -38,7 +38,8 @@ from shared.views import tool_calls
 
 router = APIRouter(prefix="/v1/chat", tags=["openai"])
 
-_FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
+# chatq's finish reasons as OpenAI names them (a cancelled job stopped).
+FINISH_REASONS = {"stop": "stop", "length": "length", "cancelled": "stop"}
 
 
 class ContentPart(BaseModel):
@@ -191,7 +192,7 @@ async def chat_completions(
         usage = bool(body.stream_options and body.stream_options.include_usage)
         stream = _stream(svc, record, tenant, created, usage)
         return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
-    done = await _wait_unless_disconnected(request, svc, record, tenant)
+    done = await wait_unless_disconnected(request, svc, record, tenant)
     if done is None:
         return JSONResponse({}, status_code=499)  # nobody is listening any more
     record, output = done
@@ -215,10 +216,15 @@ async def chat_completions(
 def _finish(record: JobRecord, calls: list[dict[str, Any]]) -> str:
     if calls:
         return "tool_calls"
-    return _FINISH.get(record.finish_reason or "stop", "stop")
+    return openai_finish(record)
 
 
-async def _wait_unless_disconnected(
+def openai_finish(record: JobRecord) -> str:
+    """The job's finish reason as OpenAI names it."""
+    return FINISH_REASONS.get(record.finish_reason or "stop", "stop")
+
+
+async def wait_unless_disconnected(
     request: Request, svc: Services, record: JobRecord, tenant: str
 ) -> tuple[JobRecord, str] | None:
     """Wait for the job; cancel it (and return None) if the client disconnects first."""
