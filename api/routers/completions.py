@@ -133,6 +133,9 @@ class CompletionRequest(BaseModel):
                                      "compute the prompt's logprobs)"))
         if self.suffix is not None:
             problems.append(("suffix", "insertion after a suffix is not supported"))
+        if self.stream_options is not None and not self.stream:
+            problems.append(("stream_options", "stream_options is only allowed when stream "
+                                               "is true"))
         return problems
 
     def to_job(self) -> JobRequest:

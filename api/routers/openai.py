@@ -106,6 +106,9 @@ class ChatCompletionRequest(SamplingFields):
             problems.append(("modalities", "chatq answers text only"))
         if self.audio is not None:
             problems.append(("audio", "chatq answers text only"))
+        if self.stream_options is not None and not self.stream:
+            problems.append(("stream_options", "stream_options is only allowed when stream "
+                                               "is true"))
         for i, m in enumerate(self.messages):
             for j, part in enumerate(m.content if isinstance(m.content, list) else []):
                 if part.type != "text":

@@ -92,6 +92,7 @@ def test_a_completion_refuses_bad_fields(fields: dict[str, Any], param: str) -> 
     ({"echo": True, "logprobs": 1}, "echo"),
     ({"suffix": ""}, "suffix"),
     ({"best_of": 3}, "best_of"),
+    ({"stream_options": {"include_usage": True}}, "stream_options"),  # without stream
     ({"n": 2}, "n"),
 ])
 def test_a_completion_refuses_what_chatq_does_not_do(fields: dict[str, Any],

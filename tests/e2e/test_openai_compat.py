@@ -55,6 +55,7 @@ REFUSED: list[tuple[dict[str, Any], str]] = [
      "response_format"),  # a forced call is the whole answer
     ({"temperature": 5}, "temperature"),
     ({"max_tokens": 0}, "max_tokens"),
+    ({"stream_options": {"include_usage": True}}, "stream_options"),  # without stream
     ({"top_logprobs": 3}, "top_logprobs"),  # without logprobs
     ({"logit_bias": {"x": 5}}, "logit_bias"),
     ({"response_format": {"type": "json_schema", "json_schema": {

@@ -236,6 +236,7 @@ def test_completion_stream_ends_with_done(client: httpx.Client) -> None:
     ({"echo": True, "logprobs": 1}, "echo"),
     ({"suffix": "!"}, "suffix"),
     ({"best_of": 2}, "best_of"),
+    ({"stream_options": {"include_usage": True}}, "stream_options"),  # without stream
     ({"n": 2}, "n"),
     ({"logprobs": 6}, "logprobs"),
     ({"prompt": ["a", "b"]}, "prompt"),
