@@ -23,6 +23,7 @@ What must hold for every engine:
 from __future__ import annotations
 
 import abc
+import queue
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -113,6 +114,20 @@ class Generation(abc.ABC):
     @abc.abstractmethod
     def cancel(self) -> None:
         """Stop within about one token (finish_reason ``cancelled``). Idempotent."""
+
+
+def drain(out: queue.Queue[Piece | None], poll_s: float) -> Iterator[Piece | None]:
+    """:meth:`Generation.pieces` of a generation that puts its pieces on ``out`` and
+    ``None`` when it ends: each piece, and ``None`` whenever ``poll_s`` passes empty."""
+    while True:
+        try:
+            piece = out.get(timeout=poll_s)
+        except queue.Empty:
+            yield None
+            continue
+        if piece is None:
+            return
+        yield piece
 
 
 class Engine(abc.ABC):

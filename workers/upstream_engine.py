@@ -63,6 +63,7 @@ from workers.engine import (
     Piece,
     TokenLogprob,
     TopLogprob,
+    drain,
 )
 
 log = logging.getLogger(__name__)
@@ -192,15 +193,7 @@ class UpstreamGeneration(Generation):
     # --- the task layer's side (its own thread) ------------------------------------
 
     def pieces(self, poll_s: float) -> Iterator[Piece | None]:
-        while True:
-            try:
-                piece = self._out.get(timeout=poll_s)
-            except queue.Empty:
-                yield None
-                continue
-            if piece is None:
-                return
-            yield piece
+        return drain(self._out, poll_s)
 
     def cancel(self) -> None:
         if self._cancel.is_set():

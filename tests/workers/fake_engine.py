@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from workers.engine import Engine, Generation, GenRequest, Outcome, Piece
+from workers.engine import Engine, Generation, GenRequest, Outcome, Piece, drain
 from workers.text import TextAssembler
 
 Script = Callable[[GenRequest], str]
@@ -34,15 +34,7 @@ class FakeGeneration(Generation):
         self.cancelled.set()
 
     def pieces(self, poll_s: float) -> Iterator[Piece | None]:
-        while True:
-            try:
-                piece = self._out.get(timeout=poll_s)
-            except queue.Empty:
-                yield None
-                continue
-            if piece is None:
-                return
-            yield piece
+        return drain(self._out, poll_s)
 
     def _run(self) -> None:
         with self.engine.lock:
