@@ -99,15 +99,17 @@ async def check_vocabulary(svc: Services, spec: ModelSpec, params: SamplingParam
                           f"({n_vocab} tokens)")
 
 
-def overflow_message(context_size: int, prompt_tokens: int, max_tokens: int) -> str:
-    """OpenAI's wording of a context overflow: LangChain and LiteLLM recognise it."""
+def overflow_message(context_size: int, prompt_tokens: int, max_tokens: int,
+                     what: str = "messages") -> str:
+    """OpenAI's wording of a context overflow: LangChain and LiteLLM recognise it.
+    ``what`` names the text that was counted (``messages``, ``prompt``, ``input[1]``)."""
     head = f"This model's maximum context length is {context_size} tokens. However, "
     if prompt_tokens >= context_size:
-        return (head + f"your messages resulted in {prompt_tokens} tokens. Please reduce "
-                "the length of the messages.")
+        return (head + f"your {what} resulted in {prompt_tokens} tokens. Please reduce "
+                f"the length of the {what}.")
     return (head + f"you requested {prompt_tokens + max_tokens} tokens ({prompt_tokens} in "
-            f"the messages, {max_tokens} in the completion). Please reduce the length of "
-            "the messages or completion.")
+            f"the {what}, {max_tokens} in the completion). Please reduce the length of "
+            f"the {what} or completion.")
 
 
 def tool_params(spec: ModelSpec, req: JobRequest, params: SamplingParams,
@@ -227,11 +229,8 @@ async def check_texts(svc: Services, spec: ModelSpec, texts: list[str], max_toke
     for i, n in enumerate(counts):
         if n + max_tokens > spec.context_size:
             where = f"{field}[{i}]" if len(texts) > 1 else field
-            raise ContextOverflow(  # worded as OpenAI words it (clients match the wording)
-                f"This model's maximum context length is {spec.context_size} tokens. "
-                f"However, you requested {n + max_tokens} tokens ({n} in {where}; "
-                f"{max_tokens} for the completion). Please reduce {where} or the completion "
-                "length.",
+            raise ContextOverflow(
+                overflow_message(spec.context_size, n, max_tokens, where),
                 details={"prompt_tokens": n, "max_tokens": max_tokens,
                          "context_size": spec.context_size, "field": where})
     return sum(counts)
