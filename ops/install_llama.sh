@@ -6,6 +6,20 @@
 set -euo pipefail
 py=$1
 version=$2
+# llama.cpp's default CPU build is -march=native, which takes AMX where the CPU lists it;
+# in a VM that does not hand AMX tile state to guests (Firecracker, some clouds), the first
+# matrix multiply then dies (SIGSEGV in ggml_backend_amx_mul_mat). Unless CMAKE_ARGS picks
+# the CPU build itself (GGML_NATIVE), build for the features this CPU lists, without AMX.
+if [[ "$(uname -m)" == x86_64 && "${CMAKE_ARGS:-}" != *GGML_NATIVE* && -r /proc/cpuinfo ]]; then
+  flags=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
+  cpu="-DGGML_NATIVE=OFF"
+  for pair in sse4_2:SSE42 avx:AVX avx2:AVX2 fma:FMA f16c:F16C bmi2:BMI2 avx_vnni:AVX_VNNI \
+              avx512f:AVX512 avx512vbmi:AVX512_VBMI avx512_vnni:AVX512_VNNI \
+              avx512_bf16:AVX512_BF16; do
+    if [[ "$flags" == *" ${pair%%:*} "* ]]; then cpu+=" -DGGML_${pair#*:}=ON"; fi
+  done
+  export CMAKE_ARGS="${CMAKE_ARGS:+$CMAKE_ARGS }$cpu -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+fi
 variant=$(printf '%s' "${CMAKE_ARGS:-}" | sha1sum | cut -c1-8)
 cache="${CHATQ_WHEEL_CACHE:-$HOME/.cache/chatq/wheels}/llama-cpp-python-$version-$variant"
 if ! compgen -G "$cache/llama_cpp_python-$version-*.whl" >/dev/null; then
