@@ -19,13 +19,15 @@ targets:
 
 Per-stream tokens/s is (tokens - 1) / (last token - first token); aggregate
 tokens/s is all tokens of a round over its wall-clock time, first request to
-last token. ``CHATQ_WORKER__N_THREADS`` sets llama.cpp's threads on both sides.
+last token. Both sides run llama.cpp with the engine's threads (the registry's
+``n_threads``, else ``CHATQ_WORKER__N_THREADS``, else every core this process may use).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import threading
@@ -180,7 +182,11 @@ def direct_rounds(spec: ModelSpec, path: Path, prompts: list[str], max_tokens: i
     """llama-cpp-python with the model's load options and flash attention as the engine
     runs it (llama.cpp's "auto": on where the build supports it, as here), from an empty
     KV cache each call; then the same reusing its prefix cache (for information)."""
-    options = {"n_threads": n_threads, "flash_attn": True, **spec.llama_kwargs()}
+    # llama-cpp-python's own default is half the cores for generation: give it the
+    # engine's threads instead (the registry's, else the worker's, else every core).
+    threads = engine_threads(spec, n_threads)
+    options = {"n_threads": threads, "n_threads_batch": threads, "flash_attn": True,
+               **spec.llama_kwargs()}
     llm = Llama(model_path=str(path), verbose=False, **options)
     rounds = []
     for fresh, name in ((True, "llama-cpp-python direct"), (False, "direct, prefix cache")):
@@ -190,6 +196,11 @@ def direct_rounds(spec: ModelSpec, path: Path, prompts: list[str], max_tokens: i
         rounds.append(Round(name, 1, streams, time.perf_counter() - started))
     llm.close()
     return rounds[0], rounds[1]
+
+
+def engine_threads(spec: ModelSpec, n_threads: int | None) -> int:
+    """llama.cpp threads as :class:`workers.llama_engine.LlamaEngine` picks them."""
+    return spec.n_threads or n_threads or len(os.sched_getaffinity(0))
 
 
 def verdict(ok: bool) -> str:
@@ -233,8 +244,9 @@ def main() -> None:
     d, cached = direct_rounds(spec, registry.gguf_path(spec), prompts, args.max_tokens,
                               settings.worker.n_threads)
     print(f"\nchatq vs llama-cpp-python direct: model {spec.name}, slots {spec.slots}, "
-          f"max_tokens {args.max_tokens}, greedy, threads {settings.worker.n_threads or 'all'}, "
-          f"flash attention on both sides")
+          f"max_tokens {args.max_tokens}, greedy, "
+          f"threads {engine_threads(spec, settings.worker.n_threads)} on both sides, "
+          f"flash attention")
     for r in (d, one, many, cached):
         print(r.line())
     summary(d, one, many)
