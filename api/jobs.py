@@ -368,10 +368,27 @@ def _ends(batch: list[Event] | None) -> bool:
     return batch is None or any(is_terminal(e) for e in batch)
 
 
-async def iterate_events(svc: Services, record: JobRecord, last_seq: int = 0
-                         ) -> AsyncIterator[Event]:
+def joined(events: list[Event]) -> list[Event]:
+    """Runs of token events as one each: the text joined, the logprobs in order, the
+    last ``seq``. What the worker sent in one batch then costs one chunk, not one per
+    token, for a client that does not resume by ``seq`` (the OpenAI streams)."""
+    out: list[Event] = []
+    for event in events:
+        last = out[-1] if out else None
+        if isinstance(event, TokenEvent) and isinstance(last, TokenEvent):
+            logprobs = (None if last.logprobs is None and event.logprobs is None
+                        else [*(last.logprobs or []), *(event.logprobs or [])])
+            out[-1] = TokenEvent(seq=event.seq, text=last.text + event.text, logprobs=logprobs)
+        else:
+            out.append(event)
+    return out
+
+
+async def iterate_events(svc: Services, record: JobRecord, last_seq: int = 0, *,
+                         join_tokens: bool = False) -> AsyncIterator[Event]:
     """The job's events after ``last_seq``: tokens once each and in order, status changes,
-    keepalives while idle; ends after the terminal status."""
+    keepalives while idle; ends after the terminal status. ``join_tokens``: the tokens
+    that arrive together as one event (:func:`joined`)."""
     merger = EventMerger(last_seq)
     keepalive = svc.settings.api.sse_keepalive_s
     async with svc.hub.subscribe(record.id) as queue:
@@ -382,7 +399,8 @@ async def iterate_events(svc: Services, record: JobRecord, last_seq: int = 0
         while True:
             if pending is None:
                 pending = await _replay(svc, record)
-            for event in merger.fresh(pending):
+            fresh = merger.fresh(pending)
+            for event in joined(fresh) if join_tokens else fresh:
                 yield event
                 if is_terminal(event):
                     return

@@ -230,7 +230,7 @@ async def _stream(  # noqa: PLR0917 (the stream's whole context)
     try:
         if echo:
             yield _data(_body(record, created, [_choice(echo, None)]))
-        async for event in jobs.iterate_events(svc, record):
+        async for event in jobs.iterate_events(svc, record, join_tokens=True):
             if isinstance(event, TokenEvent):
                 logprobs = None
                 if offset is not None:

@@ -284,7 +284,7 @@ async def _stream(
     held = _Held(record)
     try:
         yield _chunk(record, created, {"role": "assistant", "content": ""}, usage=usage)
-        async for event in jobs.iterate_events(svc, record):
+        async for event in jobs.iterate_events(svc, record, join_tokens=True):
             if isinstance(event, TokenEvent):
                 text, lps = held.add(event.text, event.logprobs or [])
                 if text:
