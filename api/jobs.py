@@ -175,6 +175,7 @@ async def submit(svc: Services, req: JobRequest, tenant: str) -> JobRecord:
         id=new_job_id(), status=JobStatus.queued, model=spec.name, queue=spec.queue,
         tenant=tenant, params=params, messages=messages, created_at=now,
         conversation_id=req.conversation_id or new_conversation_id(),
+        fresh_conversation=not req.conversation_id,
         persona=req.persona.model_dump() if req.persona else None, metadata=req.metadata,
         user_id=req.user_id, priority=req.priority, cancel_at=deadline, webhook=req.webhook,
         webhook_events=[e.value for e in req.hook_events() or []] or None,

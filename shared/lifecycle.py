@@ -55,7 +55,7 @@ LUA_DIR = Path(__file__).with_name("lua")
 
 # Fields stored as JSON inside the job hash; the rest are plain strings/numbers.
 _JSON_FIELDS = ("params", "messages", "persona", "metadata", "usage", "timings", "error",
-                "persisted", "webhook_events", "inputs", "result", "tools")
+                "persisted", "webhook_events", "inputs", "result", "tools", "fresh_conversation")
 _FLOAT_FIELDS = ("created_at", "started_at", "finished_at", "expires_at", "rank", "run_at",
                  "cancel_at")
 _INT_FIELDS = ("attempts", "seq", "completion_tokens", "prompt_tokens", "history_messages",
@@ -101,6 +101,8 @@ class JobRecord:
     messages: list[dict[str, Any]]
     created_at: float
     conversation_id: str | None = None
+    # The API made conversation_id for this job: it has no stored turns to load.
+    fresh_conversation: bool = False
     persona: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
     priority: Priority = Priority.interactive
@@ -158,7 +160,7 @@ class JobRecord:
         names = ("id", "status", "model", "queue", "tenant", "messages", "created_at",
                  "conversation_id", "persona", "metadata", "user_id", "priority",
                  "expires_at", "dispatch", "cancel_at", "webhook", "webhook_events", "kind",
-                 "inputs", "tools")
+                 "inputs", "tools", "fresh_conversation")
         fields = {name: getattr(self, name) for name in names}
         return {**fields, "params": self.params.model_dump(), "attempts": 0, "rank": self.rank}
 

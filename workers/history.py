@@ -87,8 +87,8 @@ def compatible_head(renderer: PromptRenderer, head: Messages) -> Messages:
 
 def _stored(store: WorkerConversationStore, record: JobRecord, limit: int,
             ctx: dict[str, Any]) -> tuple[dict[str, Any] | None, Messages]:
-    if not record.conversation_id:
-        return None, []
+    if not record.conversation_id or record.fresh_conversation:
+        return None, []  # none, or one the API made for this job: nothing stored before it
     try:
         return store.load(record.conversation_id, record.tenant, record.id, limit)
     except PyMongoError as exc:

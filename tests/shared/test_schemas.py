@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from shared import lifecycle
 from shared.lifecycle import JobRecord
 from shared.schemas import (
     JobRequest,
@@ -103,12 +104,12 @@ def test_the_new_record_fields_survive_a_round_trip() -> None:
                     params=SamplingParams(max_tokens=1, temperature=0, top_p=1),
                     messages=MESSAGES, created_at=10.0, priority=Priority.batch,
                     cancel_at=40.0, webhook="https://example.com/h",
-                    webhook_events=["start", "completed"])
-    flat = {k: v if isinstance(v, str) else str(v) for k, v in rec.create_fields().items()
-            if v is not None}
-    flat |= {"params": rec.params.model_dump_json(), "messages": '[{"role": "user", '
-             '"content": "hi"}]', "webhook_events": '["start", "completed"]'}
-    back = JobRecord.decode(flat)
+                    webhook_events=["start", "completed"], conversation_id="conv_x",
+                    fresh_conversation=True)
+    encoded = lifecycle._encode(rec.create_fields())  # what the create script stores
+    back = JobRecord.decode(dict(zip(encoded[::2], encoded[1::2], strict=True)))
     assert (back.priority, back.cancel_at, back.webhook, back.webhook_events) == (
         Priority.batch, 40.0, "https://example.com/h", ["start", "completed"])
+    assert back.conversation_id == "conv_x" and back.fresh_conversation is True
+    assert back.messages == MESSAGES and back.params == rec.params
     assert back.rank == rec.rank == 10.0 + 1e10

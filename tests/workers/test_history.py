@@ -132,3 +132,35 @@ def test_tools_reach_the_demo_template_in_the_generic_format(renderer: PromptRen
     dropped, prompt = fit_history(bound, [], history(10), turn, 500)
     assert dropped > 0
     assert "You can call these functions" in renderer.llm.detokenize(prompt.tokens).decode()
+
+
+class _Store:
+    """Stored turns for any conversation id; records which ids were read."""
+
+    def __init__(self) -> None:
+        self.loads: list[str] = []
+
+    def load(self, conversation_id: str, tenant: str, exclude_job: str,
+             limit: int) -> tuple[None, list[dict[str, str]]]:
+        self.loads.append(conversation_id)
+        return None, history(1, words=2)
+
+
+def test_a_conversation_the_api_made_for_the_job_is_not_read(renderer: PromptRenderer) -> None:
+    from shared.lifecycle import JobRecord
+    from shared.schemas import JobStatus, SamplingParams
+    from workers.history import plan_prompt
+
+    def record(conversation_id: str, fresh: bool) -> JobRecord:
+        return JobRecord(id="job_1", status=JobStatus.running, model="m", queue="cpu",
+                         tenant="t", params=SamplingParams(max_tokens=8, temperature=0, top_p=1),
+                         created_at=1.0,
+                         messages=[{"role": "user", "content": "Hi"}],
+                         conversation_id=conversation_id, fresh_conversation=fresh)
+
+    store = _Store()
+    fresh = plan_prompt(store, renderer, 2048, record("conv_new", True), {})  # type: ignore[arg-type]
+    assert store.loads == [] and fresh.history_used == 0
+    assert fresh.messages == [{"role": "user", "content": "Hi"}]
+    given = plan_prompt(store, renderer, 2048, record("conv_old", False), {})  # type: ignore[arg-type]
+    assert store.loads == ["conv_old"] and given.history_used == 2
