@@ -63,6 +63,11 @@ class Keys:
         """String flag: set when the job is cancelled; the worker checks it between tokens."""
         return f"{self.prefix}:job:{job_id}:cancel"
 
+    def cancels(self) -> str:
+        """Pub/sub channel: ids of running jobs asked to stop; workers stop them at once
+        (the cancel flag stays, read at each write of the job's tokens)."""
+        return f"{self.prefix}:cancels"
+
     def tombstone(self, job_id: str) -> str:
         """String: left behind when a job record expires, so its id answers 410, not 404."""
         return f"{self.prefix}:gone:{job_id}"

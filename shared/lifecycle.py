@@ -363,9 +363,11 @@ class Lifecycle:
 
     def cancel(self, record: JobRecord) -> Op[Cancelled]:
         """Stop a job: a queued one ends now (it never runs), a running one's worker is
-        asked to stop between tokens; one that has ended is left as it is."""
+        asked to stop (a message on the cancel channel, and the flag its next write of
+        tokens reads); one that has ended is left as it is."""
         cfg = self.cfg
-        args = (record.id, time.time(), cfg.retention_s, cfg.transitions_max, cfg.cancel_flag_s)
+        args = (record.id, time.time(), cfg.retention_s, cfg.transitions_max, cfg.cancel_flag_s,
+                self.keys.cancels())
         return Op("cancel", self._finish_keys(record.id, record.queue), args,
                   lambda reply: Cancelled(str(reply[0]), str(reply[1])))
 

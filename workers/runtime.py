@@ -31,6 +31,7 @@ from shared.opstats import batch_increments
 from shared.recovery import Sweeper, SweeperThread
 from shared.registry import ModelSpec, Registry
 from shared.settings import Settings
+from workers.cancels import CancelListener
 from workers.engine import Engine
 from workers.llama_engine import LlamaEngine
 from workers.persistence import OutboxDrainer, Persister
@@ -136,6 +137,8 @@ class Runtime:
         self.heartbeat = Heartbeat(self.redis, self.jobs.keys, settings, info, self.engine)
         self.heartbeat.beat()
         self.heartbeat.start()
+        self.cancels = CancelListener(self.redis, self.jobs.keys.cancels())
+        self.cancels.start()
         conv = settings.conversations
         self.mongo = make_sync_mongo_client(settings, conv.mongo_timeout_ms)
         self.conversations = WorkerConversationStore(self.mongo, settings.mongo_db)
@@ -148,6 +151,7 @@ class Runtime:
         self.sweeper.start()
 
     def close(self) -> None:
+        self.cancels.stop()
         self.sweeper.stop()
         self.drainer.stop()
         self.heartbeat.stop()

@@ -45,6 +45,11 @@ class Persists(Protocol):
     def persist(self, write: TurnWrite) -> bool: ...
 
 
+class Cancels(Protocol):
+    def watch(self, job_id: str, generation: Generation) -> None: ...
+    def forget(self, job_id: str) -> None: ...
+
+
 class Worker(Protocol):
     """What a job needs of the process it runs in (:class:`workers.runtime.Runtime`)."""
 
@@ -59,6 +64,9 @@ class Worker(Protocol):
 
     @property
     def heartbeat(self) -> Tracker: ...
+
+    @property
+    def cancels(self) -> Cancels: ...
 
 
 def run_job(w: Worker, job_id: str, dispatch: int = 1) -> None:
@@ -101,7 +109,12 @@ def _generate(w: Worker, record: JobRecord, output: str, ctx: dict[str, Any]) ->
     generation = w.engine.submit(_request(w, record, plan, output))
     log.info("job started", extra={**ctx, "attempt": record.attempts,
                                    "prompt_tokens": plan.prompt_tokens})
-    if _relay(generation, emitter) is Emitted.lost:
+    w.cancels.watch(record.id, generation)  # a cancel request stops it before its next token
+    try:
+        relayed = _relay(generation, emitter)
+    finally:
+        w.cancels.forget(record.id)
+    if relayed is Emitted.lost:
         log.warning("job taken from this worker (requeued or ended); dropped its generation",
                     extra=ctx)
         return

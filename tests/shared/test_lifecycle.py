@@ -278,8 +278,15 @@ def test_cancel_of_a_queued_job_ends_it_at_once(jobs: BlockingJobs) -> None:
 
 def test_cancel_of_a_running_job_asks_its_worker(jobs: BlockingJobs) -> None:
     rec = running(jobs)
+    listener = jobs.redis.pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(K.cancels())
+    listener.get_message(timeout=1)  # the subscription's confirmation
     assert jobs(jobs.ops.cancel(rec)) == Cancelled("stopping", "running")
-    assert jobs.redis.exists(K.cancel(rec.id))
+    assert jobs.redis.exists(K.cancel(rec.id))  # read at the worker's next write
+    told = listener.get_message(timeout=2)  # and told at once
+    assert told is not None and told["data"] == rec.id
+    assert listener.get_message(timeout=0.2) is None  # once
+    listener.close()
     assert load(jobs, rec).status is JobStatus.running
     assert jobs(jobs.ops.finish(rec, JobStatus.cancelled, L1, finish_reason="cancelled")) == "ok"
     assert not jobs.redis.exists(K.cancel(rec.id))

@@ -23,6 +23,7 @@ from shared.schemas import JobStatus
 from shared.settings import Settings, load_settings
 from tests.shared.test_lifecycle import CFG, created
 from tests.workers.fake_engine import FakeEngine, Script
+from workers.cancels import CancelListener
 from workers.engine import GenRequest
 from workers.tasks import run_job
 
@@ -61,15 +62,20 @@ class FakeWorker:
     conversations: Any = None  # no job here names a conversation
     persister: Persister = field(default_factory=Persister)
     heartbeat: Tracker = field(default_factory=Tracker)
+    cancels: CancelListener = field(init=False)
+
+    def __post_init__(self) -> None:  # not started: a cancel reaches the job by its flag
+        self.cancels = CancelListener(self.jobs.redis, CFG.keys.cancels())
 
 
 @pytest.fixture
 def make_worker(redis_client: redis.Redis) -> Callable[..., FakeWorker]:
     def make(script: Script | None = None, time_limit_s: int = 300,
-             token_s: float = 0.002) -> FakeWorker:
+             token_s: float = 0.002, coalesce_ms: float = 20.0) -> FakeWorker:
         settings = load_settings(celery={"soft_time_limit_s": time_limit_s,
                                          "hard_time_limit_s": time_limit_s + 1,
-                                         "visibility_timeout_s": time_limit_s + 2})
+                                         "visibility_timeout_s": time_limit_s + 2},
+                                 jobs={"coalesce_ms": coalesce_ms})
         engine = FakeEngine(script, token_s=token_s) if script else FakeEngine(token_s=token_s)
         return FakeWorker(BlockingJobs(redis_client, CFG), engine, settings)
 
@@ -153,7 +159,7 @@ def test_a_stale_or_duplicate_message_changes_nothing(
 def test_cancel_stops_a_running_job_and_keeps_its_text(
     make_worker: Callable[..., FakeWorker],
 ) -> None:
-    w = make_worker(token_s=0.005)
+    w = make_worker(token_s=0.005)  # its listener is not started: the flag does it
     rec = job(w, LONG)
     thread = in_thread(w, rec)
     wait_output(w, rec, 10)
@@ -162,6 +168,30 @@ def test_cancel_stops_a_running_job_and_keeps_its_text(
     done, output = final(w, rec)
     assert (done.status, done.finish_reason) == (JobStatus.cancelled, "cancelled")
     assert output and LONG.startswith(output) and len(output) < len(LONG)
+
+
+def test_a_cancel_request_reaches_the_generation_without_waiting_for_a_write(
+    make_worker: Callable[..., FakeWorker],
+) -> None:
+    # Writes coalesced for a minute: after its first token the job reads its cancel flag
+    # only at the end. The cancel channel stops it at once all the same.
+    w = make_worker(token_s=0.005, coalesce_ms=60_000)
+    w.cancels.start()
+    try:
+        assert w.cancels.subscribed.wait(5)
+        rec = job(w, LONG)
+        thread = in_thread(w, rec)
+        wait_output(w, rec, 1)
+        assert w.jobs(w.jobs.ops.cancel(rec)).verdict == "stopping"
+        thread.join(10)
+    finally:
+        w.cancels.stop()
+    done, output = final(w, rec)
+    # Without the message the job would read its flag only after its last token, and
+    # end succeeded with all of it.
+    assert (done.status, done.finish_reason) == (JobStatus.cancelled, "cancelled")
+    assert LONG.startswith(output) and len(output) < len(LONG)
+    assert w.cancels.stop_job(rec.id) is False  # forgotten once the job ended
 
 
 def test_a_job_over_its_deadline_fails_with_timeout_and_keeps_its_text(

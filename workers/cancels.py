@@ -1,0 +1,80 @@
+"""Cancel requests pushed to the worker.
+
+The API's cancel of a running job sets the job's cancel flag and publishes its id
+on the cancel channel (:meth:`shared.keys.Keys.cancels`). This listener stops the
+named job's generation at once, before its next token, however long the emitter
+coalesces its writes. The flag stays the fallback: each write of the job's tokens
+reads it, so a message missed while the listener reconnects costs time, not the
+cancel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+
+import redis
+
+from workers.engine import Generation
+
+log = logging.getLogger(__name__)
+
+
+class CancelListener(threading.Thread):
+    def __init__(self, client: redis.Redis, channel: str, retry_s: float = 1.0) -> None:
+        super().__init__(name="chatq-cancels", daemon=True)
+        self.redis = client
+        self.channel = channel
+        self.retry_s = retry_s
+        self._running: dict[str, Generation] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.subscribed = threading.Event()  # set while the channel is listened to
+
+    def watch(self, job_id: str, generation: Generation) -> None:
+        with self._lock:
+            self._running[job_id] = generation
+
+    def forget(self, job_id: str) -> None:
+        with self._lock:
+            self._running.pop(job_id, None)
+
+    def stop_job(self, job_id: str) -> bool:
+        """Cancel the job's generation if it runs here; False when it does not."""
+        with self._lock:
+            generation = self._running.get(job_id)
+        if generation is None:
+            return False
+        generation.cancel()
+        log.info("cancel request: generation stopped", extra={"job_id": job_id})
+        return True
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(self.channel)
+                self.subscribed.set()
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is not None and message["type"] == "message":
+                        data = message["data"]
+                        self.stop_job(data.decode() if isinstance(data, bytes) else str(data))
+            except Exception as exc:  # a closed socket is not always a RedisError
+                if self._stop.is_set():
+                    break
+                log.warning("cancel channel lost; the cancel flag still stops jobs",
+                            extra={"error": str(exc)})
+                self._stop.wait(self.retry_s)
+            finally:
+                self.subscribed.clear()
+                with contextlib.suppress(Exception):  # closing what already broke
+                    pubsub.close()
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Stop listening; returns once the thread is done (or after ``timeout``), so
+        the Redis client can be closed after it."""
+        self._stop.set()
+        if self.is_alive():
+            self.join(timeout)
