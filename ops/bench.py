@@ -7,6 +7,8 @@ The same prompts and parameters (greedy, fixed ``max_tokens``) go
 2. through a local chatq stack (its own Redis, store, worker and API) by one
    streaming caller of ``/v1/chat/completions``,
 3. through the same stack by several callers at once (``--callers``, default 4),
+4. directly again (the direct figures join 1 and 4, so a drift in the machine's
+   speed during the run weighs on both sides),
 
 one after the other, so they never share the CPU. It prints first-token latency
 (p50/p95), per-stream and aggregate tokens/s, and the ratios the issues set as
@@ -177,25 +179,25 @@ def start_stack(root: Path) -> tuple[Stack, str]:
     return stack, f"http://127.0.0.1:{port}"
 
 
-def direct_rounds(spec: ModelSpec, path: Path, prompts: list[str], max_tokens: int,
-                  n_threads: int | None) -> tuple[Round, Round]:
+def load_direct(spec: ModelSpec, path: Path, n_threads: int | None) -> Llama:
     """llama-cpp-python with the model's load options and flash attention as the engine
-    runs it (llama.cpp's "auto": on where the build supports it, as here), from an empty
-    KV cache each call; then the same reusing its prefix cache (for information)."""
+    runs it (llama.cpp's "auto": on where the build supports it, as here)."""
     # llama-cpp-python's own default is half the cores for generation: give it the
     # engine's threads instead (the registry's, else the worker's, else every core).
     threads = engine_threads(spec, n_threads)
     options = {"n_threads": threads, "n_threads_batch": threads, "flash_attn": True,
                **spec.llama_kwargs()}
-    llm = Llama(model_path=str(path), verbose=False, **options)
-    rounds = []
-    for fresh, name in ((True, "llama-cpp-python direct"), (False, "direct, prefix cache")):
-        direct(llm, prompts[0], 8, fresh)  # warm-up
-        started = time.perf_counter()
-        streams = [direct(llm, p, max_tokens, fresh) for p in prompts]
-        rounds.append(Round(name, 1, streams, time.perf_counter() - started))
-    llm.close()
-    return rounds[0], rounds[1]
+    return Llama(model_path=str(path), verbose=False, **options)
+
+
+def direct_round(llm: Llama, name: str, prompts: list[str], max_tokens: int,
+                 fresh: bool = True) -> Round:
+    """The prompts one after another, from an empty KV cache each (``fresh``), or
+    reusing the prefix cache (for information)."""
+    direct(llm, prompts[0], 8, fresh)  # warm-up
+    started = time.perf_counter()
+    streams = [direct(llm, p, max_tokens, fresh) for p in prompts]
+    return Round(name, 1, streams, time.perf_counter() - started)
 
 
 def engine_threads(spec: ModelSpec, n_threads: int | None) -> int:
@@ -232,6 +234,13 @@ def main() -> None:
     spec = registry.for_queue(settings.worker.queue)
     prompts = PROMPTS * args.runs
     many_prompts = [p for p in PROMPTS for _ in range(args.callers)] * args.runs
+    path = registry.gguf_path(spec)
+    n_threads = settings.worker.n_threads
+    # The direct baseline runs before and after chatq (never beside it), so a drift in
+    # the machine's speed during the run weighs on both sides alike.
+    llm = load_direct(spec, path, n_threads)
+    before = direct_round(llm, "direct, before chatq", prompts, args.max_tokens)
+    llm.close()
     with tempfile.TemporaryDirectory() as tmp:
         stack, base_url = start_stack(Path(tmp))
         try:
@@ -241,17 +250,22 @@ def main() -> None:
                              many_prompts, args.max_tokens)
         finally:
             stack.stop()
-    d, cached = direct_rounds(spec, registry.gguf_path(spec), prompts, args.max_tokens,
-                              settings.worker.n_threads)
+    llm = load_direct(spec, path, n_threads)
+    after = direct_round(llm, "direct, after chatq", prompts, args.max_tokens)
+    cached = direct_round(llm, "direct, prefix cache", prompts, args.max_tokens, fresh=False)
+    llm.close()
+    d = Round("llama-cpp-python direct", 1, before.streams + after.streams,
+              before.wall_s + after.wall_s)
     print(f"\nchatq vs llama-cpp-python direct: model {spec.name}, slots {spec.slots}, "
           f"max_tokens {args.max_tokens}, greedy, "
           f"threads {engine_threads(spec, settings.worker.n_threads)} on both sides, "
           f"flash attention")
-    for r in (d, one, many, cached):
+    for r in (d, one, many, cached, before, after):
         print(r.line())
     summary(d, one, many)
     print("  (direct reuses no KV prefix between calls, like chatq, which clears a job's cache "
-          "when it ends; the last line is llama-cpp-python reusing its prefix cache)")
+          "when it ends; its line joins the runs before and after chatq, shown last; "
+          "'prefix cache' is llama-cpp-python reusing its prefix cache)")
 
 
 if __name__ == "__main__":
