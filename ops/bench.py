@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 import threading
@@ -44,6 +43,7 @@ from llama_cpp import Llama
 from ops.devstack import Stack, free_port, wait_worker
 from shared.registry import ModelSpec, Registry
 from shared.settings import DEV_API_KEY, load_settings
+from workers.llama_params import llama_threads
 
 PROMPTS = [
     "Count from 1 to 200, separated by commas.",
@@ -183,8 +183,8 @@ def load_direct(spec: ModelSpec, path: Path, n_threads: int | None) -> Llama:
     """llama-cpp-python with the model's load options and flash attention as the engine
     runs it (llama.cpp's "auto": on where the build supports it, as here)."""
     # llama-cpp-python's own default is half the cores for generation: give it the
-    # engine's threads instead (the registry's, else the worker's, else every core).
-    threads = engine_threads(spec, n_threads)
+    # engine's threads instead.
+    threads = llama_threads(spec, n_threads)
     options = {"n_threads": threads, "n_threads_batch": threads, "flash_attn": True,
                **spec.llama_kwargs()}
     return Llama(model_path=str(path), verbose=False, **options)
@@ -198,11 +198,6 @@ def direct_round(llm: Llama, name: str, prompts: list[str], max_tokens: int,
     started = time.perf_counter()
     streams = [direct(llm, p, max_tokens, fresh) for p in prompts]
     return Round(name, 1, streams, time.perf_counter() - started)
-
-
-def engine_threads(spec: ModelSpec, n_threads: int | None) -> int:
-    """llama.cpp threads as :class:`workers.llama_engine.LlamaEngine` picks them."""
-    return spec.n_threads or n_threads or len(os.sched_getaffinity(0))
 
 
 def verdict(ok: bool) -> str:
@@ -258,7 +253,7 @@ def main() -> None:
               before.wall_s + after.wall_s)
     print(f"\nchatq vs llama-cpp-python direct: model {spec.name}, slots {spec.slots}, "
           f"max_tokens {args.max_tokens}, greedy, "
-          f"threads {engine_threads(spec, settings.worker.n_threads)} on both sides, "
+          f"threads {llama_threads(spec, settings.worker.n_threads)} on both sides, "
           f"flash attention")
     for r in (d, one, many, cached, before, after):
         print(r.line())

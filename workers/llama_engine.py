@@ -51,7 +51,6 @@ import ctypes
 import heapq
 import json
 import logging
-import os
 import queue
 import random
 import threading
@@ -79,7 +78,7 @@ from workers.engine import (
     TopLogprob,
 )
 from workers.llama_embed import Embedder
-from workers.llama_params import context_params, model_params
+from workers.llama_params import context_params, llama_threads, model_params
 from workers.llama_sampling import SamplerChain, chain_seed, logprobs
 from workers.text import TextAssembler
 
@@ -318,7 +317,7 @@ class LlamaEngine(Engine):
         if self.prefill_chunk < 1:
             raise ValueError(f"model {spec.name!r}: n_batch ({spec.n_batch}) must exceed "
                              f"slots ({self.slots})")
-        self.n_threads = spec.n_threads or n_threads or len(os.sched_getaffinity(0))
+        self.n_threads = llama_threads(spec, n_threads)
         self._weights = _Model(spec, path)
         self.llm = self._weights.tokenizer
         self.prompter = PromptRenderer(self.llm, spec.chat_template)

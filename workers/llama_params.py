@@ -11,6 +11,7 @@ leaves out keep llama.cpp's defaults (flash attention: auto).
 from __future__ import annotations
 
 import ctypes
+import os
 from typing import Any
 
 import llama_cpp
@@ -18,6 +19,12 @@ import llama_cpp
 from shared.registry import ModelSpec
 
 _ALL_LAYERS = 0x7FFFFFFF
+
+
+def llama_threads(spec: ModelSpec, n_threads: int | None = None) -> int:
+    """llama.cpp's threads for the model: the registry's, else the worker's
+    (``n_threads``), else every core this process may use."""
+    return spec.n_threads or n_threads or len(os.sched_getaffinity(0))
 
 
 def model_params(spec: ModelSpec) -> tuple[Any, Any]:
