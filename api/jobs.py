@@ -374,13 +374,20 @@ def joined(events: list[Event]) -> list[Event]:
     last ``seq``. What the worker sent in one batch then costs one chunk, not one per
     token, for a client that does not resume by ``seq`` (the OpenAI streams)."""
     out: list[Event] = []
-    for event in events:
-        last = out[-1] if out else None
-        if isinstance(event, TokenEvent) and isinstance(last, TokenEvent):
-            logprobs = (None if last.logprobs is None and event.logprobs is None
-                        else [*(last.logprobs or []), *(event.logprobs or [])])
-            out[-1] = TokenEvent(seq=event.seq, text=last.text + event.text, logprobs=logprobs)
+    run: list[TokenEvent] = []
+    for event in [*events, None]:  # None closes the last run
+        if isinstance(event, TokenEvent):
+            run.append(event)
+            continue
+        if len(run) > 1:
+            logprobs = (None if all(t.logprobs is None for t in run)
+                        else [e for t in run for e in t.logprobs or []])
+            out.append(TokenEvent(seq=run[-1].seq, text="".join(t.text for t in run),
+                                  logprobs=logprobs))
         else:
+            out.extend(run)
+        run = []
+        if event is not None:
             out.append(event)
     return out
 
