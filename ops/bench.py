@@ -2,27 +2,30 @@
 
 The same prompts and parameters (greedy, fixed ``max_tokens``) go
 
-1. directly through llama-cpp-python in this process (one caller: a ``Llama``
-   object generates for one sequence at a time),
-2. through a local chatq stack (its own Redis, store, worker and API) by one
-   streaming caller of ``/v1/chat/completions``,
-3. through the same stack by several callers at once (``--callers``, default 4),
-4. directly again (the direct figures join 1 and 4, so a drift in the machine's
-   speed during the run weighs on both sides),
+1. to one caller, in pairs: each prompt directly through llama-cpp-python in this
+   process (a ``Llama`` object generating for one sequence) and through a local
+   chatq stack (its own Redis, store, worker and API) by one streaming caller of
+   ``/v1/chat/completions``, one after the other, the order alternating from pair
+   to pair; so a drift in the machine's speed (seen here: 10 % within a minute)
+   weighs on both sides alike,
+2. through the same stack by several callers at once (``--callers``, default 4),
 
-one after the other, so they never share the CPU. It prints first-token latency
-(p50/p95), per-stream and aggregate tokens/s, and the ratios the issues set as
-targets:
+never two at a time, so they never share the CPU (the direct ``Llama`` stays
+loaded, idle, while chatq runs). It prints first-token latency (p50/p95),
+per-stream and aggregate tokens/s, and the ratios the issues set as targets:
 
 - 1 caller: chatq per-stream tokens/s >= 0.95 x direct; added first-token
   latency (p50) <= 20 ms;
 - N callers: aggregate tokens/s >= 1.4 x chatq's own 1-caller aggregate;
   first-token p50 <= 500 ms.
 
-Per-stream tokens/s is (tokens - 1) / (last token - first token); aggregate
-tokens/s is all tokens of a round over its wall-clock time, first request to
-last token. Both sides run llama.cpp with the engine's threads (the registry's
-``n_threads``, else ``CHATQ_WORKER__N_THREADS``, else every core this process may use).
+Per-stream tokens/s is (tokens - 1) / (last token - first token). Aggregate
+tokens/s is all tokens of a round over its time: for several callers the
+wall-clock time from the first request to the last answer; for one caller the
+sum of its requests' times, each from the request to the end of its response
+(the direct calls in between are not chatq's time). Both sides run llama.cpp
+with the engine's threads (the registry's ``n_threads``, else
+``CHATQ_WORKER__N_THREADS``, else every core this process may use).
 """
 
 from __future__ import annotations
@@ -59,6 +62,11 @@ class Stream:
     first: float
     last: float
     tokens: int
+    ended: float  # the response (or the direct call) ended
+
+    @property
+    def span(self) -> float:
+        return self.ended - self.started
 
     @property
     def ttft_ms(self) -> float:
@@ -98,6 +106,11 @@ class Round:
                 f"{statistics.median(s.tokens for s in self.streams):.0f} tokens median)")
 
 
+def sequential(name: str, streams: list[Stream]) -> Round:
+    """One caller's streams, one after another: its time is the sum of theirs."""
+    return Round(name, 1, streams, sum(s.span for s in streams))
+
+
 def direct(llm: Llama, prompt: str, max_tokens: int, fresh: bool = True) -> Stream:
     """One streamed answer. ``fresh``: from an empty KV cache, as chatq starts every job
     (it keeps nothing of one job for the next: isolation); else llama-cpp-python reuses
@@ -114,7 +127,7 @@ def direct(llm: Llama, prompt: str, max_tokens: int, fresh: bool = True) -> Stre
             last = time.perf_counter()
             first = first or last
             tokens += 1
-    return Stream(started, first, last, tokens)
+    return Stream(started, first, last, tokens, time.perf_counter())
 
 
 def _chunks(response: httpx.Response) -> Iterator[dict[str, object]]:
@@ -139,12 +152,13 @@ def through_chatq(client: httpx.Client, prompt: str, max_tokens: int) -> Stream:
             usage = chunk.get("usage")
             if isinstance(usage, dict):
                 tokens = int(usage["completion_tokens"])
-    return Stream(started, first, last, tokens)
+    return Stream(started, first, last, tokens, time.perf_counter())
 
 
 def run_round(name: str, callers: int, base_url: str, prompts: list[str],
               max_tokens: int) -> Round:
-    """``callers`` clients start together; each runs its share of the prompts in turn."""
+    """``callers`` clients start together; each runs its share of the prompts in turn.
+    The round's time is the wall clock, first request to last response."""
     streams: list[Stream] = []
     lock = threading.Lock()
     barrier = threading.Barrier(callers)
@@ -195,9 +209,29 @@ def direct_round(llm: Llama, name: str, prompts: list[str], max_tokens: int,
     """The prompts one after another, from an empty KV cache each (``fresh``), or
     reusing the prefix cache (for information)."""
     direct(llm, prompts[0], 8, fresh)  # warm-up
-    started = time.perf_counter()
-    streams = [direct(llm, p, max_tokens, fresh) for p in prompts]
-    return Round(name, 1, streams, time.perf_counter() - started)
+    return sequential(name, [direct(llm, p, max_tokens, fresh) for p in prompts])
+
+
+def paired_round(llm: Llama, base_url: str, prompts: list[str],
+                 max_tokens: int) -> tuple[Round, Round]:
+    """Each prompt directly and through chatq by one caller, one right after the other;
+    which goes first alternates from pair to pair, and from one pass over ``PROMPTS``
+    to the next (so each prompt is run both ways round)."""
+    direct_streams: list[Stream] = []
+    chatq_streams: list[Stream] = []
+    with httpx.Client(base_url=base_url, timeout=300,
+                      headers={"Authorization": f"Bearer {DEV_API_KEY}"}) as client:
+        direct(llm, prompts[0], 8)  # warm-ups
+        through_chatq(client, prompts[0], 8)
+        for i, prompt in enumerate(prompts):
+            direct_first = (i + i // len(PROMPTS)) % 2 == 0
+            if direct_first:
+                direct_streams.append(direct(llm, prompt, max_tokens))
+            chatq_streams.append(through_chatq(client, prompt, max_tokens))
+            if not direct_first:
+                direct_streams.append(direct(llm, prompt, max_tokens))
+    return (sequential("llama-cpp-python direct", direct_streams),
+            sequential("chatq, 1 caller", chatq_streams))
 
 
 def verdict(ok: bool) -> str:
@@ -219,7 +253,7 @@ def summary(d: Round, one: Round, many: Round) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=2, help="repetitions of the prompt set")
+    parser.add_argument("--runs", type=int, default=3, help="repetitions of the prompt set")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--callers", type=int, default=4)
     args = parser.parse_args()
@@ -231,35 +265,29 @@ def main() -> None:
     many_prompts = [p for p in PROMPTS for _ in range(args.callers)] * args.runs
     path = registry.gguf_path(spec)
     n_threads = settings.worker.n_threads
-    # The direct baseline runs before and after chatq (never beside it), so a drift in
-    # the machine's speed during the run weighs on both sides alike.
     llm = load_direct(spec, path, n_threads)
-    before = direct_round(llm, "direct, before chatq", prompts, args.max_tokens)
-    llm.close()
-    with tempfile.TemporaryDirectory() as tmp:
-        stack, base_url = start_stack(Path(tmp))
-        try:
-            run_round("warm-up", 1, base_url, PROMPTS[:1], 8)
-            one = run_round("chatq, 1 caller", 1, base_url, prompts, args.max_tokens)
-            many = run_round(f"chatq, {args.callers} callers", args.callers, base_url,
-                             many_prompts, args.max_tokens)
-        finally:
-            stack.stop()
-    llm = load_direct(spec, path, n_threads)
-    after = direct_round(llm, "direct, after chatq", prompts, args.max_tokens)
-    cached = direct_round(llm, "direct, prefix cache", prompts, args.max_tokens, fresh=False)
-    llm.close()
-    d = Round("llama-cpp-python direct", 1, before.streams + after.streams,
-              before.wall_s + after.wall_s)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            stack, base_url = start_stack(Path(tmp))
+            try:
+                d, one = paired_round(llm, base_url, prompts, args.max_tokens)
+                many = run_round(f"chatq, {args.callers} callers", args.callers, base_url,
+                                 many_prompts, args.max_tokens)
+            finally:
+                stack.stop()
+        cached = direct_round(llm, "direct, prefix cache", prompts, args.max_tokens,
+                              fresh=False)
+    finally:
+        llm.close()
     print(f"\nchatq vs llama-cpp-python direct: model {spec.name}, slots {spec.slots}, "
           f"max_tokens {args.max_tokens}, greedy, "
           f"threads {llama_threads(spec, settings.worker.n_threads)} on both sides, "
           f"flash attention")
-    for r in (d, one, many, cached, before, after):
+    for r in (d, one, many, cached):
         print(r.line())
     summary(d, one, many)
     print("  (direct reuses no KV prefix between calls, like chatq, which clears a job's cache "
-          "when it ends; its line joins the runs before and after chatq, shown last; "
+          "when it ends; its calls alternate with chatq's 1-caller requests; "
           "'prefix cache' is llama-cpp-python reusing its prefix cache)")
 
 
