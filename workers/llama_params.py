@@ -53,13 +53,13 @@ def _load_mode(mmap: bool, mlock: bool) -> int:
     return int(llama_cpp.LLAMA_LOAD_MODE_MMAP if mmap else llama_cpp.LLAMA_LOAD_MODE_NONE)
 
 
-def context_params(spec: ModelSpec, slots: int, n_batch: int, n_threads: int) -> Any:
-    """``llama_context_params``: ``slots`` sequences of ``context_size`` each, every
+def context_params(spec: ModelSpec, sequences: int, n_batch: int, n_threads: int) -> Any:
+    """``llama_context_params``: ``sequences`` sequences of ``context_size`` each, every
     sequence its own KV stream (not unified), ``n_batch`` tokens per decode."""
     o = spec.llama_kwargs()
     params = llama_cpp.llama_context_default_params()
-    params.n_ctx = spec.context_size * slots
-    params.n_seq_max = slots
+    params.n_ctx = spec.context_size * sequences
+    params.n_seq_max = sequences
     params.kv_unified = False  # one KV stream of n_ctx / n_seq_max cells per sequence
     params.n_batch = n_batch
     params.n_ubatch = min(o.get("n_ubatch", n_batch), n_batch)

@@ -457,7 +457,83 @@ def test_close_cancels_running_and_waiting_jobs() -> None:
 def test_info_shows_the_per_sequence_context(engine: LlamaEngine) -> None:
     info = engine.info()
     assert info["n_ctx"] == "2048" and info["slots"] == "4"
-    assert int(info["n_ctx_total"]) == 4 * 2048
+    heads = int(info["template_head_tokens"])
+    assert heads > 0  # SmolLM2's template opens every prompt with its system prompt
+    assert int(info["n_ctx_total"]) == 5 * 2048  # four slots and the template head's stream
     assert float(info["loaded_at"]) > 0
     ctx = engine._scheduler.ctx
-    assert llama_cpp.llama_n_ctx_seq(ctx) == 2048 and llama_cpp.llama_n_seq_max(ctx) == 4
+    assert llama_cpp.llama_n_ctx_seq(ctx) == 2048 and llama_cpp.llama_n_seq_max(ctx) == 5
+
+
+# The template head
+
+
+@pytest.fixture(scope="module")
+def whole() -> Iterator[LlamaEngine]:
+    """An engine that reads every prompt whole (no template head)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("workers.llama_engine.template_head", lambda prompter: [])
+        eng = make_engine(slots=2)
+    yield eng
+    eng.close()
+
+
+def test_the_template_head_is_what_chat_prompts_share(engine: LlamaEngine) -> None:
+    head = engine._scheduler.head
+    tokens = [engine.prompter.render([{"role": "user", "content": text}]).tokens
+              for text in FOUR]
+    assert all(t[:len(head)] == head and len(t) > len(head) for t in tokens)
+    text = engine.llm.detokenize(head, special=True).decode()
+    assert text.startswith("<|im_start|>system") and text.endswith("<|im_start|>user\n")
+    assert not any(word in text for word in ("Count", "banana", "colours", "French"))
+
+
+def test_a_job_reads_only_what_follows_the_head_and_answers_as_if_read_whole(
+        engine: LlamaEngine, whole: LlamaEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    sched = engine._scheduler
+    first_reads: list[int] = []
+    decode = sched._decode
+
+    def recording(n_tokens: int) -> int:
+        if not first_reads:
+            first_reads.append(n_tokens)
+        return decode(n_tokens)
+
+    monkeypatch.setattr(sched, "_decode", recording)
+    req = request(engine, COUNT, 32)
+    assert run(engine, req).text == run(whole, req).text
+    assert first_reads == [len(req.prompt.tokens) - sched.head_tokens]  # type: ignore[union-attr]
+    for text in (BANANA, COLOURS, FRENCH):
+        assert run(engine, request(engine, text, 32)).text == run(
+            whole, request(whole, text, 32)).text
+
+
+def test_a_prompt_that_merges_with_the_heads_last_token_is_read_whole(
+        engine: LlamaEngine, whole: LlamaEngine) -> None:
+    text = "\n\n  Say hello in French."  # its newlines join the header's into one token
+    req = request(engine, text, 24)
+    head = engine._scheduler.head
+    assert req.prompt is not None and req.prompt.tokens[:len(head)] != head
+    assert run(engine, req).text == run(whole, request(whole, text, 24)).text
+
+
+def test_a_prompt_with_its_own_system_message_is_read_whole(
+        engine: LlamaEngine, whole: LlamaEngine) -> None:
+    messages = [{"role": "system", "content": "You are a pirate. Answer like one."},
+                {"role": "user", "content": FRENCH}]
+    req = request(engine, "", 32, messages=messages)
+    assert req.prompt is not None and req.prompt.tokens[:engine._scheduler.head_tokens] != \
+        engine._scheduler.head
+    assert run(engine, req).text == run(whole, request(whole, "", 32, messages=messages)).text
+
+
+def test_jobs_never_write_into_the_template_heads_stream(
+        engine: LlamaEngine, pool: ThreadPoolExecutor) -> None:
+    sched = engine._scheduler
+    jobs = [start(pool, engine, request(engine, text, 16)) for text in FOUR]
+    for _, future in jobs:
+        future.result(60)
+    mem = sched.mem
+    assert llama_cpp.llama_memory_seq_pos_min(mem, sched.head_seq) == 0
+    assert llama_cpp.llama_memory_seq_pos_max(mem, sched.head_seq) == sched.head_tokens - 1
+    assert all(llama_cpp.llama_memory_seq_pos_max(mem, i) == -1 for i in range(engine.slots))
