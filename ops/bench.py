@@ -6,13 +6,14 @@ The same prompts and parameters (greedy, fixed ``max_tokens``) go
    process (a ``Llama`` object generating for one sequence) and through a local
    chatq stack (its own Redis, store, worker and API) by one streaming caller of
    ``/v1/chat/completions``, one after the other, the order alternating from pair
-   to pair; so a drift in the machine's speed (seen here: 10 % within a minute)
-   weighs on both sides alike,
+   to pair,
 2. through the same stack by several callers at once (``--callers``, default 4),
 
-never two at a time, so they never share the CPU (the direct ``Llama`` stays
-loaded, idle, while chatq runs). It prints first-token latency (p50/p95),
-per-stream and aggregate tokens/s, and the ratios the issues set as targets:
+in ``--runs`` passes of 1 then 2, so a drift in the machine's speed (seen here:
+10 % within a minute) weighs on every side alike; never two at a time, so they
+never share the CPU (the direct ``Llama`` stays loaded, idle, while chatq runs).
+It prints first-token latency (p50/p95), per-stream and aggregate tokens/s, and
+the ratios the issues set as targets:
 
 - 1 caller: chatq per-stream tokens/s >= 0.95 x direct; added first-token
   latency (p50) <= 20 ms;
@@ -21,7 +22,7 @@ per-stream and aggregate tokens/s, and the ratios the issues set as targets:
 
 Per-stream tokens/s is (tokens - 1) / (last token - first token). Aggregate
 tokens/s is all tokens of a round over its time: for several callers the
-wall-clock time from the first request to the last answer; for one caller the
+wall-clock time from the first request to the last answer of each pass; for one caller the
 sum of its requests' times, each from the request to the end of its response
 (the direct calls in between are not chatq's time). Both sides run llama.cpp
 with the engine's threads (the registry's ``n_threads``, else
@@ -48,6 +49,7 @@ from shared.registry import ModelSpec, Registry
 from shared.settings import DEV_API_KEY, load_settings
 from workers.llama_params import llama_threads
 
+WARM_UP = "Say hello."  # not one of PROMPTS: a warm-up shares only the template's head
 PROMPTS = [
     "Count from 1 to 200, separated by commas.",
     "Write a long story about a lighthouse keeper.",
@@ -111,10 +113,11 @@ def sequential(name: str, streams: list[Stream]) -> Round:
     return Round(name, 1, streams, sum(s.span for s in streams))
 
 
-def direct(llm: Llama, prompt: str, max_tokens: int, fresh: bool = True) -> Stream:
-    """One streamed answer. ``fresh``: from an empty KV cache, as chatq starts every job
-    (it keeps nothing of one job for the next: isolation); else llama-cpp-python reuses
-    the prefix the prompts share (the chat template's system prompt) from the last call."""
+def direct(llm: Llama, prompt: str, max_tokens: int, fresh: bool = False) -> Stream:
+    """One streamed answer, as llama-cpp-python's ``Llama`` gives it by default: reusing
+    the KV of the tokens the prompt shares with its previous call (for these prompts, the
+    chat template's head: its system prompt and the user turn's header, which chatq's
+    engine also reads once). ``fresh``: from an empty KV cache instead."""
     if fresh:
         llm.reset()
     started = time.perf_counter()
@@ -205,33 +208,50 @@ def load_direct(spec: ModelSpec, path: Path, n_threads: int | None) -> Llama:
 
 
 def direct_round(llm: Llama, name: str, prompts: list[str], max_tokens: int,
-                 fresh: bool = True) -> Round:
-    """The prompts one after another, from an empty KV cache each (``fresh``), or
-    reusing the prefix cache (for information)."""
-    direct(llm, prompts[0], 8, fresh)  # warm-up
+                 fresh: bool) -> Round:
+    """The prompts one after another (for information: ``fresh``, from an empty KV cache
+    each)."""
+    direct(llm, WARM_UP, 8, fresh)
     return sequential(name, [direct(llm, p, max_tokens, fresh) for p in prompts])
 
 
-def paired_round(llm: Llama, base_url: str, prompts: list[str],
-                 max_tokens: int) -> tuple[Round, Round]:
-    """Each prompt directly and through chatq by one caller, one right after the other;
-    which goes first alternates from pair to pair, and from one pass over ``PROMPTS``
-    to the next (so each prompt is run both ways round)."""
+def paired_pass(llm: Llama, client: httpx.Client, max_tokens: int, n: int, *,
+                direct_streams: list[Stream], chatq_streams: list[Stream]) -> None:
+    """Each of ``PROMPTS`` directly and through chatq by one caller, one right after the
+    other; which goes first alternates from pair to pair, and from pass ``n`` to the
+    next (so each prompt is run both ways round)."""
+    for i, prompt in enumerate(PROMPTS):
+        direct_first = (i + n) % 2 == 0
+        if direct_first:
+            direct_streams.append(direct(llm, prompt, max_tokens))
+        chatq_streams.append(through_chatq(client, prompt, max_tokens))
+        if not direct_first:
+            direct_streams.append(direct(llm, prompt, max_tokens))
+
+
+def rounds(llm: Llama, base_url: str, runs: int, callers: int,
+           max_tokens: int) -> tuple[Round, Round, Round]:
+    """``runs`` passes, each a paired pass (one caller) then a pass of ``callers`` callers
+    (each prompt ``callers`` times), so a drift in the machine's speed weighs on every
+    round alike. The several callers' time is the sum of their passes' wall clocks."""
     direct_streams: list[Stream] = []
     chatq_streams: list[Stream] = []
+    many_streams: list[Stream] = []
+    many_s = 0.0
+    many_prompts = [p for p in PROMPTS for _ in range(callers)]
     with httpx.Client(base_url=base_url, timeout=300,
                       headers={"Authorization": f"Bearer {DEV_API_KEY}"}) as client:
-        direct(llm, prompts[0], 8)  # warm-ups
-        through_chatq(client, prompts[0], 8)
-        for i, prompt in enumerate(prompts):
-            direct_first = (i + i // len(PROMPTS)) % 2 == 0
-            if direct_first:
-                direct_streams.append(direct(llm, prompt, max_tokens))
-            chatq_streams.append(through_chatq(client, prompt, max_tokens))
-            if not direct_first:
-                direct_streams.append(direct(llm, prompt, max_tokens))
+        direct(llm, WARM_UP, 8)
+        through_chatq(client, WARM_UP, 8)
+        for n in range(runs):
+            paired_pass(llm, client, max_tokens, n, direct_streams=direct_streams,
+                        chatq_streams=chatq_streams)
+            many = run_round("", callers, base_url, many_prompts, max_tokens)
+            many_streams += many.streams
+            many_s += many.wall_s
     return (sequential("llama-cpp-python direct", direct_streams),
-            sequential("chatq, 1 caller", chatq_streams))
+            sequential("chatq, 1 caller", chatq_streams),
+            Round(f"chatq, {callers} callers", callers, many_streams, many_s))
 
 
 def verdict(ok: bool) -> str:
@@ -262,7 +282,6 @@ def main() -> None:
     registry = Registry.load(settings.registry)
     spec = registry.for_queue(settings.worker.queue)
     prompts = PROMPTS * args.runs
-    many_prompts = [p for p in PROMPTS for _ in range(args.callers)] * args.runs
     path = registry.gguf_path(spec)
     n_threads = settings.worker.n_threads
     llm = load_direct(spec, path, n_threads)
@@ -270,26 +289,25 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             stack, base_url = start_stack(Path(tmp))
             try:
-                d, one = paired_round(llm, base_url, prompts, args.max_tokens)
-                many = run_round(f"chatq, {args.callers} callers", args.callers, base_url,
-                                 many_prompts, args.max_tokens)
+                d, one, many = rounds(llm, base_url, args.runs, args.callers,
+                                      args.max_tokens)
             finally:
                 stack.stop()
-        cached = direct_round(llm, "direct, prefix cache", prompts, args.max_tokens,
-                              fresh=False)
+        reset = direct_round(llm, "direct, KV reset per call", prompts, args.max_tokens,
+                             fresh=True)
     finally:
         llm.close()
     print(f"\nchatq vs llama-cpp-python direct: model {spec.name}, slots {spec.slots}, "
           f"max_tokens {args.max_tokens}, greedy, "
           f"threads {llama_threads(spec, settings.worker.n_threads)} on both sides, "
           f"flash attention")
-    for r in (d, one, many, cached):
+    for r in (d, one, many, reset):
         print(r.line())
     summary(d, one, many)
-    print("  (direct reuses no KV prefix between calls, like chatq, which clears a job's cache "
-          "when it ends; its calls alternate with chatq's 1-caller requests; "
-          "'prefix cache' is llama-cpp-python reusing its prefix cache)")
-
+    print("  (direct: llama-cpp-python's Llama as it is, reusing the KV of what a prompt shares "
+          "with its previous call, here the chat template's head, which chatq's engine reads "
+          "once at load; its calls alternate with chatq's 1-caller requests; 'KV reset per "
+          "call' reads every prompt whole, for information)")
 
 if __name__ == "__main__":
     main()
