@@ -204,7 +204,7 @@ class LlamaOptions(BaseModel):
 GPU_OPTIONS = ("gpu_layers", "main_gpu", "split_mode", "tensor_split")
 # What only a local GGUF model may set: refused next to an `upstream`.
 LOCAL_KEYS = (*LlamaOptions.model_fields, "path", "package", "file", "assemble",
-              "chat_template")
+              "chat_template", "template_head")
 
 
 @dataclass(frozen=True)
@@ -254,6 +254,11 @@ class ModelSpec(LlamaOptions):
     slots: int = Field(4, ge=1, le=64, description="Jobs the worker generates at once "
                        "(continuous batching; each has its own `context_size`), or, with "
                        "`upstream`, requests it forwards at once.")
+    template_head: bool = Field(True, description="Read the chat template's head (what "
+                                "every prompt without a system message begins with) once "
+                                "at load, into one more KV stream of `context_size`, and "
+                                "start such prompts from a copy of it; false saves that "
+                                "stream's memory.")
     defaults: SamplingDefaults = Field(default_factory=SamplingDefaults,
                                        description="Sampling defaults.")
     upstream: UpstreamOptions | None = Field(None, description="A remote OpenAI-compatible "

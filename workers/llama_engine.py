@@ -50,6 +50,7 @@ whose prompt begins with exactly those tokens starts from a copy of that stream
 template's text only, never a job's, and is never written after load; the copy
 is the job's own stream, cleared like any other when the job ends. Any other
 prompt (a system message or persona, tools, a raw completion) is read whole.
+The registry's ``template_head = false`` turns it off (and saves the stream).
 
 Room for later: a job's token history (``_Seq.tokens``) is kept, so reusing a
 conversation's KV prefix across turns means keeping a finished sequence's
@@ -334,7 +335,7 @@ class LlamaEngine(Engine):
         self._weights = _Model(spec, path)
         self.llm = self._weights.tokenizer
         self.prompter = PromptRenderer(self.llm, spec.chat_template)
-        self.head = template_head(self.prompter)
+        self.head = template_head(self.prompter) if spec.template_head else []
         self._cv = threading.Condition()
         self._pending: deque[_Job] = deque()
         self._preparing = 0  # submit() calls building a job's tokens and sampler chain

@@ -33,9 +33,9 @@ FRENCH = "Say hello in French."
 FOUR = [COUNT, BANANA, COLOURS, FRENCH]
 
 
-def make_engine(slots: int) -> LlamaEngine:
+def make_engine(slots: int, **options: Any) -> LlamaEngine:
     registry = Registry.load(DEFAULT_REGISTRY)
-    spec = registry.models[registry.default_name]
+    spec = registry.models[registry.default_name].model_copy(update=options)
     return LlamaEngine(spec, registry.gguf_path(spec), n_threads=2, slots=slots)
 
 
@@ -470,12 +470,17 @@ def test_info_shows_the_per_sequence_context(engine: LlamaEngine) -> None:
 
 @pytest.fixture(scope="module")
 def whole() -> Iterator[LlamaEngine]:
-    """An engine that reads every prompt whole (no template head)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("workers.llama_engine.template_head", lambda prompter: [])
-        eng = make_engine(slots=2)
+    """An engine that reads every prompt whole (``template_head = false``)."""
+    eng = make_engine(slots=2, template_head=False)
     yield eng
     eng.close()
+
+
+def test_template_head_false_reads_every_prompt_whole_with_no_extra_stream(
+        whole: LlamaEngine) -> None:
+    assert whole.info()["template_head_tokens"] == "0"
+    assert llama_cpp.llama_n_seq_max(whole._scheduler.ctx) == 2
+    assert run(whole, request(whole, COUNT, 8)).outcome.finish_reason == "length"
 
 
 def test_the_template_head_is_what_chat_prompts_share(engine: LlamaEngine) -> None:
