@@ -42,7 +42,7 @@ Flash attention is left to llama.cpp ("auto": on for CPU, where it makes a
 
 **The template's head is read once.** Every chat prompt without a system message
 of its own opens with the same tokens: the chat template's default system prompt
-and the user turn's header (SmolLM2: 21 tokens of a typical 40-token prompt). The
+and the user turn's header (SmolLM2: 24 tokens of a typical 44-token prompt). The
 engine reads them once, at load, into one more KV stream of their own, and a job
 whose prompt begins with exactly those tokens starts from a copy of that stream
 (``llama_memory_seq_cp``) instead of reading them again, as llama-cpp-python's
@@ -450,7 +450,7 @@ class LlamaEngine(Engine):
             "n_threads": str(llama_cpp.llama_n_threads(ctx)),
             "n_threads_batch": str(llama_cpp.llama_n_threads_batch(ctx)),
             "slots": str(self.slots), "prefill_chunk": str(self.prefill_chunk),
-            "template_head_tokens": str(self._scheduler.head_tokens),
+            "template_head_tokens": str(len(self._scheduler.head)),
             "kv_unified": "false",
             "load_options": json.dumps(self.spec.llama_kwargs(), sort_keys=True),
         }
@@ -515,8 +515,7 @@ class _Scheduler(threading.Thread):
         self.running_count = 0
         self.batch_sizes: Counter[int] = Counter()  # sequences per decode -> decodes
         self._admitted = 0
-        self.head: list[int] = []
-        self.head_tokens = 0
+        self.head: list[int] = []  # the template head as read (run() reads it)
 
     def _context(self, engine: LlamaEngine, sequences: int) -> Any:
         params = context_params(engine.spec, sequences, self.n_batch, engine.n_threads)
@@ -560,7 +559,6 @@ class _Scheduler(threading.Thread):
     def run(self) -> None:
         try:
             self.head = self._read_head(self.engine.head)
-            self.head_tokens = len(self.head)
             while self._round():
                 pass
         except BaseException:

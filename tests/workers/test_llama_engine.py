@@ -507,7 +507,7 @@ def test_a_job_reads_only_what_follows_the_head_and_answers_as_if_read_whole(
     monkeypatch.setattr(sched, "_decode", recording)
     req = request(engine, COUNT, 32)
     assert run(engine, req).text == run(whole, req).text
-    assert first_reads == [len(req.prompt.tokens) - sched.head_tokens]  # type: ignore[union-attr]
+    assert first_reads == [len(req.prompt.tokens) - len(sched.head)]  # type: ignore[union-attr]
     for text in (BANANA, COLOURS, FRENCH):
         assert run(engine, request(engine, text, 32)).text == run(
             whole, request(whole, text, 32)).text
@@ -527,7 +527,7 @@ def test_a_prompt_with_its_own_system_message_is_read_whole(
     messages = [{"role": "system", "content": "You are a pirate. Answer like one."},
                 {"role": "user", "content": FRENCH}]
     req = request(engine, "", 32, messages=messages)
-    assert req.prompt is not None and req.prompt.tokens[:engine._scheduler.head_tokens] != \
+    assert req.prompt is not None and req.prompt.tokens[:len(engine._scheduler.head)] != \
         engine._scheduler.head
     assert run(engine, req).text == run(whole, request(whole, "", 32, messages=messages)).text
 
@@ -540,5 +540,5 @@ def test_jobs_never_write_into_the_template_heads_stream(
         future.result(60)
     mem = sched.mem
     assert llama_cpp.llama_memory_seq_pos_min(mem, sched.head_seq) == 0
-    assert llama_cpp.llama_memory_seq_pos_max(mem, sched.head_seq) == sched.head_tokens - 1
+    assert llama_cpp.llama_memory_seq_pos_max(mem, sched.head_seq) == len(sched.head) - 1
     assert all(llama_cpp.llama_memory_seq_pos_max(mem, i) == -1 for i in range(engine.slots))
