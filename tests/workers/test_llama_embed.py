@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 
+import llama_cpp
 import pytest
 
 from shared.registry import Registry
@@ -63,6 +64,25 @@ def test_embedding_beside_generation_changes_no_answer(engine: LlamaEngine) -> N
         engine.embed(["a sentence to embed while another job generates"])
     thread.join(60)
     assert answers == [expected]
+
+
+def test_every_embedding_decode_runs_on_a_thread_that_ends_with_it(
+        engine: LlamaEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job's thread must not compute with llama.cpp: OpenMP would keep a team of
+    threads for it, and a lasting second team slowed every generation step."""
+    decode = llama_cpp.llama_decode
+    seen: list[threading.Thread] = []
+
+    def recording(ctx: object, batch: object) -> int:
+        seen.append(threading.current_thread())
+        return int(decode(ctx, batch))
+
+    monkeypatch.setattr(llama_cpp, "llama_decode", recording)
+    caller = threading.current_thread()
+    texts = [f"text number {i}" for i in range(70)]  # two packs (at most 64 texts each)
+    assert len(engine.embed(texts).vectors) == 70
+    assert len(seen) == 2 and len(set(seen)) == 2
+    assert all(t is not caller and not t.is_alive() for t in seen)
 
 
 def test_a_deadline_stops_between_texts(engine: LlamaEngine) -> None:
