@@ -15,10 +15,11 @@ process, never overlapping:
 
 Targets (issue 10): 1 job >= 0.95 x direct tokens/s, about the same TTFT;
 4 jobs aggregate >= 1.4 x the 1-job figure, every first token within ~0.5 s.
-The figures are medians over runs; on a shared machine they are noisy.
-llama-cpp-python would reuse the KV prefix the prompts share (the chat
-template's system prompt) from one call to the next; the engine does not reuse
-prefixes yet, so the direct runs start from an empty cache too.
+The figures are medians over runs; on a shared machine they are noisy. Both
+sides reuse what the prompts share, the chat template's head: llama-cpp-python
+from its previous call, the engine from the stream it read at load. The direct
+``Llama`` is loaded as ``make bench`` loads it (the engine's threads, flash
+attention, the model's load options).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 
 from llama_cpp import Llama
 
+from ops.bench import WARM_UP, load_direct
 from shared.registry import ModelSpec, Registry
 from shared.schemas import SamplingParams
 from shared.settings import load_settings
@@ -78,7 +80,6 @@ def aggregate(runs: list[Run]) -> float:
 
 
 def direct(llm: Llama, prompt: str, max_tokens: int) -> Run:
-    llm.reset()  # no KV prefix reuse from the previous prompt (the engine has none yet)
     run = Run(time.perf_counter())
     chunks = llm.create_chat_completion(
         [{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0,
@@ -118,9 +119,7 @@ def engine_together(engine: LlamaEngine, prompts: list[str], max_tokens: int) ->
 
 
 def load(spec: ModelSpec, path: Path, threads: int) -> tuple[Llama, LlamaEngine]:
-    llm = Llama(model_path=str(path), n_ctx=spec.context_size, n_gpu_layers=spec.gpu_layers,
-                n_threads=threads, n_threads_batch=threads, verbose=False)
-    return llm, LlamaEngine(spec, path, threads)
+    return load_direct(spec, path, threads), LlamaEngine(spec, path, threads)
 
 
 def med(values: list[float]) -> float:
@@ -162,8 +161,8 @@ def main() -> None:
     spec = registry.for_queue("cpu")
     llm, engine = load(spec, registry.gguf_path(spec), args.threads)
     try:
-        direct(llm, PROMPTS[0], 8)  # warm-up, both paths
-        through_engine(engine, PROMPTS[0], 8, Run(0.0))
+        direct(llm, WARM_UP, 8)  # warm-up, both paths
+        through_engine(engine, WARM_UP, 8, Run(0.0))
         d1: list[Run] = []
         e1: list[Run] = []
         d4: list[list[Run]] = []
