@@ -1,7 +1,7 @@
 """Benchmark: the batching llama engine alone against llama-cpp-python called directly.
 
-Same prompts, greedy, same ``max_tokens`` (128), same threads (2), in this
-process, never overlapping:
+Same prompts, greedy, same ``max_tokens`` (128), same threads (2), never
+overlapping (the engine in this process, llama-cpp-python in a child process):
 
 - 1 job: llama-cpp-python ``create_chat_completion(stream=True)`` and one job
   through :class:`workers.llama_engine.LlamaEngine`: time to first token and
@@ -19,16 +19,18 @@ The figures are medians over runs; on a shared machine they are noisy. Both
 sides reuse what the prompts share, the chat template's head: llama-cpp-python
 from its previous call, the engine from the stream it read at load. The direct
 ``Llama`` is loaded as ``make bench`` loads it (the engine's threads, flash
-attention, the model's load options).
+attention, the model's load options), in a process of its own.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import threading
 import time
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from llama_cpp import Llama
@@ -90,6 +92,37 @@ def direct(llm: Llama, prompt: str, max_tokens: int) -> Run:
     return run
 
 
+def direct_process(conn: Connection, spec: ModelSpec, path: Path, threads: int) -> None:
+    """The direct side, in a process of its own: in one process, while a thread that
+    had computed with llama.cpp lasted beside the engine's scheduler thread, OpenMP
+    kept a team of threads for each and they ran at about half speed."""
+    llm = load_direct(spec, path, threads)
+    try:
+        while (asked := conn.recv()) is not None:
+            conn.send(direct(llm, *asked))
+    finally:
+        llm.close()
+
+
+class Direct:
+    """llama-cpp-python direct, asked one prompt at a time in its own process."""
+
+    def __init__(self, spec: ModelSpec, path: Path, threads: int) -> None:
+        self.conn, child = multiprocessing.get_context("spawn").Pipe()
+        self.proc = multiprocessing.get_context("spawn").Process(
+            target=direct_process, args=(child, spec, path, threads), daemon=True)
+        self.proc.start()
+
+    def __call__(self, prompt: str, max_tokens: int) -> Run:
+        self.conn.send((prompt, max_tokens))
+        run: Run = self.conn.recv()
+        return run
+
+    def close(self) -> None:
+        self.conn.send(None)
+        self.proc.join(30)
+
+
 def request(engine: LlamaEngine, prompt: str, max_tokens: int) -> GenRequest:
     messages = [{"role": "user", "content": prompt}]
     params = SamplingParams(max_tokens=max_tokens, temperature=0, top_p=1)
@@ -118,10 +151,6 @@ def engine_together(engine: LlamaEngine, prompts: list[str], max_tokens: int) ->
     return runs
 
 
-def load(spec: ModelSpec, path: Path, threads: int) -> tuple[Llama, LlamaEngine]:
-    return load_direct(spec, path, threads), LlamaEngine(spec, path, threads)
-
-
 def med(values: list[float]) -> float:
     return statistics.median(values) if values else 0.0
 
@@ -131,7 +160,8 @@ def report(d1: list[Run], e1: list[Run], d4: list[list[Run]], e4: list[list[Run]
     d_ttft, e_ttft = med([r.ttft_ms for r in d1]), med([r.ttft_ms for r in e1])
     one = med([aggregate([r]) for r in e1])
     four = med([aggregate(rs) for rs in e4])
-    serial = med([aggregate(rs) for rs in d4])
+    serial = med([sum(r.tokens for r in rs) / sum(r.last - r.started for r in rs)
+                  for rs in d4])  # its calls alternate with the engine's: their own time
     ttft4 = med([max(r.ttft_ms for r in rs) for rs in e4])
     stream4 = med([r.rate for rs in e4 for r in rs])
     print(f"  1 job   direct  TTFT {d_ttft:7.1f} ms  {d_tps:6.1f} tok/s per stream"
@@ -159,9 +189,11 @@ def main() -> None:
 
     registry = Registry.load(load_settings().registry)
     spec = registry.for_queue("cpu")
-    llm, engine = load(spec, registry.gguf_path(spec), args.threads)
+    path = registry.gguf_path(spec)
+    ask_direct = Direct(spec, path, args.threads)
+    engine = LlamaEngine(spec, path, args.threads)
     try:
-        direct(llm, WARM_UP, 8)  # warm-up, both paths
+        ask_direct(WARM_UP, 8)  # warm-up, both paths
         through_engine(engine, WARM_UP, 8, Run(0.0))
         d1: list[Run] = []
         e1: list[Run] = []
@@ -170,14 +202,14 @@ def main() -> None:
         for _ in range(args.runs):
             round_direct = []
             for prompt in PROMPTS:
-                round_direct.append(direct(llm, prompt, args.max_tokens))
+                round_direct.append(ask_direct(prompt, args.max_tokens))
                 e1.append(through_engine(engine, prompt, args.max_tokens, Run(0.0)))
             d1 += round_direct
             d4.append(round_direct)
             e4.append(engine_together(engine, PROMPTS, args.max_tokens))
     finally:
         engine.close()
-        llm.close()
+        ask_direct.close()
     print(f"\nllama engine vs direct llama-cpp-python — model {spec.name}, greedy, "
           f"max_tokens {args.max_tokens}, {args.threads} threads, {len(PROMPTS)} prompts x "
           f"{args.runs} runs (medians)")
