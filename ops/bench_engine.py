@@ -108,9 +108,10 @@ class Direct:
     """llama-cpp-python direct, asked one prompt at a time in its own process."""
 
     def __init__(self, spec: ModelSpec, path: Path, threads: int) -> None:
-        self.conn, child = multiprocessing.get_context("spawn").Pipe()
-        self.proc = multiprocessing.get_context("spawn").Process(
-            target=direct_process, args=(child, spec, path, threads), daemon=True)
+        spawn = multiprocessing.get_context("spawn")
+        self.conn, child = spawn.Pipe()
+        self.proc = spawn.Process(target=direct_process, args=(child, spec, path, threads),
+                                  daemon=True)
         self.proc.start()
 
     def __call__(self, prompt: str, max_tokens: int) -> Run:
