@@ -121,7 +121,9 @@ def test_queue_depth_sums_every_priority_list(make_stack: Callable[..., Chatq]) 
 
 
 def test_a_running_job_shows_as_running(client: httpx.Client) -> None:
-    job = submit(client, hi("Tell me a long story about the sea.", max_tokens=60))
+    # Long enough to span several heartbeats (every 0.5 s here), which list the running
+    # jobs: at this machine's ~180 tokens/s, 60 tokens could end between two beats.
+    job = submit(client, hi("Tell me a long story about the sea.", max_tokens=400))
     deadline = time.monotonic() + 30
     seen_running = False
     while time.monotonic() < deadline and not seen_running:
