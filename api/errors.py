@@ -60,17 +60,18 @@ def validation_error(exc: RequestValidationError) -> InvalidRequest:
     return InvalidRequest(f"invalid request: {summary}", details=problems)
 
 
-def _is_openai(request: Request) -> bool:
-    return request.url.path.startswith(OPENAI_PATHS)
-
-
-async def _chatq(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ChatqError)
-    if not _is_openai(request):
+def error_response(path: str, exc: ChatqError) -> JSONResponse:
+    """``exc`` as the caller of ``path`` expects it (OpenAI's shape on its paths)."""
+    if not path.startswith(OPENAI_PATHS):
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
     # OpenAI answers every invalid request 400 (its SDK raises BadRequestError on it).
     status = 400 if isinstance(exc, InvalidRequest) else exc.status
     return JSONResponse(openai_body(exc), status_code=status, headers=exc.headers)
+
+
+async def _chatq(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ChatqError)
+    return error_response(request.url.path, exc)
 
 
 async def _validation(request: Request, exc: Exception) -> JSONResponse:

@@ -8,9 +8,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api import assets, conversations, errors, telemetry
+from api import assets, budgets, conversations, errors, telemetry
 from api.routers import (
     ancestor,
+    chat,
     completions,
     docs,
     embeddings,
@@ -20,7 +21,6 @@ from api.routers import (
     jobs,
     metrics,
     models,
-    openai,
     playground,
     queues,
     webhooks,
@@ -67,8 +67,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   docs_url=None, redoc_url=None)
     errors.install(app)
     app.add_middleware(JsonBodies)
+    # Outside the app: an oversized body is refused before anything reads or parses it.
+    app.add_middleware(budgets.BodyLimit, max_bytes=settings.limits.max_body_bytes,
+                       answer=errors.error_response)
     telemetry.install(app)
-    for module in (health, jobs, events, invocations, openai, completions, embeddings, models,
+    for module in (health, jobs, events, invocations, chat, completions, embeddings, models,
                    metrics, queues,
                    conversations_router, ancestor, webhooks, docs, playground):
         app.include_router(module.router)

@@ -80,7 +80,8 @@ class Services:
             settings=settings, registry=registry, redis=client, jobs=AsyncJobs(client, config),
             mongo=make_mongo_client(settings), dispatcher=dispatcher,
             hub=StreamHub(client, config.keys), api_keys=KeyRing(settings),
-            tokens=TokenCounter(registry), sweeper=sweeper, finals=FinalViews(),
+            tokens=TokenCounter(registry, settings.limits.tokenizers_per_model),
+            sweeper=sweeper, finals=FinalViews(),
             idempotency=Idempotency(client, config.keys),
             webhook_policy=TargetPolicy.from_settings(settings),
         )

@@ -5,6 +5,8 @@
     ├── InvalidRequest      422     a field is wrong (names the field)
     │   ├── UnsafeWebhook   422     a webhook target chatq must not call (SSRF guard)
     │   └── InvalidTools    400     a malformed tool, tool_choice or tool message (names it)
+    │       └── OverLimit   400     over an input budget (names the field and the limit)
+    ├── BodyTooLarge        413     a request body over its budget, refused unread
     ├── ContextOverflow     400     prompt + max_tokens over the model's context
     ├── UnsupportedParameter 400    a sampling parameter the model's upstream cannot
     │                               honour (names it)
@@ -86,6 +88,21 @@ class InvalidTools(InvalidRequest):
     (as OpenAI answers it), naming the parameter."""
 
     status = 400
+
+
+class OverLimit(InvalidTools):
+    """A request over one of the deployment's input budgets (``CHATQ_LIMITS__*``):
+    400 on every path, naming the field and the limit."""
+
+    code = "limit_exceeded"
+
+
+class BodyTooLarge(ChatqError):
+    """A request body over ``CHATQ_LIMITS__MAX_BODY_BYTES``: refused before it is read
+    in full, let alone parsed."""
+
+    code = "request_too_large"
+    status = 413
 
 
 class ContextOverflow(ChatqError):

@@ -26,6 +26,9 @@ What must hold:
   an engine never maps registry keys itself.
 - A request's sampling values win over the model's defaults; a request's stop
   strings are *added* to the model's default ones (:meth:`ModelSpec.sampling_params`).
+- A job's sampling parameters are resolved once, by :meth:`ModelSpec.resolve_sampling`
+  (defaults, request, ``response_format`` grammar, tool grammar -> one validated
+  :class:`SamplingParams`); nothing on the way copies them without validation.
 
 CLI: ``python -m shared.registry check FILE [--queue Q] [--no-files] [--no-keys]
 [--no-build]``
@@ -47,7 +50,7 @@ from typing import Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared import modelfiles
-from shared.errors import ConfigError
+from shared.errors import ConfigError, UnsupportedParameter
 from shared.schemas import SamplingParams
 from shared.upstream import NEUTRAL, OPENAI_MAX_STOP, UpstreamOptions
 
@@ -105,11 +108,14 @@ class SamplingDefaults(BaseModel):
         stops guard the model's format and a caller cannot drop them by asking
         for its own.
         """
+        return SamplingParams.model_validate(self.merged(given))
+
+    def merged(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """:meth:`params`'s values, not yet validated."""
         chosen = {k: v for k, v in given.items() if v is not None}
         extra = chosen.pop("stop", [])
         extra = [extra] if isinstance(extra, str) else list(extra)
-        merged = {**self.model_dump(), **chosen, "stop": list(dict.fromkeys([*self.stop, *extra]))}
-        return SamplingParams.model_validate(merged)
+        return {**self.model_dump(), **chosen, "stop": list(dict.fromkeys([*self.stop, *extra]))}
 
 
 class LlamaOptions(BaseModel):
@@ -349,11 +355,62 @@ class ModelSpec(LlamaOptions):
         For an upstream model, the parameters beyond OpenAI's that its registry table
         does not set are neutral (off): the upstream's own defaults apply to them.
         """
+        return SamplingParams.model_validate(self._merged(given))
+
+    def _merged(self, given: Mapping[str, Any]) -> dict[str, Any]:
         if self.upstream is not None:
             unset = {k: v for k, v in NEUTRAL.items() if k in SamplingDefaults.model_fields
                      and k not in self.defaults.model_fields_set}
             given = {**unset, **{k: v for k, v in given.items() if v is not None}}
-        return self.defaults.params(given)
+        return self.defaults.merged(given)
+
+    def resolve_sampling(self, given: Mapping[str, Any], *, grammar: str | None = None,
+                         tool_grammar: str | None = None) -> SamplingParams:
+        """A job's one :class:`SamplingParams`, built and validated once: ``given`` (the
+        request's sampling values, None = not given) over this model's defaults
+        (:meth:`sampling_params`), with ``grammar`` (the one enforcing
+        ``response_format``) or ``tool_grammar`` (the one forcing a tool call).
+
+        Pure. A parameter the model (or its upstream) cannot honour is refused with
+        :class:`UnsupportedParameter` naming it, never dropped (see :meth:`_refusals`).
+        Under ``response_format`` the grammar decides where the answer ends: a stop
+        string could cut it into invalid JSON, so a request's own ``stop`` is refused
+        and the model's default stop strings (which guard free text) do not apply.
+        """
+        values = self._merged(given)
+        if grammar is not None:
+            values["stop"] = []
+        values["grammar"] = grammar if grammar is not None else tool_grammar
+        params = SamplingParams.model_validate(values)
+        self._refusals(given, params, grammar, tool_grammar)
+        return params
+
+    def _refusals(self, given: Mapping[str, Any], params: SamplingParams, grammar: str | None,
+                  tool_grammar: str | None) -> None:
+        """In order: a ``stop`` beside ``response_format``; what the upstream cannot take
+        (the grammar of ``response_format`` included); a forced call beside
+        ``response_format`` (one grammar per answer); a forced call an upstream cannot
+        enforce (it takes no grammar)."""
+        if grammar is not None and given.get("stop"):
+            raise UnsupportedParameter.of_fields(
+                [("stop", "stop strings could cut a structured answer into invalid JSON; "
+                          "response_format ends the answer where the JSON ends")])
+        problems = self.upstream.unsupported(params) if self.upstream else []
+        first = [("response_format" if f == "grammar" else f, why) for f, why in problems
+                 if f != "grammar" or grammar is not None]
+        if first:
+            raise UnsupportedParameter.of_fields(first)
+        if tool_grammar is None:
+            return
+        if grammar is not None:
+            raise UnsupportedParameter.of_fields([(
+                "response_format", "a forced tool call (tool_choice required or a named "
+                                   "function) is the whole answer; drop response_format or "
+                                   "use tool_choice auto")])
+        if problems:  # only the grammar is left: the forced call's
+            raise UnsupportedParameter.of_fields([(
+                "tool_choice", f"model {self.name}'s upstream takes no grammar, so a call "
+                               "cannot be forced; use tool_choice auto")])
 
     def upstream_problems(self, environ: Mapping[str, str]) -> list[str]:
         """What keeps this upstream model from being served here: its key variable unset."""

@@ -21,6 +21,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictFloat,
+    StrictInt,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -178,45 +180,49 @@ ParallelToolCallsField = Annotated[
                             "(`required`, a named function) is always one call.")]
 
 
-# Sampling fields, defined once (None = the model's registry default).
+# Sampling fields, defined once (None = the model's registry default). Numbers are
+# strict: `true` is not 1 and "5" is not 5 (422 naming the field, 400 on the OpenAI
+# paths), as OpenAI refuses them; an integer is a number where a float is asked.
 MaxTokensField = Annotated[
-    int | None, Field(None, gt=0, le=131072, description="Most tokens to generate.")
-]
+    StrictInt | None, Field(None, gt=0, le=131072, description="Most tokens to generate.")]
 TemperatureField = Annotated[
-    float | None, Field(None, ge=0, le=2, description="Sampling temperature; 0 is greedy.")
-]
-TopPField = Annotated[float | None, Field(None, gt=0, le=1, description="Nucleus sampling.")]
+    StrictFloat | None, Field(None, ge=0, le=2, description="Sampling temperature; 0 is greedy.")]
+TopPField = Annotated[
+    StrictFloat | None, Field(None, gt=0, le=1, description="Nucleus sampling.")]
 SeedField = Annotated[
-    int | None, Field(None, ge=0, lt=2**32, description="Seed for reproducible sampling.")
-]
+    StrictInt | None, Field(None, ge=0, lt=2**32, description="Seed for reproducible sampling.")]
 StopField = Annotated[
     str | list[str] | None,
     Field(None, description="Up to 4 strings that end generation (not included in output)."),
 ]
 TopKField = Annotated[
-    int | None, Field(None, ge=0, le=1000,
-                      description="Sample among the k most likely tokens; 0: off.")]
+    StrictInt | None, Field(None, ge=0, le=1000,
+                            description="Sample among the k most likely tokens; 0: off.")]
 MinPField = Annotated[
-    float | None, Field(None, ge=0, le=1, description="Drop tokens below min_p x the most "
-                                                       "likely token's probability; 0: off.")]
+    StrictFloat | None, Field(None, ge=0, le=1,
+                              description="Drop tokens below min_p x the most likely "
+                                          "token's probability; 0: off.")]
 RepeatPenaltyField = Annotated[
-    float | None, Field(None, gt=0, le=2, description="Divide the logits of recent tokens by "
-                                                       "this (llama.cpp); 1: off.")]
+    StrictFloat | None, Field(None, gt=0, le=2,
+                              description="Divide the logits of recent tokens by this "
+                                          "(llama.cpp); 1: off.")]
 PresencePenaltyField = Annotated[
-    float | None, Field(None, ge=-2, le=2,
-                        description="Subtract from the logit of any token already generated.")]
+    StrictFloat | None, Field(None, ge=-2, le=2,
+                              description="Subtract from the logit of any token already "
+                                          "generated.")]
 FrequencyPenaltyField = Annotated[
-    float | None, Field(None, ge=-2, le=2,
-                        description="Subtract this x its count from a generated token's logit.")]
+    StrictFloat | None, Field(None, ge=-2, le=2,
+                              description="Subtract this x its count from a generated "
+                                          "token's logit.")]
 LogitBiasField = Annotated[
-    dict[str, float] | None,
+    dict[str, StrictFloat] | None,
     Field(None, description="Token id (as a string) -> bias from -100 to 100 added to its "
                             "logit; -100 bans the token, 100 all but forces it.")]
 LogprobsField = Annotated[
     bool | None, Field(None, description="Return the log probability of each output token.")]
 TopLogprobsField = Annotated[
-    int | None, Field(None, ge=0, le=20, description="With logprobs: the most likely "
-                                                      "alternatives per token (0-20).")]
+    StrictInt | None, Field(None, ge=0, le=20, description="With logprobs: the most likely "
+                                                            "alternatives per token (0-20).")]
 
 LOGIT_BIAS_MAX = 100.0
 

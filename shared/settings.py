@@ -216,6 +216,61 @@ class WebhookSettings(BaseModel):
         return out
 
 
+class LimitSettings(BaseModel):
+    """Input budgets: every size a caller controls, checked at admission before any
+    expensive work (parsing, tokenizing, grammar building), each refusal a 400 (413 for
+    the body) naming the field and the limit. Defaults follow OpenAI's own limits where
+    it has one."""
+
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, gt=0,
+        description="Largest request body, in bytes; a larger one is refused (413) before "
+                    "it is read in full or parsed.")
+    max_messages: int = Field(
+        2048, gt=0, description="Most messages in one request.")
+    max_input_chars: int = Field(
+        2_000_000, gt=0,
+        description="Most characters of text in one request: its messages' contents, a "
+                    "prompt to complete, or the texts to embed, together.")
+    max_chars_per_token: int = Field(
+        64, gt=0,
+        description="The most characters one token can stand for. A prompt longer than "
+                    "context_size x this cannot fit the model's context "
+                    "whatever its tokens, and is refused before it is tokenized; set it to "
+                    "at least the longest token of your models' vocabularies (rarely over "
+                    "32 characters) so a prompt that could fit is always counted.")
+    max_stop_chars: int = Field(
+        256, gt=0, description="Longest stop string, in characters (at most 4 of them).")
+    max_metadata_pairs: int = Field(
+        16, gt=0, description="Most `metadata` keys (OpenAI: 16).")
+    max_metadata_key_chars: int = Field(
+        64, gt=0, description="Longest `metadata` key (OpenAI: 64 characters).")
+    max_metadata_value_chars: int = Field(
+        512, gt=0,
+        description="Longest `metadata` value (OpenAI: 512 characters; a value that is not "
+                    "a string counts as its JSON text).")
+    max_tools: int = Field(128, gt=0, description="Most tools in one request (OpenAI: 128).")
+    max_tools_chars: int = Field(
+        300_000, gt=0, description="Largest `tools` list, as JSON text (characters).")
+    max_schema_chars: int = Field(
+        120_000, gt=0,
+        description="Largest `response_format` JSON schema, as JSON text (characters).")
+    max_logit_bias: int = Field(
+        300, gt=0, description="Most `logit_bias` entries (OpenAI: 300).")
+    grammar_timeout_s: float = Field(
+        5.0, gt=0,
+        description="Longest a JSON schema (response_format, a forced tool call) may take "
+                    "to become a grammar, in a worker thread; past it the request is "
+                    "refused (400 naming the field).")
+    grammar_threads: int = Field(
+        4, gt=0, description="Grammars built at once per API process (worker threads).")
+    tokenizers_per_model: int = Field(
+        4, gt=0,
+        description="Tokenizers per model in each API process, each used by one request "
+                    "at a time (a vocabulary-only load: a few MB each): so many requests "
+                    "are counted at once, and one long prompt holds up no other.")
+
+
 class Settings(BaseSettings):
     """All of chatq's configuration. See README for the variables."""
 
@@ -240,6 +295,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     conversations: ConversationSettings = ConversationSettings()
     webhooks: WebhookSettings = WebhookSettings()
+    limits: LimitSettings = LimitSettings()
 
     @model_validator(mode="after")
     def _safe_outside_development(self) -> Self:

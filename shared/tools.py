@@ -31,6 +31,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from shared.errors import InvalidRequest, InvalidTools, UnsupportedParameter
@@ -77,7 +78,11 @@ class ToolSet:
                    named=raw.get("named"), parallel=bool(raw.get("parallel", True)))
 
     def grammar(self) -> str | None:
-        """The GBNF grammar that forces one call (None unless forced)."""
+        """The GBNF grammar that forces one call (None unless forced); built once."""
+        return self._grammar
+
+    @cached_property
+    def _grammar(self) -> str | None:
         if not self.forced:
             return None
         chosen = [f for f in self.functions if self.named in (None, f["name"])]

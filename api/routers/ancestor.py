@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from api import jobs
+from api.admission import Work, admit
 from api.deps import ServicesDep, TenantDep
 from shared.errors import JobCancelled, JobFailed
 from shared.personas import CharacterPersona, OfficePersona
@@ -56,7 +57,7 @@ class CharacterRequest(AncestorRequest):
 
 
 async def _answer(svc: ServicesDep, tenant: str, req: JobRequest) -> JSONResponse:
-    submitted = await jobs.submit(svc, req, tenant)
+    submitted = (await admit(svc, Work.chat(req), tenant)).record
     record, output = await jobs.wait_terminal(
         svc, submitted.id, tenant, svc.settings.conversations.ancestor_wait_s)
     if record.status is JobStatus.succeeded:

@@ -14,30 +14,27 @@ start of the prompt), from the answer's token events.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
 
 from api import jobs
+from api import openai_wire as wire
+from api.admission import Work, admit
 from api.deps import ServicesDep, TenantDep
-from api.errors import openai_body
-from api.routers.events import KEEPALIVE, SSE_HEADERS
-from api.routers.openai import StreamOptions, openai_finish, wait_unless_disconnected
+from api.openai_wire import StreamOptions
 from api.services import Services
-from shared.errors import InvalidRequest, JobFailed, UnsupportedParameter
-from shared.events import KeepaliveEvent, LogprobEntry, TokenEvent
+from api.sse import data
+from shared.errors import UnsupportedParameter
+from shared.events import LogprobEntry
 from shared.lifecycle import JobRecord
 from shared.schemas import (
     JobKind,
-    JobRequest,
-    JobStatus,
     MaxTokensField,
-    Message,
+    SamplingFields,
     SeedField,
     StopField,
     TemperatureField,
@@ -45,6 +42,8 @@ from shared.schemas import (
 )
 
 router = APIRouter(prefix="/v1", tags=["openai"])
+TEXT_COMPLETION = "text_completion"
+
 
 class CompletionRequest(BaseModel):
     """OpenAI's ``CreateCompletionRequest``; fields chatq does not implement are refused."""
@@ -64,21 +63,21 @@ class CompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, max_length=128, description="The end user (kept in the "
                              "job's metadata).")
-    presence_penalty: float | None = Field(
+    presence_penalty: StrictFloat | None = Field(
         None, ge=-2, le=2, description="Lowers the logit of every token already generated "
                                        "(recent ones) by this much.")
-    frequency_penalty: float | None = Field(
+    frequency_penalty: StrictFloat | None = Field(
         None, ge=-2, le=2, description="Lowers a token's logit by this much per time it "
                                        "was generated (recent ones).")
-    logit_bias: dict[str, float] | None = Field(
+    logit_bias: dict[str, StrictFloat] | None = Field(
         None, description="Token id (a string of digits) -> bias added to its logit, "
                           "-100 to 100 (-100 bans the token).")
-    n: int = Field(1, description="Only 1: chatq returns one choice.")
-    best_of: int | None = Field(None, description="Only 1 (or absent).")
+    n: StrictInt = Field(1, description="Only 1: chatq returns one choice.")
+    best_of: StrictInt | None = Field(None, description="Only 1 (or absent).")
     echo: bool = Field(False, description="Return the prompt before the completion (not "
                        "with `logprobs`: chatq does not score the prompt).")
     suffix: str | None = Field(None, description="Not supported (insertion): absent or null.")
-    logprobs: int | None = Field(None, ge=0, le=5, description="Log probabilities of "
+    logprobs: StrictInt | None = Field(None, ge=0, le=5, description="Log probabilities of "
                                  "the sampled tokens and of this many most likely "
                                  "alternatives at each (0 to 5).")
 
@@ -96,7 +95,7 @@ class CompletionRequest(BaseModel):
     @field_validator("stop")
     @classmethod
     def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
-        return JobRequest.check_stop(value)
+        return SamplingFields.check_stop(value)
 
     @field_validator("logit_bias")
     @classmethod
@@ -138,29 +137,17 @@ class CompletionRequest(BaseModel):
                                                "is true"))
         return problems
 
-    def to_job(self) -> JobRequest:
-        """The model and sampling fields, as the job's request (its one message is the
-        prompt, so stop strings and limits are checked the way /v1/jobs checks them)."""
+    def to_work(self) -> Work:
+        """The prompt as a job of its own kind (:attr:`JobKind.completion`): fed to the
+        model as it is, with this path's sampling fields."""
         problems = self.refused()
         if problems:
             raise UnsupportedParameter.of_fields(problems)
-        try:
-            return JobRequest(
-                model=self.model, messages=[Message(role="user", content=self.text())],
-                max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
-                stop=self.stop, seed=self.seed,
-                metadata={"user": self.user} if self.user else None)
-        except ValueError as exc:
-            raise InvalidRequest(f"invalid request: {exc}", status=400) from exc
-
-
-def _data(body: dict[str, Any]) -> str:
-    return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
-
-
-def _body(record: JobRecord, created: int, choices: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"id": record.id, "object": "text_completion", "created": created,
-            "model": record.model, "system_fingerprint": None, "choices": choices}
+        sampling = {"max_tokens": self.max_tokens, "temperature": self.temperature,
+                    "top_p": self.top_p, "stop": self.stop, "seed": self.seed,
+                    **self.sampling_overrides()}
+        return Work(kind=JobKind.completion, model=self.model, inputs=[self.text()],
+                    sampling=sampling, metadata={"user": self.user} if self.user else None)
 
 
 def _choice(text: str, finish: str | None, logprobs: dict[str, Any] | None = None
@@ -181,42 +168,31 @@ def legacy_logprobs(entries: list[LogprobEntry], offset: int) -> dict[str, Any]:
             "text_offset": offsets}
 
 
-async def _answer_logprobs(svc: Services, record: JobRecord) -> list[LogprobEntry]:
-    """The logprobs of the answer's tokens, from its token events."""
-    events = await jobs.read_log(svc, record.id)
-    return [e for ev in events if isinstance(ev, TokenEvent) for e in ev.logprobs or []]
-
-
-def _usage(record: JobRecord) -> dict[str, int]:
-    return dict(record.usage or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0})
-
-
 @router.post("/completions", response_model=None,
              summary="Complete a prompt (OpenAI legacy completions)")
 async def completions(
     body: CompletionRequest, request: Request, svc: ServicesDep, tenant: TenantDep
 ) -> JSONResponse | StreamingResponse:
-    record = await jobs.submit_text(svc, body.to_job(), tenant, JobKind.completion,
-                                    [body.text()], overrides=body.sampling_overrides())
+    record = (await admit(svc, body.to_work(), tenant)).record
     created = int(record.created_at)
     if body.stream:
-        usage = bool(body.stream_options and body.stream_options.include_usage)
         offset = len(body.text()) if body.logprobs is not None else None
-        stream = _stream(svc, record, tenant, created, usage, offset,
-                         body.text() if body.echo else "")
-        return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
-    done = await wait_unless_disconnected(request, svc, record, tenant)
-    if done is None:
-        return JSONResponse({}, status_code=499)  # nobody is listening any more
-    record, output = done
-    if record.status is JobStatus.failed:
-        raise JobFailed(record.id, record.error)
-    logprobs = None
-    if body.logprobs is not None:
-        logprobs = legacy_logprobs(await _answer_logprobs(svc, record), len(body.text()))
-    text = body.text() + output if body.echo else output
-    choice = _choice(text, openai_finish(record), logprobs)
-    return JSONResponse({**_body(record, created, [choice]), "usage": _usage(record)})
+        echo = body.text() if body.echo else ""
+        lines = _stream(svc, record, tenant, created, wire.include_usage(body.stream_options),
+                        offset, echo)
+        return wire.stream_response(svc, record, lines)
+
+    async def answer(record: JobRecord, output: str) -> dict[str, Any]:
+        logprobs = None
+        if body.logprobs is not None:
+            entries = await jobs.answer_logprobs(svc, record) or []
+            logprobs = legacy_logprobs(entries, len(body.text()))
+        text = body.text() + output if body.echo else output
+        choice = _choice(text, wire.finish_reason(record), logprobs)
+        return {**wire.envelope(record, created, TEXT_COMPLETION, [choice]),
+                "usage": wire.usage(record)}
+
+    return await wire.respond(request, svc, record, tenant, answer)
 
 
 async def _stream(  # noqa: PLR0917 (the stream's whole context)
@@ -226,29 +202,27 @@ async def _stream(  # noqa: PLR0917 (the stream's whole context)
     """``text_completion`` chunks: ``echo`` (the prompt, when asked), the job's tokens
     (with their logprobs when asked: ``offset`` is where the answer starts), one with
     the finish reason, the usage chunk (``choices: []``) when asked, then ``[DONE]``."""
-    finished = False
-    try:
-        if echo:
-            yield _data(_body(record, created, [_choice(echo, None)]))
-        async for event in jobs.iterate_events(svc, record, join_tokens=True):
-            if isinstance(event, TokenEvent):
-                logprobs = None
-                if offset is not None:
-                    logprobs = legacy_logprobs(event.logprobs or [], offset)
-                    offset += len(event.text)
-                yield _data(_body(record, created, [_choice(event.text, None, logprobs)]))
-            elif isinstance(event, KeepaliveEvent):
-                yield KEEPALIVE
-        finished = True
-        final, _ = await jobs.final(svc, record.id, tenant)
-        if final.status is JobStatus.failed:
-            yield _data(openai_body(JobFailed(final.id, final.error)))
-        else:
-            yield _data(_body(final, created, [_choice("", openai_finish(final))]))
-            if usage:
-                yield _data({**_body(final, created, []), "usage": _usage(final)})
-        yield "data: [DONE]\n\n"
-    finally:
-        if not finished:  # the client went away mid-answer: stop generating for nobody
-            with anyio.CancelScope(shield=True):
-                await jobs.cancel(svc, record)
+    if echo:
+        yield _chunk(record, created, echo)
+    async for event in wire.tokens(svc, record):
+        if isinstance(event, str):
+            yield event
+            continue
+        logprobs = None
+        if offset is not None:
+            logprobs = legacy_logprobs(event.logprobs or [], offset)
+            offset += len(event.text)
+        yield _chunk(record, created, event.text, logprobs=logprobs)
+
+    def closing(final: JobRecord, _: str) -> list[str]:
+        lines = [_chunk(final, created, "", wire.finish_reason(final))]
+        return [*lines, wire.usage_chunk(final, created, TEXT_COMPLETION)] if usage else lines
+
+    async for line in wire.ending(svc, record, tenant, closing):
+        yield line
+
+
+def _chunk(record: JobRecord, created: int, text: str, finish: str | None = None,
+           logprobs: dict[str, Any] | None = None) -> str:
+    return data(wire.envelope(record, created, TEXT_COMPLETION,
+                              [_choice(text, finish, logprobs)]))

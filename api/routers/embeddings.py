@@ -19,12 +19,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from api import jobs
+from api import openai_wire as wire
+from api.admission import Work, admit
 from api.deps import ServicesDep, TenantDep
-from api.routers.openai import wait_unless_disconnected
 from shared import vectors
 from shared.errors import JobFailed, UnsupportedParameter
-from shared.schemas import JobKind, JobRequest, JobStatus, Message
+from shared.lifecycle import JobRecord
+from shared.schemas import JobKind, JobStatus
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -65,14 +66,15 @@ class EmbeddingRequest(BaseModel):
     def texts(self) -> list[str]:
         return [self.input] if isinstance(self.input, str) else [str(t) for t in self.input]
 
-    def to_job(self) -> JobRequest:
+    def to_work(self) -> Work:
+        """The texts as a job of their own kind (:attr:`JobKind.embedding`); no model
+        named: the registry's embedding model."""
         if self.dimensions is not None:
             raise UnsupportedParameter.of_fields(
                 [("dimensions", "chatq returns the model's full vectors: dimensions is not "
                                 "supported")])
-        # The job's request carries only the model here (its messages are not used).
-        return JobRequest(model=self.model, messages=[Message(role="user", content="-")],
-                          metadata={"user": self.user} if self.user else None)
+        return Work(kind=JobKind.embedding, model=self.model, inputs=self.texts(),
+                    metadata={"user": self.user} if self.user else None)
 
 
 def response(model: str, packed: list[str], usage: dict[str, int] | None,
@@ -96,16 +98,13 @@ def response(model: str, packed: list[str], usage: dict[str, int] | None,
 async def embeddings(
     body: EmbeddingRequest, request: Request, svc: ServicesDep, tenant: TenantDep
 ) -> JSONResponse:
-    job = body.to_job()
-    job.model = body.model or svc.registry.embedding_name
-    record = await jobs.submit_text(svc, job, tenant, JobKind.embedding, body.texts())
-    done = await wait_unless_disconnected(request, svc, record, tenant)
-    if done is None:
-        return JSONResponse({}, status_code=499)  # nobody is listening any more
-    record, _ = done
-    if record.status is not JobStatus.succeeded or not record.result:
-        raise JobFailed(record.id, record.error or {"code": record.status.value,
-                                                    "message": f"the job ended {record.status}"})
-    packed = record.result[vectors.RESULT_KEY]
-    return JSONResponse(response(record.model, packed, record.usage,
-                                 body.encoding_format or "float"))
+    record = (await admit(svc, body.to_work(), tenant)).record
+
+    async def answer(record: JobRecord, _: str) -> dict[str, Any]:
+        if record.status is not JobStatus.succeeded or not record.result:
+            raise JobFailed(record.id, record.error or {
+                "code": record.status.value, "message": f"the job ended {record.status}"})
+        return response(record.model, record.result[vectors.RESULT_KEY], record.usage,
+                        body.encoding_format or "float")
+
+    return await wire.respond(request, svc, record, tenant, answer)

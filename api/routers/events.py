@@ -11,9 +11,8 @@ yields every token after ``k`` exactly once, in order, then ``done`` (or
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
@@ -21,20 +20,13 @@ from fastapi.responses import StreamingResponse
 from api import jobs
 from api.deps import ServicesDep, TenantDep
 from api.services import Services
+from api.sse import KEEPALIVE, SSE_HEADERS, frame
 from shared.errors import InvalidRequest
 from shared.events import DoneEvent, ErrorEvent, KeepaliveEvent, StatusEvent, TokenEvent
 from shared.lifecycle import JobRecord
 from shared.schemas import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["streaming"])
-
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-def frame(event: str, data: Any, event_id: int | None = None) -> str:
-    head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
-
 
 def _last_seq(header: str | None, query: int | None) -> int:
     if header is None:
@@ -75,9 +67,6 @@ async def job_event_stream(
             yield frame("status", event.model_dump(mode="json", exclude={"type"},
                                                    exclude_none=True))
     yield await _final(svc, record.id, tenant)
-
-
-KEEPALIVE = ": keep-alive\n\n"
 
 
 async def _final(svc: Services, job_id: str, tenant: str) -> str:

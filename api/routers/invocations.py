@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from api.deps import ServicesDep, TenantDep
-from api.routers.jobs import RESPONSES, IdempotencyKeyHeader, PreferHeader, submit_response
+from api.job_responses import RESPONSES, IdempotencyKeyHeader, PreferHeader, submit_response
 from shared.schemas import Job, JobRequest
 
 router = APIRouter(tags=["platform"])

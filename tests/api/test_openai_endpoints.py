@@ -13,7 +13,7 @@ import anyio
 import pytest
 from pydantic import ValidationError
 
-from api import jobs
+from api.admission import admit
 from api.main import create_app
 from api.routers.completions import CompletionRequest, legacy_logprobs
 from api.routers.embeddings import EmbeddingRequest, response
@@ -41,17 +41,19 @@ def test_a_completion_takes_a_string_or_a_list_of_one() -> None:
     assert completion().text() == "Hi"
     assert completion(prompt=["Once"]).text() == "Once"
     job = completion(max_tokens=5, temperature=0, top_p=0.5, stop="\n", seed=7,
-                     user="u1").to_job()
-    assert (job.max_tokens, job.temperature, job.top_p, job.stop, job.seed) == (
-        5, 0, 0.5, "\n", 7)
+                     user="u1").to_work()
+    given = job.sampling
+    assert (given["max_tokens"], given["temperature"], given["top_p"], given["stop"],
+            given["seed"]) == (5, 0, 0.5, "\n", 7)
     assert job.metadata == {"user": "u1"}
-    assert completion().to_job().max_tokens == 16  # OpenAI's default for this path
+    assert completion().to_work().max_tokens == 16  # OpenAI's default for this path
+    assert (job.kind, job.inputs, job.messages) == (JobKind.completion, ["Hi"], [])
     assert completion().sampling_overrides() == {}
     assert completion(presence_penalty=0.5, frequency_penalty=-1,
                       logit_bias={"42": -100}).sampling_overrides() == {
         "presence_penalty": 0.5, "frequency_penalty": -1, "logit_bias": {42: -100}}
     # Neutral values of the fields chatq does not implement are taken.
-    completion(n=1, best_of=1, echo=False, suffix=None, logprobs=None).to_job()
+    completion(n=1, best_of=1, echo=False, suffix=None, logprobs=None).to_work()
     assert completion(logprobs=0).sampling_overrides() == {"logprobs": True}
     assert completion(logprobs=3).sampling_overrides() == {"logprobs": True,
                                                            "top_logprobs": 3}
@@ -98,7 +100,7 @@ def test_a_completion_refuses_bad_fields(fields: dict[str, Any], param: str) -> 
 def test_a_completion_refuses_what_chatq_does_not_do(fields: dict[str, Any],
                                                      param: str) -> None:
     with pytest.raises(UnsupportedParameter) as info:
-        completion(**fields).to_job()
+        completion(**fields).to_work()
     assert refused_field(info) == param
 
 
@@ -110,7 +112,8 @@ def test_embedding_inputs() -> None:
     assert embedding().texts() == ["Hi"]
     assert embedding(input=["a", "b"]).texts() == ["a", "b"]
     assert embedding().encoding_format == "float"
-    assert embedding(model="m").to_job().model == "m"
+    assert embedding(model="m").to_work().model == "m"
+    assert embedding(input=["a", "b"]).to_work().inputs == ["a", "b"]
 
 
 @pytest.mark.parametrize(("fields", "param"), [
@@ -130,7 +133,7 @@ def test_embedding_refuses_bad_fields(fields: dict[str, Any], param: str) -> Non
 
 def test_embedding_refuses_dimensions() -> None:
     with pytest.raises(UnsupportedParameter) as info:
-        embedding(dimensions=64).to_job()
+        embedding(dimensions=64).to_work()
     assert refused_field(info) == "dimensions"
 
 
@@ -165,8 +168,8 @@ def test_completions_are_refused_on_an_upstream_model() -> None:
     spec = ModelSpec.model_validate({
         "name": "up", "queue": "upstream", "embedding": True,
         "upstream": {"url": "https://api.example/v1", "model": "m"}})
-    svc = SimpleNamespace(registry=Registry({"up": spec}, Path(".")))
+    svc = SimpleNamespace(registry=Registry({"up": spec}, Path(".")), settings=load_settings())
     with pytest.raises(UnsupportedParameter) as caught:
-        anyio.run(jobs.submit_text, svc, completion().to_job(), "t", JobKind.completion, ["Hi"])
+        anyio.run(admit, svc, completion().to_work(), "t")
     assert caught.value.status == 400 and caught.value.details[0]["field"] == "model"
     assert svc.registry.embedding_name == "up"

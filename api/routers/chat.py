@@ -9,37 +9,29 @@ that may still be a call (:class:`_Held`) and sends the call as ``delta.tool_cal
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any, Literal
 
-import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from api import jobs
+from api import openai_wire as wire
+from api.admission import Work, admit
 from api.deps import ServicesDep, TenantDep
-from api.errors import openai_body
-from api.routers.events import KEEPALIVE, SSE_HEADERS
+from api.openai_wire import StreamOptions
 from api.services import Services
-from shared.errors import InvalidRequest, JobFailed, UnsupportedParameter
-from shared.events import KeepaliveEvent, LogprobEntry, TokenEvent
+from api.sse import data
+from shared.errors import InvalidRequest, UnsupportedParameter
+from shared.events import LogprobEntry
 from shared.lifecycle import JobRecord
-from shared.schemas import (
-    JobRequest,
-    JobStatus,
-    MaxTokensField,
-    Message,
-    SamplingFields,
-)
+from shared.schemas import JobRequest, MaxTokensField, Message, SamplingFields
 from shared.tools import ToolSet, could_be_call
 from shared.views import tool_calls
 
 router = APIRouter(prefix="/v1/chat", tags=["openai"])
-
-# chatq's finish reasons as OpenAI names them (a cancelled job stopped).
-FINISH_REASONS = {"stop": "stop", "length": "length", "cancelled": "stop"}
 
 
 class ContentPart(BaseModel):
@@ -69,12 +61,6 @@ class ChatMessage(BaseModel):
                        tool_calls=self.tool_calls, tool_call_id=self.tool_call_id)
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    include_usage: bool = False
-
-
 class ChatCompletionRequest(SamplingFields):
     """OpenAI's chat request. Every field is either honoured or refused with a ``400``
     naming it (:meth:`refusals`); an unknown field is refused too, never ignored. The
@@ -85,7 +71,7 @@ class ChatCompletionRequest(SamplingFields):
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: MaxTokensField = None
-    n: int | None = Field(None, ge=1, description="Choices to return: chatq returns one.")
+    n: StrictInt | None = Field(None, ge=1, description="Choices to return: chatq returns one.")
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, max_length=256, description="Kept in the job's metadata.")
@@ -119,6 +105,10 @@ class ChatCompletionRequest(SamplingFields):
                     problems.append((f"messages.{i}.content.{j}",
                                      "a text part is {\"type\": \"text\", \"text\": ...}"))
         return problems
+
+    def to_work(self) -> Work:
+        """The chat job; ``user`` joins the caller's ``metadata`` in the job's."""
+        return replace(Work.chat(self.to_job()), metadata=self.metadata, end_user=self.user)
 
     def to_job(self) -> JobRequest:
         problems = self.refusals()
@@ -154,10 +144,6 @@ def refuse_functions(body: ChatCompletionRequest) -> list[tuple[str, str]]:
     return problems
 
 
-def _data(body: dict[str, Any]) -> str:
-    return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
-
-
 def _logprobs(entries: list[LogprobEntry] | None) -> dict[str, Any] | None:
     """OpenAI's ``choices[].logprobs`` (None: not asked for)."""
     if entries is None:
@@ -165,86 +151,49 @@ def _logprobs(entries: list[LogprobEntry] | None) -> dict[str, Any] | None:
     return {"content": [e.model_dump() for e in entries], "refusal": None}
 
 
+CHUNK = "chat.completion.chunk"
+
+
 def _chunk(record: JobRecord, created: int, delta: dict[str, Any], finish: str | None = None,
            *, usage: bool = False, logprobs: list[LogprobEntry] | None = None) -> str:
     """A content chunk; with ``usage`` (include_usage asked) it carries ``"usage": null``."""
     choice = {"index": 0, "delta": delta, "logprobs": _logprobs(logprobs),
               "finish_reason": finish}
-    body = _chunk_body(record, created, [choice])
+    body = wire.envelope(record, created, CHUNK, [choice])
     if usage:
         body["usage"] = None
-    return _data(body)
-
-
-def _chunk_body(record: JobRecord, created: int, choices: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"id": record.id, "object": "chat.completion.chunk", "created": created,
-            "model": record.model, "system_fingerprint": None, "choices": choices}
-
-
-def _usage(record: JobRecord) -> dict[str, int]:
-    return dict(record.usage or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0})
+    return data(body)
 
 
 @router.post("/completions", response_model=None)
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, svc: ServicesDep, tenant: TenantDep
 ) -> JSONResponse | StreamingResponse:
-    record = await jobs.submit(svc, body.to_job(), tenant)
+    record = (await admit(svc, body.to_work(), tenant)).record
     created = int(record.created_at)
     if body.stream:
-        usage = bool(body.stream_options and body.stream_options.include_usage)
-        stream = _stream(svc, record, tenant, created, usage)
-        return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
-    done = await wait_unless_disconnected(request, svc, record, tenant)
-    if done is None:
-        return JSONResponse({}, status_code=499)  # nobody is listening any more
-    record, output = done
-    if record.status is JobStatus.failed:
-        raise JobFailed(record.id, record.error)
-    calls = tool_calls(record, output)
-    message: dict[str, Any] = {"role": "assistant", "content": output, "refusal": None}
-    logprobs = await jobs.answer_logprobs(svc, record)
-    if calls:  # the logprobs are the content's: a call has none
-        message = {**message, "content": None, "tool_calls": calls}
-        logprobs = [] if logprobs is not None else None
-    return JSONResponse({
-        "id": record.id, "object": "chat.completion", "created": created,
-        "model": record.model, "system_fingerprint": None,
-        "choices": [{"index": 0, "logprobs": _logprobs(logprobs), "message": message,
-                     "finish_reason": _finish(record, calls)}],
-        "usage": _usage(record),
-    })
+        usage = wire.include_usage(body.stream_options)
+        return wire.stream_response(svc, record, _stream(svc, record, tenant, created, usage))
+
+    async def answer(record: JobRecord, output: str) -> dict[str, Any]:
+        calls = tool_calls(record, output)
+        message: dict[str, Any] = {"role": "assistant", "content": output, "refusal": None}
+        logprobs = await jobs.answer_logprobs(svc, record)
+        if calls:  # the logprobs are the content's: a call has none
+            message = {**message, "content": None, "tool_calls": calls}
+            logprobs = [] if logprobs is not None else None
+        choice = {"index": 0, "logprobs": _logprobs(logprobs), "message": message,
+                  "finish_reason": _finish(record, calls)}
+        return {**wire.envelope(record, created, "chat.completion", [choice]),
+                "usage": wire.usage(record)}
+
+    return await wire.respond(request, svc, record, tenant, answer)
 
 
 def _finish(record: JobRecord, calls: list[dict[str, Any]]) -> str:
     if calls:
         return "tool_calls"
-    return openai_finish(record)
-
-
-def openai_finish(record: JobRecord) -> str:
-    """The job's finish reason as OpenAI names it."""
-    return FINISH_REASONS.get(record.finish_reason or "stop", "stop")
-
-
-async def wait_unless_disconnected(
-    request: Request, svc: Services, record: JobRecord, tenant: str
-) -> tuple[JobRecord, str] | None:
-    """Wait for the job; cancel it (and return None) if the client disconnects first."""
-    timeout = svc.settings.celery.hard_time_limit_s + 60
-    result: list[tuple[JobRecord, str]] = []
-    async with anyio.create_task_group() as tg:
-
-        async def watch() -> None:
-            while not await request.is_disconnected():
-                await anyio.sleep(0.2)
-            await jobs.cancel(svc, record)
-            tg.cancel_scope.cancel()
-
-        tg.start_soon(watch)
-        result.append(await jobs.wait_terminal(svc, record.id, tenant, timeout))
-        tg.cancel_scope.cancel()
-    return result[0] if result else None
+    return wire.finish_reason(record)
 
 
 class _Held:
@@ -280,41 +229,37 @@ class _Held:
 async def _stream(
     svc: Services, record: JobRecord, tenant: str, created: int, usage: bool
 ) -> AsyncIterator[str]:
-    finished = False
     held = _Held(record)
-    try:
-        yield _chunk(record, created, {"role": "assistant", "content": ""}, usage=usage)
-        async for event in jobs.iterate_events(svc, record, join_tokens=True):
-            if isinstance(event, TokenEvent):
-                text, lps = held.add(event.text, event.logprobs or [])
-                if text:
-                    yield _chunk(record, created, {"content": text}, usage=usage,
-                                 logprobs=lps if record.params.logprobs else None)
-            elif isinstance(event, KeepaliveEvent):
-                yield KEEPALIVE
-        finished = True
-        final, output = await jobs.final(svc, record.id, tenant)
-        async for line in _ending(final, output, held, created, usage):
-            yield line
-    finally:
-        if not finished:  # the client went away mid-answer: stop generating for nobody
-            with anyio.CancelScope(shield=True):
-                await jobs.cancel(svc, record)
+    yield _chunk(record, created, {"role": "assistant", "content": ""}, usage=usage)
+    async for event in wire.tokens(svc, record):
+        if isinstance(event, str):
+            yield event
+            continue
+        text, lps = held.add(event.text, event.logprobs or [])
+        if text:
+            yield _chunk(record, created, {"content": text}, usage=usage,
+                         logprobs=lps if record.params.logprobs else None)
+
+    def closing(final: JobRecord, output: str) -> list[str]:
+        return _closing(final, output, held, created, usage)
+
+    async for line in wire.ending(svc, record, tenant, closing):
+        yield line
 
 
-async def _ending(final: JobRecord, output: str, held: _Held, created: int,
-                  usage: bool) -> AsyncIterator[str]:
-    if final.status is JobStatus.failed:
-        yield _data(openai_body(JobFailed(final.id, final.error)))
-    else:
-        calls = tool_calls(final, output)
-        if calls:
-            deltas = [{"index": i, **call} for i, call in enumerate(calls)]
-            yield _chunk(final, created, {"tool_calls": deltas}, usage=usage)
-        elif held.text:  # held back in case it was a call: it was not
-            yield _chunk(final, created, {"content": held.text}, usage=usage,
-                         logprobs=held.logprobs if final.params.logprobs else None)
-        yield _chunk(final, created, {}, _finish(final, calls), usage=usage)
-        if usage:
-            yield _data({**_chunk_body(final, created, []), "usage": _usage(final)})
-    yield "data: [DONE]\n\n"
+def _closing(final: JobRecord, output: str, held: _Held, created: int,
+             usage: bool) -> list[str]:
+    """The chunks after the tokens: a tool call, or the text held back in case it was
+    one; the finish reason; the usage when asked."""
+    lines = []
+    calls = tool_calls(final, output)
+    if calls:
+        deltas = [{"index": i, **call} for i, call in enumerate(calls)]
+        lines.append(_chunk(final, created, {"tool_calls": deltas}, usage=usage))
+    elif held.text:  # held back in case it was a call: it was not
+        lines.append(_chunk(final, created, {"content": held.text}, usage=usage,
+                            logprobs=held.logprobs if final.params.logprobs else None))
+    lines.append(_chunk(final, created, {}, _finish(final, calls), usage=usage))
+    if usage:
+        lines.append(wire.usage_chunk(final, created, CHUNK))
+    return lines

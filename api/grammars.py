@@ -1,0 +1,86 @@
+"""The grammars a request asks for, built off the event loop within a time limit.
+
+``response_format`` (a JSON schema) and a forced tool call (``tool_choice``
+required or a named function) become GBNF grammars (:mod:`shared.json_grammar`).
+Building one is CPU work that grows with the schema, so what must hold:
+
+- It never runs on the event loop: a worker thread does it, at most
+  ``CHATQ_LIMITS__GRAMMAR_THREADS`` at once, so one tenant's large schema does not
+  stop the API answering everyone else (``/healthz`` included).
+- It takes at most ``CHATQ_LIMITS__GRAMMAR_TIMEOUT_S``: past that the request is
+  refused (400 naming ``response_format``, or ``tools`` when only tools were
+  given). The thread cannot be stopped from outside; it is left to finish and its
+  result dropped. :mod:`shared.json_grammar`'s own budgets bound how long that is.
+- A schema chatq cannot enforce is refused naming the keyword and its path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from api.services import Services
+from shared.errors import OverLimit, UnsupportedParameter
+from shared.json_grammar import UnsupportedSchema, response_format_grammar
+from shared.schemas import ResponseFormat
+from shared.tools import ToolSet, toolset_of
+
+SCHEMA_PATH = "response_format.json_schema.schema"
+
+
+@dataclass(frozen=True)
+class Grammars:
+    """The request's checked tool set and the grammars that enforce what it asks."""
+
+    toolset: ToolSet | None = None
+    response_format: str | None = None  # enforces response_format (None: free text)
+    tool_call: str | None = None  # forces one call of the tools (None: not forced)
+
+
+def _asks_for_grammar(fmt: ResponseFormat | None, tools: list[Any] | None) -> bool:
+    return bool(tools) or (fmt is not None and fmt.type != "text")
+
+
+def build_now(fmt: ResponseFormat | None, tools: list[Any] | None, tool_choice: Any,
+           parallel: bool | None) -> Grammars:
+    """The tool set (checked), then each grammar, on this thread (:func:`build` runs
+    it in a worker thread)."""
+    toolset = toolset_of(tools, tool_choice, parallel)
+    try:
+        grammar = response_format_grammar(fmt, SCHEMA_PATH)
+        tool_call = toolset.grammar() if toolset else None
+    except UnsupportedSchema as exc:
+        raise UnsupportedParameter.of_fields([(exc.path, exc.message)]) from exc
+    return Grammars(toolset, grammar, tool_call)
+
+
+_limiters: dict[int, anyio.CapacityLimiter] = {}
+
+
+def _limiter(threads: int) -> anyio.CapacityLimiter:
+    """One limiter per size for the process (grammar threads apart from anyio's default
+    pool, so schemas waiting to be built never hold the threads other work needs)."""
+    if threads not in _limiters:
+        _limiters[threads] = anyio.CapacityLimiter(threads)
+    return _limiters[threads]
+
+
+async def build(svc: Services, fmt: ResponseFormat | None, tools: list[Any] | None,
+                tool_choice: Any, parallel: bool | None) -> Grammars:
+    """The request's tool set and grammars (see the module's docstring)."""
+    if not _asks_for_grammar(fmt, tools):
+        return build_now(fmt, tools, tool_choice, parallel)  # nothing to build: no thread
+    limits = svc.settings.limits
+    try:
+        with anyio.fail_after(limits.grammar_timeout_s):
+            return await anyio.to_thread.run_sync(
+                build_now, fmt, tools, tool_choice, parallel, abandon_on_cancel=True,
+                limiter=_limiter(limits.grammar_threads))
+    except TimeoutError:
+        field = "response_format" if fmt is not None and fmt.type != "text" else "tools"
+        raise OverLimit.of_field(
+            field, f"the grammar enforcing it took longer than "
+                   f"{limits.grammar_timeout_s:g} s to build (CHATQ_LIMITS__GRAMMAR_TIMEOUT_S); "
+                   "simplify the schema") from None
