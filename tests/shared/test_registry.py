@@ -12,8 +12,9 @@ from pathlib import Path
 
 import llama_cpp
 import pytest
+from pydantic import ValidationError
 
-from shared.errors import ConfigError
+from shared.errors import ConfigError, UnsupportedParameter
 from shared.registry import GGML_TYPES, LlamaBuild, Registry
 from shared.settings import DEFAULT_REGISTRY
 
@@ -248,6 +249,23 @@ def test_defaults_left_out_are_sampling_params_neutral_ones() -> None:
     params = spec.sampling_params({})
     assert (params.top_k, params.min_p, params.repeat_penalty, params.presence_penalty,
             params.frequency_penalty, params.stop) == (40, 0.05, 1.0, 0.0, 0.0, [])
+
+
+def test_a_jobs_sampling_is_resolved_once_and_validated(tmp_path: Path) -> None:
+    """resolve_sampling: defaults, request, grammars -> one validated SamplingParams.
+    Under response_format the grammar ends the answer (no stops at all); a forced tool
+    call keeps the stops; a value out of range is refused, never copied in."""
+    spec = Registry.load(write(tmp_path, EVERY_OPTION)).models["a"]
+    structured = spec.resolve_sampling({"max_tokens": 7}, grammar="root ::= \"x\"")
+    assert (structured.max_tokens, structured.grammar, structured.stop) == (
+        7, "root ::= \"x\"", [])
+    forced = spec.resolve_sampling({"stop": "END"}, tool_grammar="root ::= \"call\"")
+    assert (forced.grammar, forced.stop) == ("root ::= \"call\"", ["\nUser:", "</s>", "END"])
+    with pytest.raises(UnsupportedParameter) as refused:
+        spec.resolve_sampling({"stop": "}"}, grammar="root ::= \"x\"")
+    assert refused.value.details[0]["field"] == "stop"
+    with pytest.raises(ValidationError):
+        spec.resolve_sampling({"temperature": "hot"})
 
 
 # --- ancestor routes --------------------------------------------------------------------
