@@ -108,18 +108,17 @@ class ChatCompletionRequest(SamplingFields):
 
     def to_work(self) -> Work:
         """The chat job; ``user`` joins the caller's ``metadata`` in the job's."""
-        return replace(Work.chat(self.to_job()), metadata=self.metadata, end_user=self.user)
+        return replace(Work.chat(self.to_job()), end_user=self.user)
 
     def to_job(self) -> JobRequest:
         problems = self.refusals()
         if problems:
             raise UnsupportedParameter.of_fields(problems)
-        metadata = {**(self.metadata or {}), **({"user": self.user} if self.user else {})}
         try:
             return JobRequest(
                 model=self.model, messages=[m.to_message() for m in self.messages],
                 max_tokens=self.max_completion_tokens or self.max_tokens,
-                metadata=metadata or None,
+                metadata=self.metadata,
                 **self.model_dump(include=_SHARED, exclude_none=True, by_alias=True),
             )
         except ValueError as exc:
