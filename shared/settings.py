@@ -199,6 +199,14 @@ class WebhookSettings(BaseModel):
                     "loopback, private or link-local addresses: host names (exact) and "
                     "IP addresses or networks (`10.1.0.0/16`). JSON list in the environment.",
     )
+    allow_private_targets: bool = Field(
+        False,
+        description="Development with API keys set: let webhooks target loopback, "
+                    "private and link-local addresses anyway. Without it such a stack "
+                    "(several tenants) refuses them as production does; development "
+                    "without API keys (one trusted user) always allows them. Production "
+                    "ignores it: name hosts or networks in allow_hosts.",
+    )
 
     @field_validator("allow_hosts")
     @classmethod

@@ -15,7 +15,13 @@ What must hold:
   not follow redirects. In production only https is allowed, and no address that
   is not globally routable (loopback, private, link-local, shared/CGNAT, multicast,
   reserved...) unless the allow-list (``CHATQ_WEBHOOKS__ALLOW_HOSTS``) names the
-  host or a network holding the address. Development allows http and any address.
+  host or a network holding the address. An IPv6 address that carries an IPv4
+  one (IPv4-mapped and -translated, NAT64 ``64:ff9b::/96``, 6to4, Teredo) is
+  refused when the IPv4 one is; the deprecated IPv4-compatible ``::/96`` and the
+  local NAT64 ``64:ff9b:1::/48`` always (:func:`refused_address`). Development
+  allows http and any address, but only while it is one trusted user: once API
+  keys are set (tenants), it refuses the same addresses as production unless
+  ``CHATQ_WEBHOOKS__ALLOW_PRIVATE_TARGETS`` says otherwise.
 - **In order, at least once, never in the job hash.** A job's delivery state is a
   hash of its own (:meth:`shared.keys.Keys.hooks`). The scripts of
   ``shared/lua/hooks/`` register each (job, event) once however often its
@@ -91,24 +97,49 @@ class TargetPolicy:
     @classmethod
     def from_settings(cls, settings: Settings) -> TargetPolicy:
         production = settings.env is not Environment.development
-        return cls.of(settings.webhooks, production)
+        tenants = settings.api.keys is not None or settings.api.keys_file is not None
+        return cls.of(settings.webhooks, production, tenants=tenants)
 
     @classmethod
-    def of(cls, hooks: WebhookSettings, production: bool) -> TargetPolicy:
+    def of(cls, hooks: WebhookSettings, production: bool, tenants: bool = False) -> TargetPolicy:
+        """``tenants``: API keys are set, so a development stack serves more than its
+        own user, and private addresses need ``allow_private_targets``."""
         hosts, networks = set(), []
         for entry in hooks.allow_hosts:
             try:
                 networks.append(ipaddress.ip_network(entry, strict=False))
             except ValueError:
                 hosts.add(entry)
-        return cls(https_only=production, any_address=not production,
+        any_address = not production and (not tenants or hooks.allow_private_targets)
+        return cls(https_only=production, any_address=any_address,
                    hosts=frozenset(hosts), networks=tuple(networks))
 
 
+# IPv6 ranges never reached: IPv4-compatible addresses (deprecated; ``::`` and ``::1``
+# are not global anyway) and the local-use NAT64 prefix, whose IPv4 part is not at a
+# fixed place (RFC 6052). Python counts the first as global.
+_NEVER = (ipaddress.IPv6Network("::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+# IPv6 ranges whose last 32 bits are an IPv4 address a gateway reaches: the well-known
+# NAT64 prefix (RFC 6052, which Python counts as global) and IPv4-translated (SIIT).
+_LAST_32_BITS = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("::ffff:0:0:0/96"))
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries, where a translator or tunnel would take a
+    connection to it: IPv4-mapped, NAT64, IPv4-translated, 6to4, Teredo's client."""
+    if any(address in net for net in _LAST_32_BITS):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address.ipv4_mapped or address.sixtofour or (
+        address.teredo[1] if address.teredo else None)
+
+
 def refused_address(address: IPAddress) -> bool:
-    """Not globally routable: loopback, private, link-local, shared, multicast, reserved..."""
+    """Not globally routable: loopback, private, link-local, shared, multicast, reserved...
+    or an IPv6 form of such an IPv4 address (NAT64 ``64:ff9b::7f00:1`` is 127.0.0.1)."""
     if isinstance(address, ipaddress.IPv6Address):
-        embedded = address.ipv4_mapped or address.sixtofour
+        if any(address in net for net in _NEVER):
+            return True
+        embedded = embedded_ipv4(address)
         if embedded is not None and refused_address(embedded):
             return True
     return address.is_multicast or not address.is_global

@@ -8,11 +8,12 @@ import time
 
 import pytest
 import redis
+from pydantic import SecretStr
 
 from ops.webhook_receiver import verify
 from shared.errors import UnsafeWebhook
 from shared.lifecycle import JobRecord
-from shared.settings import WebhookSettings
+from shared.settings import ApiSettings, Settings, WebhookSettings
 from shared.webhooks import (
     EVENTS,
     PICKUP_LEASE_S,
@@ -83,6 +84,55 @@ def test_a_tenant_secret_is_made_once(redis_client: redis.Redis) -> None:
 ])
 def test_non_public_addresses_are_refused(address: str) -> None:
     assert refused_address(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize("address", [
+    "64:ff9b::7f00:1",  # NAT64 (well-known prefix) of 127.0.0.1
+    "64:ff9b::a9fe:a9fe",  # ... of the metadata service 169.254.169.254
+    "64:ff9b::a00:1",  # ... of 10.0.0.1
+    "64:ff9b:1::7f00:1", "64:ff9b:1:7f00:1::",  # local-use NAT64: anywhere in it
+    "::7f00:1", "::808:808",  # IPv4-compatible (deprecated): anywhere in it
+    "::ffff:0:7f00:1",  # IPv4-translated (SIIT) 127.0.0.1
+    "2002:a9fe:a9fe::1",  # 6to4 of 169.254.169.254
+    "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo, client 127.0.0.1
+])
+def test_ipv6_forms_of_private_ipv4_addresses_are_refused(address: str) -> None:
+    """Each reaches a private IPv4 address through a translator or a tunnel."""
+    assert refused_address(ipaddress.ip_address(address))
+    with pytest.raises(UnsafeWebhook):
+        check_addresses("example.com", [ipaddress.ip_address(address)], PRODUCTION)
+
+
+def test_nat64_of_a_public_address_is_allowed() -> None:
+    assert not refused_address(ipaddress.ip_address("64:ff9b::808:808"))  # 8.8.8.8
+    assert not refused_address(ipaddress.ip_address("::ffff:0:808:808"))
+
+
+def test_development_with_api_keys_refuses_private_targets_unless_allowed() -> None:
+    """A development stack with API keys serves tenants: one of them must not reach the
+    host's loopback or the metadata service through a webhook."""
+    loopback = [ipaddress.ip_address("127.0.0.1")]
+    tenants = TargetPolicy.of(WebhookSettings(), production=False, tenants=True)
+    assert not tenants.https_only
+    with pytest.raises(UnsafeWebhook):
+        check_addresses("localhost", loopback, tenants)
+    allowed = TargetPolicy.of(WebhookSettings(allow_private_targets=True), production=False,
+                              tenants=True)
+    check_addresses("localhost", loopback, allowed)
+    check_addresses("localhost", loopback, DEVELOPMENT)  # no keys: one trusted user
+    ignored = TargetPolicy.of(WebhookSettings(allow_private_targets=True), production=True,
+                              tenants=True)
+    with pytest.raises(UnsafeWebhook):
+        check_addresses("localhost", loopback, ignored)  # production: allow_hosts only
+
+
+def test_the_policy_reads_api_keys_from_settings() -> None:
+    dev = Settings(api=ApiSettings(keys=SecretStr("k=acme")))
+    assert not TargetPolicy.from_settings(dev).any_address
+    assert TargetPolicy.from_settings(Settings()).any_address
+    opened = Settings(api=ApiSettings(keys=SecretStr("k=acme")),
+                      webhooks=WebhookSettings(allow_private_targets=True))
+    assert TargetPolicy.from_settings(opened).any_address
 
 
 @pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "93.184.216.34",

@@ -51,12 +51,13 @@ class Hooks:
         return check
 
 
-def make_hooks(client: redis.Redis, production: bool = False) -> Iterator[Hooks]:
+def make_hooks(client: redis.Redis, production: bool = False,
+               tenants: bool = False) -> Iterator[Hooks]:
     jobs = BlockingJobs(client, CFG)
     store = HookStore(client, CFG.keys, HOOKS, retention_s=CFG.retention_s)
     reader = TransitionReader(client, CFG.keys, GROUP, "c1")
     reader.ensure_group(start="0")
-    poster = HttpPoster(HOOKS, TargetPolicy.of(HOOKS, production=production))
+    poster = HttpPoster(HOOKS, TargetPolicy.of(HOOKS, production=production, tenants=tenants))
     yield Hooks(jobs, store, Feeder(reader, jobs, store), Deliverer(store, poster))
     poster.close()
 
@@ -173,6 +174,21 @@ def test_production_refuses_a_loopback_target_at_delivery(redis_client: redis.Re
         [d] = deliveries(h.store.state(rec.id))
         assert (d.status, d.attempts) == ("failed", 1)
         assert d.last_error is not None and "127.0.0.1" in d.last_error
+
+
+@pytest.mark.parametrize("production", [True, False])
+def test_the_nat64_form_of_loopback_is_refused_at_delivery(
+        redis_client: redis.Redis, production: bool) -> None:
+    """``64:ff9b::7f00:1`` is 127.0.0.1 behind a NAT64 gateway: refused in production
+    and in development with API keys, and never tried again."""
+    for h in make_hooks(redis_client, production=production, tenants=True):
+        rec = hooked_job(h, "https://[64:ff9b::7f00:1]:8443/hook", ["completed"])
+        run_to_end(h, rec)
+        h.pump(h.settled(rec, 1))
+        [d] = deliveries(h.store.state(rec.id))
+        assert (d.status, d.attempts) == ("failed", 1)
+        assert d.last_error is not None and "target refused" in d.last_error
+        assert "64:ff9b::7f00:1" in d.last_error
 
 
 @pytest.fixture
