@@ -173,7 +173,7 @@ class ConversationSettings(BaseModel):
 
 
 class WebhookSettings(BaseModel):
-    """Webhook delivery (the webhook worker, ``workers.webhooks``) and its target checks."""
+    """Webhook delivery (the webhook worker, ``workers.webhooks.app``) and its target checks."""
 
     queue: str = Field("webhooks", description="The Celery queue of webhook deliveries.")
     concurrency: int = Field(

@@ -23,7 +23,7 @@ from shared.transitions import TransitionReader
 from shared.webhooks import HookStore, TargetPolicy, deliveries, tenant_secret
 from tests.helpers import BlackHole, Receiver
 from tests.shared.test_lifecycle import CFG, L1, W1, created
-from workers.hooks import GROUP, Deliverer, Feeder, HttpPoster
+from workers.webhooks.delivery import GROUP, Deliverer, Feeder, HttpPoster
 
 HOOKS = WebhookSettings(backoff_s=0.05, backoff_max_s=0.2, timeout_s=0.5, retry_period_s=30)
 
@@ -210,7 +210,7 @@ def test_https_connects_to_the_checked_address_and_verifies_the_host_name(
     cert, key = certificate
     # Both names resolve to the receiver's address; its certificate is for hooks.test only.
     loopback = [ipaddress.ip_address("127.0.0.1")]
-    monkeypatch.setattr("workers.hooks.resolve", lambda host, port: loopback)
+    monkeypatch.setattr("workers.webhooks.delivery.resolve", lambda host, port: loopback)
     server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_tls.load_cert_chain(cert, key)
     trust = ssl.create_default_context(cafile=str(cert))
