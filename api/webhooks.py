@@ -19,7 +19,8 @@ RESOLVE_TIMEOUT_S = 5.0
 
 async def check_target(svc: Services, url: str) -> None:
     """422 (naming ``webhook``) for a target chatq must not call: http in production, or a
-    host resolving to a non-public address there (unless the allow-list names it)."""
+    host resolving to a non-public address (in production, and in development with API
+    keys set), unless the allow-list names it (see ``shared.webhooks.TargetPolicy``)."""
     policy = svc.webhook_policy
     host, port = target(url, policy)
     if policy.any_address or host in policy.hosts:

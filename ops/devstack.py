@@ -156,7 +156,7 @@ class Stack:
         """The webhook worker (no model): returns once it reads the transition log."""
         merged = {**self.env, **(env or {})}
         queue = merged.get("CHATQ_WEBHOOKS__QUEUE", "webhooks")
-        argv = [sys.executable, "-m", "celery", "-A", "workers.webhooks", "--quiet", "worker",
+        argv = [sys.executable, "-m", "celery", "-A", "workers.webhooks.app", "--quiet", "worker",
                 "-Q", queue, "-n", f"{name}@%h", "-E", "--loglevel", "INFO",
                 "--without-mingle", "--without-gossip"]
         quiet_root = {"PYTHONWARNINGS": "ignore:You're running the worker with superuser"}

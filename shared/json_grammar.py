@@ -29,11 +29,36 @@ What must always hold, and why:
   control character into the string and break the JSON.
 - The converter's string character admits raw control characters (a raw
   newline), which JSON parsers refuse: :func:`_strict_strings` tightens it.
+
+Within a budget (:class:`GrammarBudget`), because one request must not take the
+service down: a schema of a few hundred bytes (``"minLength": 100000000``) once
+became a 940 MB grammar, and 3,000 ``oneOf`` branches held the API's event loop
+for 40 s. So, before any expensive work:
+
+- The schema's size (every name and value, counted while ``$ref`` s are inlined,
+  so a reference bomb stops early), its nesting depth, ``enum`` values and
+  ``anyOf``/``oneOf``/``prefixItems`` branches are capped; a refusal names the
+  keyword and where it is, like every other refusal.
+- ``minLength``/``maxLength``/``minItems``/``maxItems`` (and a pattern's ``{m,n}``)
+  are at most ``max_length``: the converter spells repetitions out. The span
+  between a minimum and a maximum is at most :data:`OPTIONAL_SPAN`, because the
+  converter writes it as nested optional groups ``(x (x ...)?)?``: llama.cpp's
+  grammar parser refuses more than 1,000 of them (its ``MAX_REPETITION_THRESHOLD``)
+  and, being recursive, overflows its stack (SIGSEGV, the whole worker) at some
+  tens of thousands (measured: 30,000 crashes, 16,000 is refused).
+- The ``oneOf`` overlap check is linear in the branches for values and types; only
+  object branches told apart by a discriminator are compared pairwise, and there
+  are at most ``max_branches`` of them.
+- The produced grammar's size and group nesting are checked (:func:`grammar_problem`),
+  here and again by the worker before llama.cpp parses it, so no grammar that
+  could crash a worker reaches llama.cpp.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from typing import Any
 
 from shared.schemas import ResponseFormat
@@ -54,8 +79,35 @@ _ANNOTATIONS = frozenset({
 _FORMATS = frozenset({"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3",
                       "uuid4", "uuid5"})
 _TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
-_MAX_DEPTH = 32
 _DEFS = ("$defs", "definitions")
+_LENGTHS = ("minLength", "maxLength", "minItems", "maxItems")
+_LISTS = ("anyOf", "oneOf", "prefixItems")
+
+# The most repetitions between a minimum and a maximum (nested optional groups in the
+# converter's grammar): llama.cpp refuses more than 1,000 (MAX_REPETITION_THRESHOLD 2000
+# over a group and its `?`).
+OPTIONAL_SPAN = 1000
+# The deepest group nesting a grammar may have: llama.cpp's recursive parser overflows
+# an 8 MB thread stack between 16,000 and 30,000 levels; a schema within budget needs
+# about OPTIONAL_SPAN.
+MAX_GRAMMAR_NESTING = 2 * OPTIONAL_SPAN
+
+
+@dataclass(frozen=True)
+class GrammarBudget:
+    """How large a schema and its grammar may be. The defaults are the ceilings the
+    worker enforces too; a caller may pass smaller ones (e.g. ``max_length`` no more
+    than the model's context can hold)."""
+
+    max_length: int = 4096  # minLength / maxLength / minItems / maxItems, a pattern's {m,n}
+    max_enum: int = 1000  # values of one enum
+    max_branches: int = 256  # anyOf / oneOf / prefixItems entries (a forced call: 1 per tool)
+    max_depth: int = 32  # nesting, counted in JSON levels (properties.a is two)
+    max_schema_chars: int = 100_000  # every name and value, after $ref inlining
+    max_grammar_chars: int = 1_000_000  # the produced GBNF
+
+
+DEFAULT_BUDGET = GrammarBudget()
 
 
 class UnsupportedSchema(ValueError):
@@ -79,12 +131,42 @@ def _resolve(root: Any, ref: str, where: str) -> Any:
     return target
 
 
-def inline_refs(schema: Any, path: str) -> Any:
+class _Size:
+    """Counts a schema's characters (names, strings, one per other value) as it is
+    walked, refusing at the first one over the budget."""
+
+    def __init__(self, budget: GrammarBudget) -> None:
+        self.budget, self.chars = budget, 0
+
+    def add(self, node: Any, where: str, depth: int) -> None:
+        if depth > self.budget.max_depth:
+            raise UnsupportedSchema(where, f"schema nested deeper than {self.budget.max_depth} "
+                                           "levels (a recursive $ref?)")
+        if isinstance(node, dict):
+            _check_counts(node, where, self.budget)
+            self.chars += sum(len(str(k)) for k in node) + 1
+        else:
+            self.chars += len(node) if isinstance(node, str) else 1
+        if self.chars > self.budget.max_schema_chars:
+            raise UnsupportedSchema(where, f"schema larger than {self.budget.max_schema_chars} "
+                                           "characters (names and values, $refs inlined)")
+
+
+def _check_counts(node: dict[str, Any], where: str, budget: GrammarBudget) -> None:
+    """Refuse an over-long ``enum`` or branch list by its count, before its size."""
+    for key, limit in (("enum", budget.max_enum), *((k, budget.max_branches) for k in _LISTS)):
+        value = node.get(key)
+        if isinstance(value, list) and len(value) > limit:
+            raise UnsupportedSchema(f"{where}.{key}", f"{key} has {len(value)} entries, over "
+                                                      f"the limit of {limit}")
+
+
+def inline_refs(schema: Any, path: str, budget: GrammarBudget = DEFAULT_BUDGET) -> Any:
     """The schema with every local ``$ref`` replaced by what it points to."""
+    size = _Size(budget)
 
     def walk(node: Any, where: str, depth: int) -> Any:
-        if depth > _MAX_DEPTH:
-            raise UnsupportedSchema(where, "schema nested too deep (a recursive $ref?)")
+        size.add(node, where, depth)
         if isinstance(node, list):
             return [walk(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(node)]
         if not isinstance(node, dict):
@@ -102,10 +184,29 @@ def inline_refs(schema: Any, path: str) -> Any:
     return inlined
 
 
-def check_schema(schema: Any, path: str) -> Any:
+def measure_schema(schema: Any, path: str, budget: GrammarBudget = DEFAULT_BUDGET) -> None:
+    """Refuse a schema over the budget's size or depth (without recursion: a hostile
+    schema may be nested far deeper than Python's stack)."""
+    size = _Size(budget)
+    todo: list[tuple[Any, str, int]] = [(schema, path, 0)]
+    while todo:
+        node, where, depth = todo.pop()
+        size.add(node, where, depth)
+        if isinstance(node, dict):
+            todo.extend((v, f"{where}.{k}", depth + 1) for k, v in node.items())
+        elif isinstance(node, list):
+            todo.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(node))
+
+
+def check_schema(schema: Any, path: str, budget: GrammarBudget = DEFAULT_BUDGET) -> Any:
     """The schema as the converter will get it (annotations dropped); raise
     :class:`UnsupportedSchema` at the first construct the grammar would not enforce
-    (``schema`` already has its references inlined)."""
+    or the budget does not allow (``schema`` already has its references inlined)."""
+    measure_schema(schema, path, budget)
+    return _check(schema, path, budget)
+
+
+def _check(schema: Any, path: str, budget: GrammarBudget) -> Any:
     if isinstance(schema, bool):
         if schema:
             return _any_value()
@@ -117,7 +218,7 @@ def check_schema(schema: Any, path: str) -> Any:
             raise UnsupportedSchema(f"{path}.{key}",
                                     f"JSON Schema keyword `{key}` cannot be enforced by "
                                     "chatq's grammar")
-    clean = {key: _check_keyword(key, value, f"{path}.{key}", schema)
+    clean = {key: _check_keyword(key, value, f"{path}.{key}", schema, budget)
              for key, value in schema.items() if key not in _ANNOTATIONS}
     used = _used(clean)
     for key in clean:
@@ -125,6 +226,7 @@ def check_schema(schema: Any, path: str) -> Any:
             raise UnsupportedSchema(f"{path}.{key}",
                                     f"`{key}` cannot be enforced alongside "
                                     f"{' / '.join(sorted(used & clean.keys()))}")
+    _check_span(clean, path)
     return clean or _any_value()
 
 
@@ -161,8 +263,29 @@ def _used(schema: dict[str, Any]) -> frozenset[str]:
                 frozenset({"type"}))
 
 
-def _check_keyword(key: str, value: Any, path: str, node: dict[str, Any]) -> Any:
+def _check_keyword(key: str, value: Any, path: str, node: dict[str, Any],
+                   budget: GrammarBudget) -> Any:
     """``value`` as the converter will get it, or :class:`UnsupportedSchema`."""
+    if key == "properties":
+        if not isinstance(value, dict):
+            raise UnsupportedSchema(path, "properties must be an object")
+        return {name: _check(sub, f"{path}.{name}", budget) for name, sub in value.items()}
+    if key in _LISTS:
+        return _check_list(key, value, path, budget)
+    if key == "items" or (key == "additionalProperties" and not isinstance(value, bool)):
+        return _check(value, path, budget)
+    if key in _LENGTHS:
+        _check_length(key, value, path, budget)
+    elif key == "enum":
+        _check_enum(value, path)
+    elif key == "pattern":
+        _check_pattern(value, path, budget)
+    else:
+        _check_plain(key, value, path, node)
+    return value
+
+
+def _check_plain(key: str, value: Any, path: str, node: dict[str, Any]) -> None:
     if key == "type":
         names = value if isinstance(value, list) else [value]
         unknown = [n for n in names if n not in _TYPES]
@@ -171,19 +294,36 @@ def _check_keyword(key: str, value: Any, path: str, node: dict[str, Any]) -> Any
     elif key == "format" and value not in _FORMATS:
         raise UnsupportedSchema(path, f"format {value!r} cannot be enforced (supported: "
                                       f"{', '.join(sorted(_FORMATS))})")
-    elif key == "pattern":
-        _check_pattern(value, path)
     elif key == "required":
         _check_required(value, path, node)
-    elif key == "properties":
-        if not isinstance(value, dict):
-            raise UnsupportedSchema(path, "properties must be an object")
-        return {name: check_schema(sub, f"{path}.{name}") for name, sub in value.items()}
-    elif key in ("anyOf", "oneOf", "prefixItems"):
-        return _check_list(key, value, path)
-    elif key == "items" or (key == "additionalProperties" and not isinstance(value, bool)):
-        return check_schema(value, path)
-    return value
+
+
+def _check_length(key: str, value: Any, path: str, budget: GrammarBudget) -> None:
+    """The converter spells a length out (``char char ...``): it must be small."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UnsupportedSchema(path, f"{key} must be a non-negative integer")
+    if value > budget.max_length:
+        raise UnsupportedSchema(path, f"{key} {value} is over the limit of {budget.max_length}")
+
+
+def _check_span(schema: dict[str, Any], path: str) -> None:
+    """Between a minimum and a maximum, the converter nests one optional group per
+    repetition: at most :data:`OPTIONAL_SPAN` of them."""
+    for low_key, high_key in (("minLength", "maxLength"), ("minItems", "maxItems")):
+        if high_key not in schema:
+            continue
+        low, high = schema.get(low_key, 0), schema[high_key]
+        if high < low:
+            raise UnsupportedSchema(f"{path}.{high_key}", f"{high_key} is below {low_key}")
+        if high - low > OPTIONAL_SPAN:
+            raise UnsupportedSchema(f"{path}.{high_key}", (
+                f"{high_key} - {low_key} is {high - low}, over the limit of {OPTIONAL_SPAN} "
+                "(llama.cpp's grammar parser refuses more optional repetitions)"))
+
+
+def _check_enum(value: Any, path: str) -> None:
+    if not isinstance(value, list) or not value:
+        raise UnsupportedSchema(path, "enum must be a non-empty list")
 
 
 def _check_required(value: Any, path: str, node: dict[str, Any]) -> None:
@@ -200,10 +340,11 @@ def _check_required(value: Any, path: str, node: dict[str, Any]) -> None:
                                       "properties")
 
 
-def _check_list(key: str, value: Any, path: str) -> list[Any]:
+def _check_list(key: str, value: Any, path: str, budget: GrammarBudget) -> list[Any]:
+    """``anyOf``/``oneOf``/``prefixItems`` (their count is checked with the size)."""
     if not isinstance(value, list) or not value:
         raise UnsupportedSchema(path, f"{key} must be a non-empty list")
-    checked = [check_schema(sub, f"{path}[{i}]") for i, sub in enumerate(value)]
+    checked = [_check(sub, f"{path}[{i}]", budget) for i, sub in enumerate(value)]
     return _check_one_of(checked, path) if key == "oneOf" else checked
 
 
@@ -219,13 +360,86 @@ def _check_one_of(branches: list[Any], path: str) -> list[Any]:
     no value can match two branches. Refused unless the branches are told apart by
     their types, their ``const``/``enum`` values, or a required property whose
     values differ (a discriminator, as pydantic writes tagged unions)."""
-    for j, later in enumerate(branches):
-        for i, earlier in enumerate(branches[:j]):
-            if not _disjoint(earlier, later):
-                raise UnsupportedSchema(f"{path}[{j}]", f"oneOf branches {i} and {j} can "
-                                        "match the same value, and the grammar cannot "
-                                        "enforce exactly one; use anyOf")
+    seen = _Seen()
+    for j, branch in enumerate(map(_Branch.of, branches)):
+        i = seen.clash(branch)
+        if i is not None:
+            raise UnsupportedSchema(f"{path}[{j}]", f"oneOf branches {i} and {j} can "
+                                    "match the same value, and the grammar cannot "
+                                    "enforce exactly one; use anyOf")
+        seen.add(j, branch)
     return branches
+
+
+@dataclass(frozen=True)
+class _Branch:
+    """What tells a (checked) ``oneOf`` branch apart, computed once."""
+
+    types: frozenset[str]
+    values: frozenset[str] | None  # its const/enum values, as JSON
+    tags: dict[str, frozenset[str] | None]  # required property -> its const/enum values
+
+    @classmethod
+    def of(cls, schema: dict[str, Any]) -> _Branch:
+        props = schema.get("properties", {})
+        values = _values(schema)
+        return cls(types=frozenset(_types(schema)),
+                   values=None if values is None else frozenset(values),
+                   tags={k: _frozen(_values(props.get(k))) for k in schema.get("required", [])})
+
+    def apart(self, other: _Branch) -> bool:
+        """Told apart by a required property whose values differ (objects only)."""
+        return any(mine is not None and theirs is not None and mine.isdisjoint(theirs)
+                   for k, mine in self.tags.items()
+                   for theirs in [other.tags.get(k)])
+
+
+def _frozen(values: set[str] | None) -> frozenset[str] | None:
+    return None if values is None else frozenset(values)
+
+
+class _Seen:
+    """The earlier branches, indexed so that a new branch is compared with each in
+    about constant time: two branches with values clash when they share a value and
+    a type; otherwise when they share a type other than ``object``, or share
+    ``object`` and no discriminator tells them apart (the one pairwise comparison,
+    over at most ``max_branches`` object branches)."""
+
+    def __init__(self) -> None:
+        self.branches: list[_Branch] = []
+        self.by_value: dict[str, list[int]] = {}
+        self.by_type: dict[str, int] = {}  # non-object type -> earliest branch
+        self.by_type_plain: dict[str, int] = {}  # ... among branches without values
+        self.objects: list[int] = []
+
+    def clash(self, b: _Branch) -> int | None:
+        """The earliest earlier branch that a value could match as well as ``b``."""
+        found: list[int] = []
+        if b.values is not None:
+            found += [i for v in b.values for i in self.by_value.get(v, ())
+                      if self.branches[i].types & b.types]
+        lookup = self.by_type if b.values is None else self.by_type_plain
+        found += [lookup[t] for t in b.types - {"object"} if t in lookup]
+        if "object" in b.types:
+            found += [i for i in self.objects if self._objects_clash(self.branches[i], b)]
+        return min(found, default=None)
+
+    @staticmethod
+    def _objects_clash(a: _Branch, b: _Branch) -> bool:
+        if a.values is not None and b.values is not None:
+            return False  # compared by value
+        return not a.apart(b)
+
+    def add(self, j: int, b: _Branch) -> None:
+        self.branches.append(b)
+        for v in b.values or ():
+            self.by_value.setdefault(v, []).append(j)
+        for t in b.types - {"object"}:
+            self.by_type.setdefault(t, j)
+            if b.values is None:
+                self.by_type_plain.setdefault(t, j)
+        if "object" in b.types:
+            self.objects.append(j)
 
 
 def _types(schema: dict[str, Any]) -> set[str]:
@@ -261,26 +475,6 @@ def _values(schema: Any) -> set[str] | None:
     return None
 
 
-def _disjoint(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    common = _types(a) & _types(b)
-    if not common:
-        return True
-    va, vb = _values(a), _values(b)
-    if va is not None and vb is not None:
-        return not va & vb
-    if common != {"object"}:
-        return False
-    both = set(a.get("required", [])) & set(b.get("required", []))
-    return any(_apart(a.get("properties", {}).get(k), b.get("properties", {}).get(k))
-               for k in both)
-
-
-def _apart(a: Any, b: Any) -> bool:
-    """Two property schemas with ``const``/``enum`` values in common with none."""
-    va, vb = _values(a), _values(b)
-    return va is not None and vb is not None and not va & vb
-
-
 # --- patterns ------------------------------------------------------------------------
 
 # What a backslash may escape outside a class: the metacharacters the converter
@@ -294,7 +488,7 @@ def _unsafe_char(code: int) -> bool:
     return code in (0x22, 0x5C, 0x7F) or code < 0x20
 
 
-def _check_pattern(pattern: Any, path: str) -> None:
+def _check_pattern(pattern: Any, path: str, budget: GrammarBudget = DEFAULT_BUDGET) -> None:
     """A pattern the converter reads and whose every match, written raw between quotes,
     is a valid JSON string: anchored, no ``.``, no negated class, no class or
     literal reaching ``"``, ``\\`` or a control character, no ``\\d``-style escape, no
@@ -305,7 +499,28 @@ def _check_pattern(pattern: Any, path: str) -> None:
     body, i, depth = pattern[1:-1], 0, 0
     while i < len(body):
         i, depth = _pattern_unit(body, i, depth, path)
-    _converts({"type": "string", "pattern": pattern}, path)
+    _check_quantifiers(body, path, budget)
+    _converts({"type": "string", "pattern": pattern}, path, budget=budget)
+
+
+# A {m}, {m,} or {m,n} quantifier (the converter spells it out, like a length).
+_QUANTIFIER = re.compile(r"\{([^}]*)\}")
+_NOT_QUANTIFIED = re.compile(r"\\.|\[[^\]]*\]")  # escapes and classes (checked above)
+
+
+def _check_quantifiers(body: str, path: str, budget: GrammarBudget) -> None:
+    for match in _QUANTIFIER.finditer(_NOT_QUANTIFIED.sub("", body)):
+        bounds = [part.strip() for part in match[1].split(",")]
+        if len(bounds) > 2 or not all(b.isdigit() and len(b) <= 9 for b in bounds if b):
+            raise UnsupportedSchema(path, f"invalid quantifier {match[0]} in the pattern")
+        low = int(bounds[0] or 0)
+        high = int(bounds[-1]) if bounds[-1] else None
+        if max(low, high or 0) > budget.max_length:
+            raise UnsupportedSchema(path, f"quantifier {match[0]} repeats more than "
+                                          f"{budget.max_length} times")
+        if high is not None and not 0 <= high - low <= OPTIONAL_SPAN:
+            raise UnsupportedSchema(path, f"quantifier {match[0]}: its maximum must be at "
+                                          f"least its minimum, by at most {OPTIONAL_SPAN}")
 
 
 def _pattern_unit(body: str, i: int, depth: int, path: str) -> tuple[int, int]:
@@ -362,21 +577,47 @@ def _check_class(body: str, i: int, path: str) -> int:
 # --- grammars ------------------------------------------------------------------------
 
 
-def _converts(schema: dict[str, Any], path: str, prop_order: list[str] | None = None) -> str:
+def _converts(schema: dict[str, Any], path: str, prop_order: list[str] | None = None,
+              budget: GrammarBudget = DEFAULT_BUDGET) -> str:
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     try:
-        return str(json_schema_to_gbnf(json.dumps(schema), prop_order))
+        grammar = str(json_schema_to_gbnf(json.dumps(schema), prop_order))
     except (ValueError, AssertionError, KeyError, TypeError, AttributeError,
             RecursionError) as exc:
         # e.g. a `pattern` with regex syntax the converter does not know
         raise UnsupportedSchema(path, f"cannot be turned into a grammar: {exc}") from exc
+    problem = grammar_problem(grammar, budget)
+    if problem:
+        raise UnsupportedSchema(path, problem)
+    return grammar
 
 
-def schema_grammar(schema: dict[str, Any], path: str,
-                   prop_order: list[str] | None = None) -> str:
+def schema_grammar(schema: dict[str, Any], path: str, prop_order: list[str] | None = None,
+                   budget: GrammarBudget = DEFAULT_BUDGET) -> str:
     """The GBNF grammar (root rule ``root``) of a ref-inlined schema, checked first."""
-    return _strict_strings(_converts(check_schema(schema, path), path, prop_order), path)
+    checked = check_schema(schema, path, budget)
+    return _strict_strings(_converts(checked, path, prop_order, budget), path)
+
+
+# Quoted literals and character classes, whose brackets are not groups.
+_GBNF_LITERALS = re.compile(r'"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]')
+
+
+def grammar_problem(grammar: str, budget: GrammarBudget = DEFAULT_BUDGET) -> str | None:
+    """Why llama.cpp must not be given this GBNF grammar (too large, or groups nested
+    deep enough to overflow its recursive parser's stack), or None."""
+    if len(grammar) > budget.max_grammar_chars:
+        return (f"the grammar would be {len(grammar)} characters, over the limit of "
+                f"{budget.max_grammar_chars}")
+    depth = deepest = 0
+    for match in re.finditer(r"[()]", _GBNF_LITERALS.sub("", grammar)):
+        depth += 1 if match[0] == "(" else -1
+        deepest = max(deepest, depth)
+    if deepest > MAX_GRAMMAR_NESTING:
+        return (f"the grammar nests groups {deepest} deep, over the limit of "
+                f"{MAX_GRAMMAR_NESTING}")
+    return None
 
 
 # The converter's string character lets control characters through (a raw newline in
@@ -404,7 +645,8 @@ def json_object_grammar() -> str:
     return str(JSON_GBNF)
 
 
-def response_format_grammar(fmt: ResponseFormat | None, path: str) -> str | None:
+def response_format_grammar(fmt: ResponseFormat | None, path: str,
+                            budget: GrammarBudget = DEFAULT_BUDGET) -> str | None:
     """The grammar that enforces ``response_format`` (None: free text); a schema's
     refusals are named under ``path`` (``response_format.json_schema.schema``)."""
     if fmt is None or fmt.type == "text":
@@ -412,4 +654,5 @@ def response_format_grammar(fmt: ResponseFormat | None, path: str) -> str | None
     if fmt.type == "json_object":
         return json_object_grammar()
     assert fmt.json_schema is not None  # checked by ResponseFormat
-    return schema_grammar(inline_refs(fmt.json_schema.schema_, path), path)
+    return schema_grammar(inline_refs(fmt.json_schema.schema_, path, budget), path,
+                          budget=budget)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from dataclasses import dataclass, field
 
 import redis
@@ -31,6 +30,7 @@ from kombu.exceptions import KombuError
 
 from shared.dispatch import Dispatcher
 from shared.lifecycle import BlockingJobs, JobRecord, Priority, Unsent
+from shared.periodic import Periodic
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -120,23 +120,12 @@ class Sweeper:
                 report.expired.append(job_id)
 
 
-class SweeperThread(threading.Thread):
+class SweeperThread(Periodic):
     """Runs :meth:`Sweeper.sweep` every ``interval_s`` until stopped; never dies of an error."""
 
     def __init__(self, sweeper: Sweeper, interval_s: float) -> None:
-        super().__init__(name="chatq-sweeper", daemon=True)
+        super().__init__("chatq-sweeper", interval_s, sweeper.sweep,
+                         expected=(redis.RedisError,),
+                         expected_message="sweep skipped: Redis unavailable",
+                         expected_level=logging.DEBUG, logger=log)
         self.sweeper = sweeper
-        self.interval_s = interval_s
-        self._stop = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.sweeper.sweep()
-            except redis.RedisError as exc:
-                log.debug("sweep skipped: Redis unavailable", extra={"error": type(exc).__name__})
-            except Exception:
-                log.exception("sweep failed")
-
-    def stop(self) -> None:
-        self._stop.set()

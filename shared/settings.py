@@ -173,7 +173,7 @@ class ConversationSettings(BaseModel):
 
 
 class WebhookSettings(BaseModel):
-    """Webhook delivery (the webhook worker, ``workers.webhooks``) and its target checks."""
+    """Webhook delivery (the webhook worker, ``workers.webhooks.app``) and its target checks."""
 
     queue: str = Field("webhooks", description="The Celery queue of webhook deliveries.")
     concurrency: int = Field(
@@ -198,6 +198,14 @@ class WebhookSettings(BaseModel):
         description="Webhook targets allowed in production although they resolve to "
                     "loopback, private or link-local addresses: host names (exact) and "
                     "IP addresses or networks (`10.1.0.0/16`). JSON list in the environment.",
+    )
+    allow_private_targets: bool = Field(
+        False,
+        description="Development with API keys set: let webhooks target loopback, "
+                    "private and link-local addresses anyway. Without it such a stack "
+                    "(several tenants) refuses them as production does; development "
+                    "without API keys (one trusted user) always allows them. Production "
+                    "ignores it: name hosts or networks in allow_hosts.",
     )
 
     @field_validator("allow_hosts")

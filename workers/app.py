@@ -48,6 +48,8 @@ def _registry() -> tuple[Registry, ModelSpec]:
         raise  # not reached
 
 
+# The registry is read once per process: the slot count below, the start checks and
+# the runtime (worker_init) all come from this one copy.
 _registry_, _spec = _registry()
 celery_app = make_celery(settings, "chatq-worker")
 celery_app.conf.update(
@@ -86,7 +88,7 @@ def _load(**_: Any) -> None:
     log.info("worker starting", extra={"queue": _spec.queue, "model": _spec.name,
                                       "slots": _spec.slots, **serves})
     try:
-        _process["runtime"] = Runtime(settings)
+        _process["runtime"] = Runtime(settings, _registry_)
     except Exception as exc:
         log.exception("worker could not load its model")
         _refuse(f"the model could not be loaded: {exc}")

@@ -16,20 +16,26 @@ import threading
 
 import redis
 
+from shared.periodic import Periodic
 from workers.engine import Generation
 
 log = logging.getLogger(__name__)
 
 
-class CancelListener(threading.Thread):
+class CancelListener(Periodic):
+    """Listens on the cancel channel (one round: until the connection breaks, then it
+    subscribes again after ``retry_s``)."""
+
     def __init__(self, client: redis.Redis, channel: str, retry_s: float = 1.0) -> None:
-        super().__init__(name="chatq-cancels", daemon=True)
+        # a closed socket is not always a RedisError
+        super().__init__("chatq-cancels", 0, self.listen, retry_s=retry_s,
+                         expected=(Exception,),
+                         expected_message="cancel channel lost; the cancel flag still stops jobs",
+                         logger=log)
         self.redis = client
         self.channel = channel
-        self.retry_s = retry_s
         self._running: dict[str, Generation] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
         self.subscribed = threading.Event()  # set while the channel is listened to
 
     def watch(self, job_id: str, generation: Generation) -> None:
@@ -50,31 +56,23 @@ class CancelListener(threading.Thread):
         log.info("cancel request: generation stopped", extra={"job_id": job_id})
         return True
 
-    def run(self) -> None:
-        while not self._stop.is_set():
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                pubsub.subscribe(self.channel)
-                self.subscribed.set()
-                while not self._stop.is_set():
-                    message = pubsub.get_message(timeout=1.0)
-                    if message is not None and message["type"] == "message":
-                        data = message["data"]
-                        self.stop_job(data.decode() if isinstance(data, bytes) else str(data))
-            except Exception as exc:  # a closed socket is not always a RedisError
-                if self._stop.is_set():
-                    break
-                log.warning("cancel channel lost; the cancel flag still stops jobs",
-                            extra={"error": str(exc)})
-                self._stop.wait(self.retry_s)
-            finally:
-                self.subscribed.clear()
-                with contextlib.suppress(Exception):  # closing what already broke
-                    pubsub.close()
+    def listen(self) -> None:
+        """Stop the jobs named on the channel, until stopped or the connection breaks."""
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self.channel)
+            self.subscribed.set()
+            while not self.stopping.is_set():
+                message = pubsub.get_message(timeout=1.0)
+                if message is not None and message["type"] == "message":
+                    data = message["data"]
+                    self.stop_job(data.decode() if isinstance(data, bytes) else str(data))
+        finally:
+            self.subscribed.clear()
+            with contextlib.suppress(Exception):  # closing what already broke
+                pubsub.close()
 
-    def stop(self, timeout: float = 3.0) -> None:
+    def stop(self, timeout: float | None = 3.0) -> None:
         """Stop listening; returns once the thread is done (or after ``timeout``), so
         the Redis client can be closed after it."""
-        self._stop.set()
-        if self.is_alive():
-            self.join(timeout)
+        super().stop(timeout)

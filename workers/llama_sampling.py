@@ -20,6 +20,7 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
+from shared.json_grammar import grammar_problem
 from shared.schemas import SamplingParams
 
 # llama.cpp reads this seed value as "pick one at random"; a caller's seed never maps to it.
@@ -37,8 +38,14 @@ def chain_seed(seed: int | None, fallback: int) -> int:
 
 
 def _grammar(vocab: Any, text: str) -> Any:
+    """llama.cpp's grammar stage; a grammar over the size budget (shared.json_grammar)
+    never reaches llama.cpp, whose recursive parser dies (SIGSEGV, the whole worker)
+    on groups nested tens of thousands deep."""
     if not _ROOT_RULE.search(text):
         raise GrammarError("invalid grammar: no `root ::= ...` rule (GBNF)")
+    problem = grammar_problem(text)
+    if problem:
+        raise GrammarError(f"grammar refused before llama.cpp: {problem}")
     sampler = llama_cpp.llama_sampler_init_grammar(vocab, text.encode("utf-8"), b"root")
     if not sampler:
         raise GrammarError("invalid grammar: llama.cpp could not parse it (GBNF syntax, "

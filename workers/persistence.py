@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 
 import redis
 from bson.errors import InvalidDocument
@@ -21,6 +20,7 @@ from pymongo.errors import DocumentTooLarge, PyMongoError
 
 from shared.conversations import ConversationTaken, TurnWrite, WorkerConversationStore
 from shared.lifecycle import BlockingJobs
+from shared.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -86,28 +86,19 @@ class Persister:
         return landed
 
 
-class OutboxDrainer(threading.Thread):
+class OutboxDrainer(Periodic):
     """Drains the outbox every ``interval`` seconds; creates the indexes once MongoDB answers."""
 
     def __init__(self, persister: Persister, interval: float) -> None:
-        super().__init__(name="chatq-outbox", daemon=True)
+        super().__init__("chatq-outbox", interval, self.tick,
+                         expected=(PyMongoError, redis.RedisError),
+                         expected_message="outbox round skipped",
+                         expected_level=logging.DEBUG, logger=log)
         self.persister = persister
-        self.interval = interval
         self.indexed = False
-        self._stop = threading.Event()
 
     def tick(self) -> None:
         if not self.indexed:
             self.persister.store.ensure_indexes()
             self.indexed = True
         self.persister.drain()
-
-    def run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.tick()
-            except (PyMongoError, redis.RedisError) as exc:
-                log.debug("outbox round skipped", extra={"error": type(exc).__name__})
-
-    def stop(self) -> None:
-        self._stop.set()

@@ -28,6 +28,7 @@ from shared.keys import Keys
 from shared.lifecycle import BlockingJobs, store_config
 from shared.mongo import make_sync_mongo_client
 from shared.opstats import batch_increments
+from shared.periodic import Periodic
 from shared.recovery import Sweeper, SweeperThread
 from shared.registry import ModelSpec, Registry
 from shared.settings import Settings
@@ -40,17 +41,18 @@ from workers.upstream_engine import UpstreamEngine
 log = logging.getLogger(__name__)
 
 
-class Heartbeat(threading.Thread):
+class Heartbeat(Periodic):
     """Keeps ``chatq:worker:{id}`` fresh: queue, model, slots (total, busy), the jobs it
     runs, jobs done, and what the engine reports (context and batch size; for an
     upstream its kind, URL and model, never its key)."""
 
     def __init__(self, client: redis.Redis, keys: Keys, settings: Settings,
                  info: dict[str, str], engine: Engine) -> None:
-        super().__init__(name="chatq-heartbeat", daemon=True)
+        super().__init__("chatq-heartbeat", settings.worker.heartbeat_interval_s, self.beat,
+                         expected=(redis.RedisError,), expected_message="heartbeat failed",
+                         logger=log)
         self.redis = client
         self.keys = keys
-        self.interval = settings.worker.heartbeat_interval_s
         self.ttl = settings.worker.heartbeat_ttl_s
         self.info = info
         self.engine = engine
@@ -59,7 +61,6 @@ class Heartbeat(threading.Thread):
         self._batches_sent: dict[int, int] = {}  # the engine's batch sizes already counted
         self._running: set[str] = set()
         self._lock = threading.Lock()
-        self._stop = threading.Event()
 
     def track(self, job_id: str) -> None:
         with self._lock:
@@ -91,17 +92,9 @@ class Heartbeat(threading.Thread):
             pipe.execute()
         self._batches_sent = batches
 
-    def run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.beat()
-            except redis.RedisError as exc:
-                log.warning("heartbeat failed", extra={"error": str(exc),
-                                                       "worker_id": self.worker_id})
-
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         """Stop beating and say so: the sweeper requeues what this worker still held."""
-        self._stop.set()
+        super().stop(timeout)
         try:
             self.redis.delete(self.keys.worker(self.worker_id))
             self.redis.zrem(self.keys.workers(), self.worker_id)
@@ -117,9 +110,11 @@ def load_engine(spec: ModelSpec, registry: Registry, settings: Settings) -> Engi
 
 
 class Runtime:
-    def __init__(self, settings: Settings) -> None:
+    """The worker process's parts, built from the registry the Celery app loaded (once
+    per process: the app needs it first, for the slot count and the start checks)."""
+
+    def __init__(self, settings: Settings, registry: Registry) -> None:
         self.settings = settings
-        registry = Registry.load(settings.registry)
         self.spec: ModelSpec = registry.for_queue(settings.worker.queue)
         self.engine = load_engine(self.spec, registry, settings)
         # Generation goes on through a Redis restart: writes wait and retry (about 30 s).

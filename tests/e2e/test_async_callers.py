@@ -271,7 +271,8 @@ def test_production_refuses_private_webhook_targets_naming_the_field(
         for url in ("http://127.0.0.1:8080/hook", "https://127.0.0.1:8080/hook",
                     "https://localhost/hook", "https://[::1]/hook",
                     "https://169.254.169.254/latest/meta-data", "https://10.0.0.8/hook",
-                    "https://2130706433/hook"):
+                    "https://2130706433/hook", "https://[64:ff9b::7f00:1]/hook",
+                    "https://[::ffff:169.254.169.254]/hook"):
             response = c.post("/v1/jobs", json=hi(webhook=url))
             assert response.status_code == 422, (url, response.text)
             error = response.json()["error"]
@@ -282,6 +283,30 @@ def test_production_refuses_private_webhook_targets_naming_the_field(
         # a public https target passes the guard: the request goes on (to 503: no worker)
         assert c.post("/v1/jobs", json=hi(webhook="https://93.184.216.34/hook")
                       ).status_code == 503
+        # NAT64 of a public address reaches a public address
+        assert c.post("/v1/jobs", json=hi(webhook="https://[64:ff9b::5db8:d822]/hook")
+                      ).status_code == 503
         too_late = c.post("/v1/jobs", json=hi(cancel_after=10 * 86400))
         assert too_late.status_code == 422
         assert too_late.json()["error"]["details"][0]["field"] == "cancel_after"
+
+
+def test_development_with_api_keys_refuses_private_webhook_targets(
+    make_stack: Callable[..., Chatq],
+) -> None:
+    """Tenants share a development stack once API keys are set: private targets are
+    refused as in production (http stays allowed), unless an operator allows them."""
+    stack = make_stack(with_worker=False, env={"CHATQ_API__KEYS": "dev-key-1=acme"})
+    with stack.client(key="dev-key-1") as c:
+        for url in ("http://127.0.0.1:8080/hook", "http://[64:ff9b::7f00:1]/hook",
+                    "http://169.254.169.254/latest/meta-data"):
+            response = c.post("/v1/jobs", json=hi(webhook=url))
+            assert response.status_code == 422, (url, response.text)
+            assert response.json()["error"]["code"] == "unsafe_webhook", url
+        assert c.post("/v1/jobs", json=hi(webhook="http://93.184.216.34/hook")
+                      ).status_code == 503  # public http passes: no worker, so 503
+    opened = make_stack(with_worker=False, env={
+        "CHATQ_API__KEYS": "dev-key-1=acme", "CHATQ_WEBHOOKS__ALLOW_PRIVATE_TARGETS": "true"})
+    with opened.client(key="dev-key-1") as c:
+        assert c.post("/v1/jobs", json=hi(webhook="http://127.0.0.1:8080/hook")
+                      ).status_code == 503

@@ -86,7 +86,7 @@ def test_the_webhook_worker_runs_from_the_cpu_image(tmp_path: Path) -> None:
     assert hooks["image"] == services["api"]["image"]  # the CPU image, no model, no GPU
     assert "deploy" not in hooks and "volumes" not in hooks
     command = hooks["command"]
-    assert command[:3] == ["celery", "-A", "workers.webhooks"]
+    assert command[:3] == ["celery", "-A", "workers.webhooks.app"]
     assert command[command.index("-Q") + 1] == "webhooks"
     assert hooks["environment"]["CHATQ_ENV"] == "production"
     assert hooks["healthcheck"]["test"][-2:] == ["ops.healthcheck", "webhooks"]

@@ -3,6 +3,7 @@ and every other construct refused, named where it is."""
 
 from __future__ import annotations
 
+import time
 from typing import Any, Literal
 
 import llama_cpp
@@ -11,8 +12,13 @@ from llama_cpp import Llama
 from pydantic import BaseModel, Field
 
 from shared.json_grammar import (
+    DEFAULT_BUDGET,
+    MAX_GRAMMAR_NESTING,
+    OPTIONAL_SPAN,
+    GrammarBudget,
     UnsupportedSchema,
     check_schema,
+    grammar_problem,
     inline_refs,
     response_format_grammar,
     schema_grammar,
@@ -196,3 +202,131 @@ def test_local_refs_are_inlined_and_others_refused() -> None:
         inline_refs({"$ref": "#/$defs/Missing"}, "p")
     with pytest.raises(UnsupportedSchema, match="recursive"):
         inline_refs({"properties": {"a": {"$ref": "#"}}}, "p")
+
+
+# --- within a budget -------------------------------------------------------------------
+# Each hostile schema of issue 27 is refused at once, naming the keyword and where it
+# is; the deadline is generous (a busy CI machine) but far below what they cost before
+# (a 940 MB grammar; 40 s for the oneOf overlap check).
+
+QUICK_S = 5.0
+
+
+def _refused(schema: Any, budget: GrammarBudget = DEFAULT_BUDGET) -> UnsupportedSchema:
+    started = time.monotonic()
+    with pytest.raises(UnsupportedSchema) as caught:
+        response_format_grammar(_fmt(schema), WHERE, budget)
+    assert time.monotonic() - started < QUICK_S
+    return caught.value
+
+
+def _deep(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
+
+
+@pytest.mark.parametrize(("schema", "path", "words"), [
+    ({"type": "string", "minLength": 100_000_000}, ".minLength", "over the limit of 4096"),
+    ({"type": "string", "maxLength": 30_000}, ".maxLength", "over the limit"),
+    ({"type": "array", "items": {"type": "integer"}, "maxItems": 10_000_000}, ".maxItems",
+     "over the limit"),
+    ({"type": "array", "items": {"type": "integer"}, "minItems": 10_000_000}, ".minItems",
+     "over the limit"),
+    ({"enum": [f"v{i}" for i in range(100_000)]}, ".enum", "100000 entries"),
+    ({"oneOf": [{"const": i} for i in range(3_000)]}, ".oneOf", "3000 entries"),
+    ({"anyOf": [{"const": i} for i in range(3_000)]}, ".anyOf", "3000 entries"),
+    (_deep(5_000), ".properties.a" * 16 + ".type", "nested deeper than 32 levels"),
+    ({"type": "string", "pattern": "^a{100000000}$"}, ".pattern", "more than 4096"),
+    ({"type": "string", "pattern": "^a{0,30000}$"}, ".pattern", "more than 4096"),
+    ({"type": "string", "pattern": "^a{0,2000}$"}, ".pattern", "by at most 1000"),
+    ({"type": "string", "minLength": 5, "maxLength": 2}, ".maxLength", "below minLength"),
+    ({"type": "string", "maxLength": "9"}, ".maxLength", "non-negative integer"),
+])
+def test_hostile_schemas_are_refused_quickly_naming_keyword_and_path(
+    schema: dict[str, Any], path: str, words: str
+) -> None:
+    refused = _refused(schema)
+    assert refused.path == WHERE + path
+    assert words in refused.message
+
+
+def test_nesting_is_refused_without_recursing_through_it() -> None:
+    with pytest.raises(UnsupportedSchema, match="nested deeper than 32 levels"):
+        schema_grammar(_deep(100_000), "p")
+
+
+def test_a_long_optional_span_is_refused_before_llama_cpp_would_refuse_it() -> None:
+    """Between minLength and maxLength the converter nests one optional group per
+    character; llama.cpp refuses more than 1,000 and crashed (SIGSEGV) at 30,000."""
+    refused = _refused({"type": "string", "minLength": 100, "maxLength": 1200})
+    assert refused.path == f"{WHERE}.maxLength"
+    assert "1100, over the limit of 1000" in refused.message
+
+
+def test_lengths_within_budget_become_grammars_llama_cpp_accepts(vocab_llm: Llama) -> None:
+    for schema in ({"type": "string", "maxLength": OPTIONAL_SPAN},
+                   {"type": "string", "minLength": 4000, "maxLength": 4096},
+                   {"type": "array", "items": {"type": "integer"}, "minItems": 3000,
+                    "maxItems": 4000},
+                   {"type": "string", "pattern": "^[a-z]{2,1000}$"}):
+        assert accepted_by_llama_cpp(vocab_llm, grammar(schema)), schema
+
+
+def test_a_reference_bomb_stops_at_the_schema_size_budget() -> None:
+    """Each definition uses the one before twice: 512 copies of a 300-character
+    description once inlined (and a nesting deep enough for many more)."""
+    defs = {"d0": {"type": "string", "description": "x" * 300}}
+    for i in range(1, 10):
+        defs[f"d{i}"] = {"type": "object", "properties": {
+            "a": {"$ref": f"#/$defs/d{i - 1}"}, "b": {"$ref": f"#/$defs/d{i - 1}"}}}
+    refused = _refused({"$ref": "#/$defs/d9", "$defs": defs})
+    assert "larger than 100000 characters" in refused.message
+
+
+def test_a_smaller_budget_is_the_callers_choice() -> None:
+    small = GrammarBudget(max_length=64, max_enum=3, max_branches=2, max_schema_chars=200,
+                          max_grammar_chars=2_000)
+    assert _refused({"type": "string", "maxLength": 65}, small).path == f"{WHERE}.maxLength"
+    assert _refused({"enum": [1, 2, 3, 4]}, small).path == f"{WHERE}.enum"
+    assert _refused({"anyOf": [{"type": "string"}] * 3}, small).path == f"{WHERE}.anyOf"
+    assert "larger than 200" in _refused({"const": "x" * 300}, small).message
+    too_big = _refused({"enum": ["y" * 60] * 3}, GrammarBudget(max_grammar_chars=100))
+    assert too_big.path == WHERE and "over the limit of 100" in too_big.message
+
+
+def test_a_large_legal_oneof_is_checked_in_near_linear_time() -> None:
+    """The overlap check used to compare every pair of branches (3,000 const branches:
+    40 s); values and types are indexed now, and a clash is still found."""
+    budget = GrammarBudget(max_branches=3_001, max_schema_chars=10**6,
+                           max_grammar_chars=10**6)
+    branches = [{"const": i} for i in range(3_000)]
+    started = time.monotonic()
+    assert check_schema({"oneOf": branches}, "p", budget)
+    assert time.monotonic() - started < QUICK_S
+    with pytest.raises(UnsupportedSchema) as caught:
+        check_schema({"oneOf": [*branches, {"enum": ["a", 2_999]}]}, "p", budget)
+    assert caught.value.path == "p.oneOf[3000]"
+    assert "branches 2999 and 3000" in str(caught.value)
+
+
+def test_tagged_unions_are_still_told_apart_by_their_discriminator() -> None:
+    branches = [{"type": "object", "properties": {"kind": {"const": f"k{i}"},
+                                                  "n": {"type": "integer"}},
+                 "required": ["kind", "n"]} for i in range(200)]
+    assert check_schema({"oneOf": branches}, "p")
+    clash = [*branches, {"type": "object", "properties": {"kind": {"enum": ["x", "k7"]}},
+                         "required": ["kind"]}]
+    with pytest.raises(UnsupportedSchema, match="branches 7 and 200"):
+        check_schema({"oneOf": clash}, "p")
+
+
+def test_grammar_problem_names_size_and_nesting() -> None:
+    assert grammar_problem('root ::= "a"') is None
+    assert grammar_problem('root ::= "((((" [(]') is None  # literals and classes
+    nested = "root ::= " + "(" * (MAX_GRAMMAR_NESTING + 1) + '"a"' + ")" * (
+        MAX_GRAMMAR_NESTING + 1)
+    assert "nests groups 2001 deep" in (grammar_problem(nested) or "")
+    assert "over the limit of 10" in (
+        grammar_problem('root ::= "abcdefghijkl"', GrammarBudget(max_grammar_chars=10)) or "")

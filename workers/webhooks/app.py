@@ -1,10 +1,10 @@
-"""The webhook worker: ``celery -A workers.webhooks worker -Q webhooks``.
+"""The webhook worker: ``celery -A workers.webhooks.app worker -Q webhooks``.
 
 A small process of its own, apart from the GPU workers (it loads no model):
 Celery's thread pool makes the deliveries (``CHATQ_WEBHOOKS__CONCURRENCY`` at
 once), and two threads started with the worker feed it: the feeder reads the
 transition log through the consumer group ``webhooks`` and the scheduler sends a
-message for each due delivery (see :mod:`workers.hooks`). Run as many copies as
+message for each due delivery (see :mod:`workers.webhooks.delivery`). Run as many copies as
 needed: they share the consumer group and the schedule, and a copy that dies
 loses nothing (its unacknowledged transitions and lapsed claims are taken up by
 the others).
@@ -30,7 +30,7 @@ from shared.logs import set_log_context, setup_logging
 from shared.settings import Settings, load_settings
 from shared.transitions import TransitionReader
 from shared.webhooks import HookStore, TargetPolicy
-from workers.hooks import GROUP, Deliverer, Feeder, HttpPoster, Scheduler
+from workers.webhooks.delivery import GROUP, Deliverer, Feeder, HttpPoster, Scheduler
 
 log = logging.getLogger(__name__)
 

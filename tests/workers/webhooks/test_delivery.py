@@ -23,7 +23,7 @@ from shared.transitions import TransitionReader
 from shared.webhooks import HookStore, TargetPolicy, deliveries, tenant_secret
 from tests.helpers import BlackHole, Receiver
 from tests.shared.test_lifecycle import CFG, L1, W1, created
-from workers.hooks import GROUP, Deliverer, Feeder, HttpPoster
+from workers.webhooks.delivery import GROUP, Deliverer, Feeder, HttpPoster
 
 HOOKS = WebhookSettings(backoff_s=0.05, backoff_max_s=0.2, timeout_s=0.5, retry_period_s=30)
 
@@ -51,12 +51,13 @@ class Hooks:
         return check
 
 
-def make_hooks(client: redis.Redis, production: bool = False) -> Iterator[Hooks]:
+def make_hooks(client: redis.Redis, production: bool = False,
+               tenants: bool = False) -> Iterator[Hooks]:
     jobs = BlockingJobs(client, CFG)
     store = HookStore(client, CFG.keys, HOOKS, retention_s=CFG.retention_s)
     reader = TransitionReader(client, CFG.keys, GROUP, "c1")
     reader.ensure_group(start="0")
-    poster = HttpPoster(HOOKS, TargetPolicy.of(HOOKS, production=production))
+    poster = HttpPoster(HOOKS, TargetPolicy.of(HOOKS, production=production, tenants=tenants))
     yield Hooks(jobs, store, Feeder(reader, jobs, store), Deliverer(store, poster))
     poster.close()
 
@@ -175,6 +176,21 @@ def test_production_refuses_a_loopback_target_at_delivery(redis_client: redis.Re
         assert d.last_error is not None and "127.0.0.1" in d.last_error
 
 
+@pytest.mark.parametrize("production", [True, False])
+def test_the_nat64_form_of_loopback_is_refused_at_delivery(
+        redis_client: redis.Redis, production: bool) -> None:
+    """``64:ff9b::7f00:1`` is 127.0.0.1 behind a NAT64 gateway: refused in production
+    and in development with API keys, and never tried again."""
+    for h in make_hooks(redis_client, production=production, tenants=True):
+        rec = hooked_job(h, "https://[64:ff9b::7f00:1]:8443/hook", ["completed"])
+        run_to_end(h, rec)
+        h.pump(h.settled(rec, 1))
+        [d] = deliveries(h.store.state(rec.id))
+        assert (d.status, d.attempts) == ("failed", 1)
+        assert d.last_error is not None and "target refused" in d.last_error
+        assert "64:ff9b::7f00:1" in d.last_error
+
+
 @pytest.fixture
 def certificate(tmp_path: Path) -> tuple[Path, Path]:
     if shutil.which("openssl") is None:
@@ -194,7 +210,7 @@ def test_https_connects_to_the_checked_address_and_verifies_the_host_name(
     cert, key = certificate
     # Both names resolve to the receiver's address; its certificate is for hooks.test only.
     loopback = [ipaddress.ip_address("127.0.0.1")]
-    monkeypatch.setattr("workers.hooks.resolve", lambda host, port: loopback)
+    monkeypatch.setattr("workers.webhooks.delivery.resolve", lambda host, port: loopback)
     server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_tls.load_cert_chain(cert, key)
     trust = ssl.create_default_context(cafile=str(cert))

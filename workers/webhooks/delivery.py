@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import ssl
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ import redis
 from shared.errors import UnsafeWebhook
 from shared.events import Transition
 from shared.lifecycle import BlockingJobs
+from shared.periodic import Periodic
 from shared.schemas import webhook_event
 from shared.settings import WebhookSettings
 from shared.transitions import TransitionReader
@@ -56,26 +56,17 @@ GROUP = "webhooks"  # the consumer group of the transition log
 USER_AGENT = "chatq-webhooks/0.1"
 
 
-class Feeder(threading.Thread):
-    """Registers the deliveries the transition log calls for."""
+class Feeder(Periodic):
+    """Registers the deliveries the transition log calls for (each round blocks on the
+    log for up to a second, so the next begins at once)."""
 
     def __init__(self, reader: TransitionReader, jobs: BlockingJobs, store: HookStore) -> None:
-        super().__init__(name="chatq-hook-feeder", daemon=True)
+        super().__init__("chatq-hook-feeder", 0, self.feed, retry_s=1.0,
+                         expected=(redis.RedisError,),
+                         expected_message="transition log unreachable", logger=log)
         self.reader = reader
         self.jobs = jobs
         self.store = store
-        self._stop = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.feed()
-            except redis.RedisError as exc:
-                log.warning("transition log unreachable", extra={"error": type(exc).__name__})
-                self._stop.wait(1.0)
-            except Exception:
-                log.exception("feeding webhook deliveries failed")
-                self._stop.wait(1.0)
 
     def feed(self, block_s: float = 1.0) -> int:
         """Handle one batch of transitions; how many deliveries it registered."""
@@ -102,29 +93,17 @@ class Feeder(threading.Thread):
                      extra={"job_id": t.job_id, "event": event.value, "queue": t.queue})
         return new
 
-    def stop(self) -> None:
-        self._stop.set()
 
-
-class Scheduler(threading.Thread):
+class Scheduler(Periodic):
     """Sends a delivery message for each due delivery, every ``interval_s``."""
 
     def __init__(self, store: HookStore, send: Callable[[str, str], None],
                  interval_s: float = 0.2) -> None:
-        super().__init__(name="chatq-hook-scheduler", daemon=True)
+        super().__init__("chatq-hook-scheduler", interval_s, self.tick,
+                         expected=(redis.RedisError,),
+                         expected_message="webhook schedule unreachable", logger=log)
         self.store = store
         self.send = send
-        self.interval_s = interval_s
-        self._stop = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.tick()
-            except redis.RedisError as exc:
-                log.warning("webhook schedule unreachable", extra={"error": type(exc).__name__})
-            except Exception:
-                log.exception("scheduling webhook deliveries failed")
 
     def tick(self) -> int:
         claims = self.store.claim(time.time())
@@ -132,9 +111,6 @@ class Scheduler(threading.Thread):
             # A send that fails leaves the claim to lapse: it is claimed and sent again.
             self.send(job_id, token)
         return len(claims)
-
-    def stop(self) -> None:
-        self._stop.set()
 
 
 Post = Callable[[str, bytes, dict[str, str]], Attempt]
