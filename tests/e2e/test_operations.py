@@ -142,3 +142,24 @@ def test_a_running_job_shows_as_running(client: httpx.Client) -> None:
     assert seen_running, done
     assert done["status"] == "cancelled" and done["output"]  # it ran, and was stopped
     assert done["usage"]["completion_tokens"] < 1500
+
+
+def test_redis_at_its_memory_limit_refuses_new_jobs_and_loses_none(
+        chatq: Chatq, client: httpx.Client) -> None:
+    """Compose runs Redis with maxmemory and noeviction: at the limit a write fails, so a
+    new job gets 503 and every job already there stays (no key is evicted)."""
+    kept = wait_done(client, submit(client, hi(max_tokens=4))["id"])
+    r = chatq.redis()
+    policy = r.config_get("maxmemory-policy")["maxmemory-policy"]
+    try:
+        r.config_set("maxmemory-policy", "noeviction")
+        r.config_set("maxmemory", max(1, int(r.info("memory")["used_memory"]) // 2))
+        refused = client.post("/v1/jobs", json=hi(max_tokens=4),
+                              headers={"Prefer": "respond-async"})
+    finally:
+        r.config_set("maxmemory", 0)
+        r.config_set("maxmemory-policy", policy)
+    assert refused.status_code == 503, refused.text
+    again = client.get(f"/v1/jobs/{kept['id']}").json()
+    assert (again["status"], again["output"]) == ("succeeded", kept["output"])
+    assert wait_done(client, submit(client, hi(max_tokens=4))["id"])["status"] == "succeeded"

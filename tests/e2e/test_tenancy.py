@@ -1,8 +1,10 @@
-"""Two tenants on one stack, through the HTTP API: names are the tenant's own
-(conversation ids, the ancestor routes' ``db_id``)."""
+"""Two tenants (and an operator) on one stack, through the HTTP API: names are the
+tenant's own (conversation ids, the ancestor routes' ``db_id``), and ``/v1/queues``
+shows a tenant only its own jobs and nothing of the machines; the operator all."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,15 +12,17 @@ import httpx
 import pytest
 
 from tests.conftest import Chatq, new_stack, start_chatq
-from tests.helpers import hi, submit, wait_done
+from tests.helpers import LONG, hi, submit, wait_done
 
 KEYS = "key-alpha=alpha,key-beta=beta"
+ADMIN = "key-operator-0123456789"
 
 
 @pytest.fixture(scope="module")
 def two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chatq]:
     stack = new_stack(tmp_path_factory.mktemp("tenancy"), "stack")
     stack.env["CHATQ_API__KEYS"] = KEYS
+    stack.env["CHATQ_API__ADMIN_KEYS"] = ADMIN
     try:
         yield start_chatq(stack)
     finally:
@@ -89,3 +93,53 @@ def test_a_job_continues_its_own_tenants_conversation(
     assert stored(alpha, "notes")["message_count"] == 2
     assert beta.delete("/v1/conversations/notes").status_code == 404
 
+
+def cpu_queue(client: httpx.Client) -> dict[str, Any]:
+    response = client.get("/v1/queues")
+    assert response.status_code == 200, response.text
+    [cpu] = [q for q in response.json()["data"] if q["queue"] == "cpu"]
+    return cpu
+
+
+def test_queues_show_a_tenant_its_own_jobs_and_counts_for_the_rest(
+        two: Chatq, alpha: httpx.Client, beta: httpx.Client) -> None:
+    # Greedy counting to 1,500 tokens: still running whatever the machine, until cancelled.
+    job = submit(alpha, hi(LONG, max_tokens=1500, temperature=0))
+    with two.client(key=ADMIN) as operator:
+        try:
+            deadline = time.monotonic() + 120
+            while not any(job["id"] in w["running"] for w in cpu_queue(operator)["workers"]):
+                assert time.monotonic() < deadline, "the job never showed as running"
+                time.sleep(0.1)
+            full, mine, theirs = cpu_queue(operator), cpu_queue(alpha), cpu_queue(beta)
+        finally:
+            alpha.post(f"/v1/jobs/{job['id']}/cancel")
+        wait_done(alpha, job["id"])
+    beat = two.heartbeat()
+    [worker] = full["workers"]
+    assert (worker["hostname"], worker["pid"]) == (beat["hostname"], int(beat["pid"]))
+    assert worker["worker_id"] == beat["worker_id"]
+    for view in (mine, theirs):  # counts for everyone
+        assert view["running"] == 1 and view["live_workers"] == 1
+        assert view["slots_busy"] >= 1 and view["model"] == "smollm2-135m"
+        [shown] = view["workers"]
+        assert not {"worker_id", "hostname", "pid", "upstream"} & set(shown)
+        assert shown["model"] == "smollm2-135m" and shown["slots"] == worker["slots"]
+    assert mine["workers"][0]["running"] == [job["id"]]
+    assert theirs["workers"][0]["running"] == []
+    assert job["id"] not in str(theirs) and beat["hostname"] not in str(theirs)
+
+
+def test_queues_need_a_key(two: Chatq) -> None:
+    with two.client(key=None) as anonymous, two.client(key="key-nobody") as stranger:
+        assert anonymous.get("/v1/queues").status_code == 401
+        assert stranger.get("/v1/queues").status_code == 401
+
+
+def test_metrics_need_the_admin_key_once_one_is_set(
+        two: Chatq, alpha: httpx.Client) -> None:
+    assert alpha.get("/metrics").status_code == 403
+    assert "admin key" in alpha.get("/metrics").json()["error"]["message"]
+    with two.client(key=ADMIN) as operator:
+        response = operator.get("/metrics")
+    assert response.status_code == 200 and "chatq_workers_live" in response.text
