@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from api import queues
 from api.auth import Caller
 from api.deps import CallerDep, ServicesDep
+from api.services import Services
 from shared.opstats import RECENT_MAX, summarize
 
 router = APIRouter(prefix="/v1/queues", tags=["operations"])
@@ -70,7 +71,7 @@ def _info(view: queues.QueueView, workers: list[dict[str, Any]]) -> QueueInfo:
     )
 
 
-async def _workers(svc: ServicesDep, caller: Caller,
+async def _workers(svc: Services, caller: Caller,
                    views: list[queues.QueueView]) -> list[list[dict[str, Any]]]:
     """Each view's workers as the caller may see them."""
     summaries = [[queues.worker_summary(w) for w in v.workers] for v in views]
