@@ -60,6 +60,7 @@ lock:
 # Validates docker-compose.yml; placeholder secrets stand in for .env (compose refuses without).
 compose-check:
 	MONGO_PASSWORD=$${MONGO_PASSWORD:-placeholder} CHATQ_API__KEYS=$${CHATQ_API__KEYS:-placeholder} \
+	CHATQ_API__ADMIN_KEYS=$${CHATQ_API__ADMIN_KEYS:-placeholder} \
 	FLOWER_BASIC_AUTH=$${FLOWER_BASIC_AUTH:-user:placeholder} \
 	docker-compose -f docker-compose.yml config -q
 

@@ -5,6 +5,12 @@ file (one ``key=tenant`` per line). With neither, development mode runs open:
 every request, with any key or none, is tenant ``dev`` (so ``make run`` answers a
 bare curl, and an SDK that insists on some key, as llama-server and Ollama take).
 Production refuses to start without keys, and refuses the development key.
+
+Operator keys (``CHATQ_API__ADMIN_KEYS``, no tenant) open the operator views: the
+whole ``/v1/queues`` (worker host names and pids, every tenant's running jobs) and
+``/metrics`` in production. A tenant's key sees its own jobs there and counts for
+the rest. Development with no keys at all stays open to everything.
+
 Keys are held as SHA-256 digests and compared in constant time.
 """
 
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from dataclasses import dataclass
 
 from shared.errors import ConfigError, Unauthorized
 from shared.settings import DEV_API_KEY, Environment, Settings
@@ -34,6 +41,33 @@ def _pairs(text: str, source: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def _bearer(authorization: str | None) -> str | None:
+    scheme, _, key = (authorization or "").partition(" ")
+    return key.strip() if scheme.lower() == "bearer" and key.strip() else None
+
+
+def _admin_digests(settings: Settings) -> list[bytes]:
+    if settings.api.admin_keys is None:
+        return []
+    keys = [k.strip() for k in settings.api.admin_keys.get_secret_value().split(",")]
+    if settings.env is not Environment.development and DEV_API_KEY in keys:
+        raise ConfigError("the development API key is refused as an admin key")
+    return [_digest(k) for k in keys if k]
+
+
+def _matches(digests: list[bytes], key: str) -> bool:
+    digest = _digest(key)
+    return any(hmac.compare_digest(known, digest) for known in digests)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: a tenant's key, or an operator's (``tenant`` None)."""
+
+    tenant: str | None
+    admin: bool
+
+
 class KeyRing:
     def __init__(self, settings: Settings) -> None:
         pairs: list[tuple[str, str]] = []
@@ -53,14 +87,27 @@ class KeyRing:
                 k == DEV_API_KEY for k, _ in pairs):
             raise ConfigError("the development API key is refused outside development")
         self._tenants = {_digest(k): t for k, t in pairs}
+        self._admins = _admin_digests(settings)
+        if any(d in self._tenants for d in self._admins):
+            raise ConfigError("an admin key is also a tenant's key: give operators their own")
+
+    def caller(self, authorization: str | None) -> Caller:
+        """The caller of an operator view (401 when the key is neither a tenant's nor
+        an operator's). Development with no keys at all: everyone is the operator."""
+        key = _bearer(authorization)
+        if key is not None and _matches(self._admins, key):
+            return Caller(None, admin=True)
+        if self.anonymous_tenant is not None and not self._admins:
+            return Caller(self.anonymous_tenant, admin=True)
+        return Caller(self.tenant(authorization), admin=False)
 
     def tenant(self, authorization: str | None) -> str:
         if self.anonymous_tenant is not None:  # development with no keys: open to all
             return self.anonymous_tenant
-        scheme, _, key = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
+        key = _bearer(authorization)
+        if key is None:
             raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
-        digest = _digest(key.strip())
+        digest = _digest(key)
         for known, tenant in self._tenants.items():
             if hmac.compare_digest(known, digest):
                 return tenant

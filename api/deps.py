@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from api.auth import Caller
 from api.services import Services
 from shared.settings import Settings
 
@@ -29,3 +30,11 @@ def get_tenant(request: Request) -> str:
 
 
 TenantDep = Annotated[str, Depends(get_tenant)]
+
+
+def get_caller(request: Request) -> Caller:
+    """The caller of an operator view: a tenant, or an operator (an admin key)."""
+    return get_services(request).api_keys.caller(request.headers.get("Authorization"))
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]

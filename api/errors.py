@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.utils import is_body_allowed_for_status_code
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 from starlette.exceptions import HTTPException
 
 from shared.errors import ChatqError, InvalidRequest, Unavailable
@@ -80,6 +80,9 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _redis(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, OutOfMemoryError):  # maxmemory with noeviction: writes refused
+        log.error("redis at its memory limit", extra={"path": request.url.path})
+        return await _chatq(request, Unavailable("Redis is at its memory limit; try again later"))
     # Redis's own message names its host and port: for the log, not for the caller.
     log.warning("redis unreachable", extra={"path": request.url.path, "error": str(exc)})
     return await _chatq(request, Unavailable("Redis is unreachable; try again shortly"))

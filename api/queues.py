@@ -3,6 +3,11 @@
 Read from Redis on every request (Celery's broker lists, the workers'
 heartbeats and the stats the finish script keeps, see :mod:`shared.opstats`),
 so it is the same in every API process. Serves ``/v1/queues`` and ``/metrics``.
+
+An operator (an admin key) sees every worker as its heartbeat tells it. A tenant
+sees counts for everything (depth, running, slots, totals) but of the workers only
+what says nothing about the machines or other tenants: no worker id, host name,
+pid or upstream URL, and among the running jobs only its own (:func:`for_tenant`).
 """
 
 from __future__ import annotations
@@ -109,3 +114,34 @@ def worker_summary(beat: dict[str, str], now: float | None = None) -> dict[str, 
         "running": json.loads(beat.get("running") or "[]"),
         "seconds_since_beat": round(now - float(beat.get("last_beat") or now), 3),
     }
+
+
+# What a tenant must not see of a worker: where it runs (host, pid, upstream server).
+_OPERATOR_ONLY = ("worker_id", "hostname", "pid", "upstream")
+
+
+async def job_tenants(svc: Services, views: list[QueueView]) -> dict[str, str]:
+    """The tenant of every job the live workers say they run."""
+    ids = sorted({job_id for view in views for beat in view.workers
+                  for job_id in json.loads(beat.get("running") or "[]")})
+    if not ids:
+        return {}
+    try:
+        async with svc.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(svc.keys.job(job_id), "tenant")
+            tenants = await pipe.execute()
+    except aredis.RedisError as exc:
+        raise Unavailable(f"Redis is unreachable: {exc}") from exc
+    return {job_id: _text(t) for job_id, t in zip(ids, tenants, strict=True) if t}
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def for_tenant(summary: dict[str, Any], tenant: str, owners: dict[str, str]) -> dict[str, Any]:
+    """A worker's summary as a tenant sees it: its own running jobs, nothing operator-only."""
+    shown = {k: v for k, v in summary.items() if k not in _OPERATOR_ONLY}
+    shown["running"] = [j for j in summary["running"] if owners.get(j) == tenant]
+    return shown

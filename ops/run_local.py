@@ -7,6 +7,12 @@ model's queue) with that queue's model from the registry (``CHATQ_REGISTRY``),
 the webhook worker, Flower (basic auth) and the API. Models that come from chunk
 packages are assembled first, once. Ctrl-C stops every child.
 
+A model worker that dies (a crash, the OOM killer, a poison job) is started again
+instead of taking the stack down: after 1 s, then 2, 4... up to 30 s, at most 5
+times in 10 minutes (:class:`Restarts`), each restart printed with the exit code and
+the log to read; past that, or when any other process exits, the stack stops.
+Recovery requeues the dead worker's jobs meanwhile (see ``shared/recovery.py``).
+
 An upstream queue from the environment: with ``CHATQ_UPSTREAM_URL`` (an
 OpenAI-compatible base URL, e.g. a vLLM server's ``http://host:8000/v1``) and
 ``CHATQ_UPSTREAM_MODEL`` (the model's name there), ``make run`` writes a derived
@@ -27,11 +33,12 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ops.devstack import ROOT, Stack, redis_answers, wait_worker
+from ops.devstack import ROOT, Proc, Stack, redis_answers, wait_worker
 from shared.errors import ConfigError
 from shared.registry import LlamaBuild, Registry
 from shared.settings import DEV_API_KEY, load_settings
@@ -47,13 +54,12 @@ def main() -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)  # also when started with SIGINT ignored (background)
     try:
-        urls = _start(stack, data_dir)
+        urls, workers = _start(stack, data_dir)
         _banner(urls)
-        while all(p.popen.poll() is None for p in stack.procs):
+        supervisor = Supervisor(stack, {w: _restarter(stack, q) for q, w in workers.items()})
+        while (dead := supervisor.poll()) is None:
             time.sleep(0.5)
-        dead = [p for p in stack.procs if p.popen.poll() is not None]
-        for p in dead:
-            print(f"\n{p.name} exited ({p.popen.returncode}); its log: {p.log_path}")
+        print(f"\n{dead.name} exited ({dead.popen.returncode}); its log: {dead.log_path}")
         return 1
     except KeyboardInterrupt:
         print("\nstopping chatq...")
@@ -70,6 +76,80 @@ def main() -> int:
 
 def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
+
+
+@dataclass
+class Restarts:
+    """Bounded restarts with backoff for one process: ``base_s`` doubled at each restart
+    up to ``cap_s``, at most ``limit`` restarts within ``window_s``."""
+
+    limit: int = 5
+    window_s: float = 600.0
+    base_s: float = 1.0
+    cap_s: float = 30.0
+    times: list[float] = field(default_factory=list)
+
+    def next_delay(self, now: float) -> float | None:
+        """The wait before the next restart, or None when the budget is spent."""
+        self.times = [t for t in self.times if now - t < self.window_s]
+        if len(self.times) >= self.limit:
+            return None
+        delay = min(self.cap_s, self.base_s * 2 ** len(self.times))
+        self.times.append(now)
+        return delay
+
+
+class Supervisor:
+    """Watches the stack's processes: one of ``restart`` (process name -> how to start
+    it again) that exits is started again after its backoff; any other process that
+    exits, or one out of restarts, is returned by :meth:`poll` (the stack stops)."""
+
+    def __init__(self, stack: Stack, restart: Mapping[str, Callable[[], Proc]],
+                 clock: Callable[[], float] = time.monotonic,
+                 make_restarts: Callable[[], Restarts] = Restarts) -> None:
+        self.stack = stack
+        self.restart = dict(restart)
+        self.clock = clock
+        self.budgets = {name: make_restarts() for name in self.restart}
+        self.pending: dict[str, float] = {}  # name -> when to start it again
+
+    def poll(self) -> Proc | None:
+        for proc in [p for p in self.stack.procs if p.popen.poll() is not None]:
+            if proc.name not in self.restart or not self._schedule(proc):
+                return proc
+        now = self.clock()
+        for name, at in list(self.pending.items()):
+            if at <= now:
+                del self.pending[name]
+                proc = self.restart[name]()
+                print(f"{_now()} {name} started again (pid {proc.popen.pid})", flush=True)
+        return None
+
+    def _schedule(self, proc: Proc) -> bool:
+        """Take the dead process out of the stack and schedule its restart (False: out
+        of restarts)."""
+        self.stack.procs.remove(proc)
+        budget = self.budgets[proc.name]
+        delay = budget.next_delay(self.clock())
+        code = proc.popen.returncode
+        if delay is None:
+            print(f"{_now()} {proc.name} exited ({code}) {budget.limit} times within "
+                  f"{budget.window_s:.0f} s; giving up. Its log: {proc.log_path}", flush=True)
+            self.stack.procs.append(proc)  # stopped with the rest
+            return False
+        print(f"{_now()} {proc.name} exited ({code}); starting it again in {delay:.0f} s "
+              f"(restart {len(budget.times)} of {budget.limit}). Its log: {proc.log_path}",
+              flush=True)
+        self.pending[proc.name] = self.clock() + delay
+        return True
+
+
+def _now() -> str:
+    return time.strftime("%H:%M:%S")
+
+
+def _restarter(stack: Stack, queue: str) -> Callable[[], Proc]:
+    return lambda: stack.start_worker(queue)
 
 
 def run_queues(registry: Registry, asked: str) -> list[str]:
@@ -168,7 +248,8 @@ def _plan(stack: Stack, data_dir: Path) -> tuple[Registry, list[str]]:
 
 
 def _start_workers(stack: Stack, redis_url: str, registry: Registry,
-                   queues: list[str]) -> None:
+                   queues: list[str]) -> dict[str, str]:
+    """Start a worker per queue and wait for each; returns queue -> its process's name."""
     workers = {}
     for queue in queues:
         print(f"starting worker (queue {queue}, model {registry.for_queue(queue).name})...")
@@ -179,9 +260,10 @@ def _start_workers(stack: Stack, redis_url: str, registry: Registry,
     if idle:
         print(f"note: no worker here for queue(s) {', '.join(idle)} (their models answer 503 "
               "and /readyz says so); CHATQ_RUN_QUEUES picks the queues")
+    return {queue: proc.name for queue, proc in workers.items()}
 
 
-def _start(stack: Stack, data_dir: Path) -> dict[str, str]:
+def _start(stack: Stack, data_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
     registry, queues = _plan(stack, data_dir)
     redis_url = os.environ.get("CHATQ_REDIS_URL", "redis://127.0.0.1:6379/0")
     if not redis_answers(redis_url):
@@ -193,13 +275,13 @@ def _start(stack: Stack, data_dir: Path) -> dict[str, str]:
         mongo_url = stack.start_mongo(path=data_dir / "mongo.sqlite3")
         stack.env["CHATQ_MONGO_URL"] = mongo_url
     flower_auth = os.environ.get("CHATQ_FLOWER_AUTH") or f"admin:{secrets.token_urlsafe(9)}"
-    _start_workers(stack, redis_url, registry, queues)
+    workers = _start_workers(stack, redis_url, registry, queues)
     print("starting the webhook worker...")
     stack.start_webhooks()
     stack.start_flower(FLOWER_PORT, flower_auth)
     stack.start_api(API_PORT)
     return {"redis": redis_url, "mongo": mongo_url, "flower_auth": flower_auth,
-            "logs": str(stack.data_dir), "queues": ", ".join(queues)}
+            "logs": str(stack.data_dir), "queues": ", ".join(queues)}, workers
 
 
 def _banner(urls: dict[str, str]) -> None:

@@ -3,13 +3,21 @@
 Messages live in their own collection so a long chat never grows one document
 without bound. Layout::
 
-    conversations  {_id: conversation id, tenant, user_id, persona, created_at,
-                    updated_at, message_count}
-        index (tenant, user_id, updated_at desc, _id desc)  a user's recent conversations
-        index (tenant, updated_at desc, _id desc)            a tenant's recent conversations
+    conversations  {_id: '["tenant","conversation id"]', conversation_id, tenant,
+                    user_id, persona, created_at, updated_at, message_count}
+        index (tenant, user_id, updated_at desc, conversation_id desc)  a user's recent ones
+        index (tenant, updated_at desc, conversation_id desc)   a tenant's recent ones
     messages       {_id: "{conversation}:{job}:{index}", conversation_id, tenant, seq,
                     role, content, [tool_calls], [tool_call_id], job_id, created_at}
-        index (conversation_id, seq)                         a conversation's messages in order
+        index (tenant, conversation_id, seq)              a conversation's messages in order
+
+Conversation ids are names in the tenant's own namespace: the document's ``_id``
+is the pair (tenant, id) (:func:`conversation_key`), so another tenant using the
+same id (a ``conversation_id``, an ancestor route's ``db_id``) gets a conversation
+of its own, and nothing a tenant does tells it whether another tenant has one.
+Every read and write names the tenant; no query finds a conversation by its id
+alone. Documents of the earlier layout (``_id`` = the bare id) are moved to the
+keyed one when the API starts (:meth:`ConversationStore.ensure_indexes`).
 
 Appends are idempotent: a message's ``_id`` is derived from the conversation,
 the job and the message's place in the job, and it is written with
@@ -40,11 +48,13 @@ CONVERSATIONS = "conversations"
 MESSAGES = "messages"
 
 CONVERSATION_INDEXES = [
-    IndexModel([("tenant", 1), ("user_id", 1), ("updated_at", -1), ("_id", -1)],
-               name="tenant_user_recent"),
-    IndexModel([("tenant", 1), ("updated_at", -1), ("_id", -1)], name="tenant_recent"),
+    IndexModel([("tenant", 1), ("user_id", 1), ("updated_at", -1), ("conversation_id", -1)],
+               name="tenant_user_updated"),
+    IndexModel([("tenant", 1), ("updated_at", -1), ("conversation_id", -1)],
+               name="tenant_updated"),
 ]
-MESSAGE_INDEXES = [IndexModel([("conversation_id", 1), ("seq", 1)], name="conversation_order")]
+MESSAGE_INDEXES = [IndexModel([("tenant", 1), ("conversation_id", 1), ("seq", 1)],
+                              name="tenant_conversation_order")]
 
 # seq = submit time in ms << 20 | index within the job: time order, then message order
 # (up to a million messages per job; still well inside a signed 64-bit integer).
@@ -62,6 +72,19 @@ def tool_fields(message: dict[str, Any]) -> dict[str, Any]:
 
 def new_conversation_id() -> str:
     return "conv_" + secrets.token_urlsafe(16)
+
+
+def conversation_key(tenant: str, conversation_id: str) -> str:
+    """A conversation document's ``_id``: the tenant and the id as a JSON pair, which
+    no two different pairs share whatever characters either holds."""
+    return json.dumps([tenant, conversation_id], separators=(",", ":"))
+
+
+def conversation_filter(tenant: str, conversation_id: str) -> dict[str, str]:
+    """The one way to find a conversation: by the tenant's key (the tenant and the id
+    also as fields, which an upsert copies into a new document)."""
+    return {"_id": conversation_key(tenant, conversation_id), "tenant": tenant,
+            "conversation_id": conversation_id}
 
 
 @dataclass
@@ -117,7 +140,7 @@ class TurnWrite:
 
 def _summary(doc: dict[str, Any]) -> dict[str, Any]:
     return {
-        "id": doc["_id"], "object": "conversation", "user_id": doc.get("user_id"),
+        "id": doc["conversation_id"], "object": "conversation", "user_id": doc.get("user_id"),
         "persona": doc.get("persona"), "message_count": doc.get("message_count", 0),
         "created_at": doc.get("created_at"), "updated_at": doc.get("updated_at"),
     }
@@ -125,7 +148,7 @@ def _summary(doc: dict[str, Any]) -> dict[str, Any]:
 
 def encode_cursor(doc: dict[str, Any]) -> str:
     updated: datetime = doc["updated_at"]
-    raw = json.dumps([int(updated.timestamp() * 1000), doc["_id"]])
+    raw = json.dumps([int(updated.timestamp() * 1000), doc["conversation_id"]])
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
@@ -144,7 +167,8 @@ def before_filter(before: str) -> dict[str, Any]:
     except (ValueError, TypeError) as exc:
         raise InvalidRequest("before: not a cursor or an ISO 8601 time",
                              details=[{"field": "before", "message": str(exc)}]) from exc
-    return {"$or": [{"updated_at": {"$lt": at}}, {"updated_at": at, "_id": {"$lt": str(last_id)}}]}
+    return {"$or": [{"updated_at": {"$lt": at}},
+                    {"updated_at": at, "conversation_id": {"$lt": str(last_id)}}]}
 
 
 class ConversationStore:
@@ -156,24 +180,29 @@ class ConversationStore:
         self.messages = db[MESSAGES]
 
     async def ensure_indexes(self) -> None:
-        """Create the indexes (idempotent: existing ones are left as they are)."""
+        """Move documents of the earlier layout to the keyed one, then create the
+        indexes (idempotent: existing ones are left as they are)."""
         try:
+            await self._rekey_legacy()
             await self.conversations.create_indexes(CONVERSATION_INDEXES)
             await self.messages.create_indexes(MESSAGE_INDEXES)
         except PyMongoError as exc:
             raise Unavailable(f"MongoDB is unreachable ({type(exc).__name__})") from exc
 
-    async def owner(self, conversation_id: str) -> str | None:
-        """The tenant a conversation belongs to, or None when it does not exist."""
-        try:
-            doc = await self.conversations.find_one({"_id": conversation_id}, {"tenant": 1})
-        except PyMongoError as exc:
-            raise Unavailable(f"MongoDB is unreachable ({type(exc).__name__})") from exc
-        return None if doc is None else str(doc["tenant"])
+    async def _rekey_legacy(self) -> None:
+        """A conversation stored as ``_id`` = its bare id gets the tenant's key (a copy
+        under the new ``_id`` first, then the old document goes: safe to repeat)."""
+        legacy = self.conversations.find({"conversation_id": {"$exists": False}})
+        async for doc in legacy:
+            old = doc.pop("_id")
+            key = conversation_filter(str(doc["tenant"]), str(old))
+            await self.conversations.replace_one({"_id": key["_id"]}, {**doc, **key},
+                                                 upsert=True)
+            await self.conversations.delete_one({"_id": old})
 
     async def get(self, conversation_id: str, tenant: str) -> dict[str, Any] | None:
         try:
-            doc = await self.conversations.find_one({"_id": conversation_id, "tenant": tenant})
+            doc = await self.conversations.find_one(conversation_filter(tenant, conversation_id))
             if doc is None:
                 return None
             cursor = self.messages.find({"conversation_id": conversation_id, "tenant": tenant})
@@ -211,7 +240,7 @@ class ConversationStore:
         """Remove the conversation and its messages; False when it is not the tenant's."""
         try:
             doc = await self.conversations.find_one_and_delete(
-                {"_id": conversation_id, "tenant": tenant})
+                conversation_filter(tenant, conversation_id))
             if doc is None:
                 return False
             await self.messages.delete_many({"conversation_id": conversation_id,
@@ -222,10 +251,6 @@ class ConversationStore:
 
 
 # --- worker side (blocking) ------------------------------------------------------
-
-
-class ConversationTaken(Exception):
-    """The conversation id belongs to another tenant: the write can never land."""
 
 
 class WorkerConversationStore:
@@ -245,7 +270,7 @@ class WorkerConversationStore:
              limit: int) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """The conversation's stored persona and its newest ``limit`` messages in order,
         leaving out the turn of ``exclude_job`` (a redelivered job that already wrote)."""
-        doc = self.conversations.find_one({"_id": conversation_id, "tenant": tenant})
+        doc = self.conversations.find_one(conversation_filter(tenant, conversation_id))
         if doc is None:
             return None, []
         query = {"conversation_id": conversation_id, "tenant": tenant,
@@ -257,16 +282,12 @@ class WorkerConversationStore:
 
     def append(self, write: TurnWrite) -> None:
         """Write one job's turn exactly once, however often it is called."""
-        filt = {"_id": write.conversation_id, "tenant": write.tenant}
-        for attempt in (1, 2):
-            try:
-                self.conversations.update_one(filt, write.conversation_update(), upsert=True)
-                break
-            except DuplicateKeyError as exc:
-                # Two first writes raced (the second upsert now matches), or the id
-                # is another tenant's (it never will).
-                if attempt == 2:
-                    raise ConversationTaken(write.conversation_id) from exc
+        filt = conversation_filter(write.tenant, write.conversation_id)
+        try:
+            self.conversations.update_one(filt, write.conversation_update(), upsert=True)
+        except DuplicateKeyError:
+            # Two first writes raced: the second upsert now matches the first's document.
+            self.conversations.update_one(filt, write.conversation_update(), upsert=True)
         ops = []
         for doc in write.message_docs():
             key = {"_id": doc.pop("_id")}  # _id goes in the filter, not in $setOnInsert

@@ -11,6 +11,7 @@
     ├── UnsupportedParameter 400    a sampling parameter the model's upstream cannot
     │                               honour (names it)
     ├── Unauthorized        401     missing or unknown API key
+    ├── Forbidden           403     a valid key without the right (an operator view)
     ├── NotFound            404     no such job / model / conversation (for this tenant)
     │   └── UnknownModel    404     lists the known models
     ├── Conflict            409     e.g. cancelling a finished job
@@ -126,6 +127,11 @@ class UnsupportedParameter(ChatqError):
 class Unauthorized(ChatqError):
     code = "unauthorized"
     status = 401
+
+
+class Forbidden(ChatqError):
+    code = "forbidden"
+    status = 403
 
 
 class NotFound(ChatqError):

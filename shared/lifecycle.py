@@ -59,7 +59,7 @@ _JSON_FIELDS = ("params", "messages", "persona", "metadata", "usage", "timings",
 _FLOAT_FIELDS = ("created_at", "started_at", "finished_at", "expires_at", "rank", "run_at",
                  "cancel_at")
 _INT_FIELDS = ("attempts", "seq", "completion_tokens", "prompt_tokens", "history_messages",
-               "history_trimmed", "dispatch")
+               "history_trimmed", "dispatch", "deaths")
 
 PRIORITY_BAND_S = 1e10  # added to a batch job's rank: it sorts after every interactive one
 
@@ -122,6 +122,9 @@ class JobRecord:
     timings: dict[str, float | None] = field(default_factory=dict)
     error: dict[str, str] | None = None
     attempts: int = 0
+    # Runs of it that ended with their worker's death: one makes it suspect (it runs
+    # alone next time); a second fails it `worker_lost` (see shared/lua/requeue.lua).
+    deaths: int = 0
     seq: int = 0
     completion_tokens: int = 0
     prompt_tokens: int = 0
@@ -132,6 +135,11 @@ class JobRecord:
     kind: JobKind = JobKind.chat  # see JobKind: chat, completion (raw prompt) or embedding
     inputs: list[str] | None = None  # completion: [prompt]; embedding: the texts
     result: dict[str, Any] | None = None  # embedding: its vectors (see shared.vectors)
+
+    @property
+    def suspect(self) -> bool:
+        """Its worker died while running it: it may be what killed the worker."""
+        return self.deaths > 0
 
     @property
     def rank(self) -> float:
@@ -378,11 +386,15 @@ class Lifecycle:
                 _error("expired", "the job did not start before its deadline; it never ran"))
         return Op("expire", self._finish_keys(record.id, record.queue), args, _text)
 
-    def requeue(self, record: JobRecord, gone_worker: str, max_attempts: int) -> Op[Requeued]:
-        """The job's worker is gone: back to the queue, or failed ``worker_lost``."""
+    def requeue(self, record: JobRecord, gone_worker: str, max_attempts: int,
+                died: bool = True) -> Op[Requeued]:
+        """The job's run is over without an end: back to the queue, or failed
+        ``worker_lost``. ``died``: its worker is gone (not a run that broke off under a
+        live worker), which makes the job suspect, or fails it when it already was."""
         cfg = self.cfg
         args = (record.id, gone_worker, time.time(), max_attempts, cfg.retention_s,
-                cfg.transitions_max, "the worker died while running this job")
+                cfg.transitions_max, "the worker died while running this job",
+                1 if died else 0, "the worker died twice while running this job")
         return Op("requeue", self._finish_keys(record.id, record.queue), args,
                   lambda reply: Requeued(str(reply[0]), int(reply[1] or 0)))
 

@@ -7,7 +7,11 @@ Three kinds, each found in Redis and fixed by one lifecycle script:
   has not claimed it in its heartbeats for a whole TTL since the run started
   (the run broke off, e.g. on a long Redis outage), goes back to its queue
   under a new dispatch and is sent again, or fails ``worker_lost`` once it has
-  used its attempts — whatever the broker's visibility timeout;
+  used its attempts — whatever the broker's visibility timeout. A job whose
+  worker *died* may be a poison job (one that crashes the worker, taking the
+  jobs beside it down too): it comes back **suspect** and a worker runs it alone
+  (``workers/solo.py``); if its worker dies again it fails ``worker_lost``, "the
+  worker died twice while running this job", instead of being retried blindly;
 - a **queued job whose message never reached the broker** (the API died between
   writing it and sending it, or the send failed) is sent after a grace period;
 - a **queued job past its start deadline** ends ``expired``.
@@ -73,18 +77,20 @@ class Sweeper:
             record = self.jobs(self.ops.load(job_id)).record
             if record is None or (beat is not None and not self._abandoned(record, beat)):
                 continue
-            self._requeue(record, worker, report)
+            self._requeue(record, worker, report, died=beat is None)
 
     def _abandoned(self, record: JobRecord, beat: dict[str, str]) -> bool:
         """A live worker's beats have not listed the job for a whole TTL since its run began."""
         last_beat = float(beat.get("last_beat") or 0)
         return record.run_at is not None and last_beat > record.run_at + self.heartbeat_ttl_s
 
-    def _requeue(self, record: JobRecord, worker: str, report: SweepReport) -> None:
-        result = self.jobs(self.ops.requeue(record, worker, self.max_attempts))
-        ctx = {"job_id": record.id, "queue": record.queue, "worker_id": worker}
+    def _requeue(self, record: JobRecord, worker: str, report: SweepReport,
+                 died: bool) -> None:
+        result = self.jobs(self.ops.requeue(record, worker, self.max_attempts, died))
+        ctx = {"job_id": record.id, "queue": record.queue, "worker_id": worker,
+               "worker_died": died}
         if result.verdict == "requeued":
-            log.warning("job's worker gone; job requeued",
+            log.warning("job's worker gone; job requeued" + (" as suspect" if died else ""),
                         extra={**ctx, "dispatch": result.dispatch})
             report.requeued.append(record.id)
             self._send(Unsent(record.id, record.queue, result.dispatch, record.priority))

@@ -2,6 +2,11 @@
 
 Build it with :func:`load_settings` once per process and pass it around; tests
 build their own with overrides instead of patching a module-level singleton.
+
+Outside development the settings refuse what is only safe on a developer's machine:
+no API keys, the development key, and a placeholder for any password or key they
+hold (``change-me`` and the like, :func:`is_placeholder`; Flower's basic auth is
+checked the same way by ``ops/flower_app.py``).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Self
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -129,6 +135,11 @@ class ApiSettings(BaseModel):
     )
     keys_file: Path | None = Field(
         None, description="A file of `key=tenant` lines (# comments allowed)."
+    )
+    admin_keys: SecretStr | None = Field(
+        None, description="Operator keys, comma separated (no tenant): the whole "
+                          "`/v1/queues` (worker hosts and pids, every tenant's running "
+                          "jobs), and `/metrics` in production or once any is set.",
     )
     modes: set[Mode] = Field(
         {Mode.sync, Mode.async_}, description="Invocation modes callers may ask for."
@@ -279,6 +290,22 @@ class LimitSettings(BaseModel):
                     "are counted at once, and one long prompt holds up no other.")
 
 
+# Values that stand in for a secret in examples and templates; production refuses them
+# (compared lower-case, without punctuation: "Change-Me", "change_me" and "CHANGEME" alike).
+PLACEHOLDERS = frozenset({
+    "changeme", "changethis", "replaceme", "placeholder", "password", "passwd", "secret",
+    "admin", "root", "example", "default", "test", "letmein", "qwerty", "123456", "xxx",
+    "todo", "fixme", "yourpassword", "mypassword", "pass", "pw",
+})
+
+
+def is_placeholder(secret: str) -> bool:
+    """A template's stand-in rather than a secret: one of :data:`PLACEHOLDERS`, or a
+    value that says to change or replace it (``change-me-please``)."""
+    plain = "".join(c for c in secret.lower() if c.isalnum())
+    return plain in PLACEHOLDERS or "changeme" in plain or "replaceme" in plain
+
+
 class Settings(BaseSettings):
     """All of chatq's configuration. See README for the variables."""
 
@@ -314,7 +341,24 @@ class Settings(BaseSettings):
                              "CHATQ_API__KEYS_FILE (the development key is refused)")
         if self.api.keys and DEV_API_KEY in self.api.keys.get_secret_value():
             raise ValueError("the development API key is refused outside development")
+        for name, secret in self._secrets():
+            if is_placeholder(secret):
+                raise ValueError(f"{name}: a placeholder password is refused outside "
+                                 "development (set a real secret)")
         return self
+
+    def _secrets(self) -> list[tuple[str, str]]:
+        """The passwords and keys this process is configured with, by variable."""
+        found = [("CHATQ_MONGO_URL", urlsplit(self.mongo_url.get_secret_value()).password),
+                 ("CHATQ_REDIS_URL", urlsplit(self.redis_url).password),
+                 ("CHATQ_CELERY__BROKER_URL", urlsplit(self.celery.broker_url or "").password)]
+        if self.api.keys is not None:
+            found += [("CHATQ_API__KEYS", pair.partition("=")[0])
+                      for pair in self.api.keys.get_secret_value().split(",")]
+        if self.api.admin_keys is not None:
+            found += [("CHATQ_API__ADMIN_KEYS", key)
+                      for key in self.api.admin_keys.get_secret_value().split(",")]
+        return [(name, value.strip()) for name, value in found if value and value.strip()]
 
     @property
     def broker_url(self) -> str:

@@ -22,6 +22,7 @@ from shared.logs import set_log_context, setup_logging
 from shared.registry import LlamaBuild, ModelSpec, Registry
 from shared.settings import load_settings
 from workers.runtime import Runtime
+from workers.solo import SoloGate, is_suspect
 from workers.tasks import run_job
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ celery_app.conf.update(
 )
 # The process's runtime (model, store, heartbeat, sweeper), made in worker_init.
 _process: dict[str, Runtime] = {}
+_solo = SoloGate()  # a suspect job (its worker died running it) runs alone
 
 
 @signals.after_setup_logger.connect
@@ -102,4 +104,6 @@ def _unload(**_: Any) -> None:
 
 @celery_app.task(name=GENERATE_TASK, acks_late=True, reject_on_worker_lost=True)
 def generate(job_id: str, dispatch: int = 1) -> None:
-    run_job(_process["runtime"], job_id, dispatch)
+    runtime = _process["runtime"]
+    with _solo.admit(alone=is_suspect(runtime.jobs, job_id)):
+        run_job(runtime, job_id, dispatch)

@@ -18,14 +18,14 @@ import redis
 from bson.errors import InvalidDocument
 from pymongo.errors import DocumentTooLarge, PyMongoError
 
-from shared.conversations import ConversationTaken, TurnWrite, WorkerConversationStore
+from shared.conversations import TurnWrite, WorkerConversationStore
 from shared.lifecycle import BlockingJobs
 from shared.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
 # Errors retrying cannot fix: the entry goes to the dead list instead of blocking the outbox.
-PERMANENT = (ConversationTaken, InvalidDocument, DocumentTooLarge, ValueError, TypeError)
+PERMANENT = (InvalidDocument, DocumentTooLarge, ValueError, TypeError)
 
 
 class Persister:

@@ -1,21 +1,36 @@
-"""``GET /metrics``: Prometheus exposition (no key needed; keep it on the internal network)."""
+"""``GET /metrics``: Prometheus exposition.
+
+It names every queue, model and worker, so it is an operator view: in production
+(or wherever admin keys are set) it needs an admin key (``CHATQ_API__ADMIN_KEYS``,
+sent as ``Authorization: Bearer``; Prometheus's ``authorization`` scrape option);
+a tenant's key gets ``403``. Development with no admin keys serves it to anyone."""
 
 from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from api import queues, telemetry
-from api.deps import ServicesDep
-from shared.errors import Unavailable
+from api.deps import ServicesDep, get_services
+from shared.errors import Forbidden, Unavailable
+from shared.settings import Environment
 
 router = APIRouter(tags=["operations"])
 log = logging.getLogger(__name__)
 
 
-@router.get("/metrics", include_in_schema=False)
+def require_operator(request: Request) -> None:
+    svc = get_services(request)
+    settings = svc.settings
+    if settings.env is Environment.development and settings.api.admin_keys is None:
+        return
+    if not svc.api_keys.caller(request.headers.get("Authorization")).admin:
+        raise Forbidden("/metrics needs an admin key (CHATQ_API__ADMIN_KEYS)")
+
+
+@router.get("/metrics", include_in_schema=False, dependencies=[Depends(require_operator)])
 async def prometheus_metrics(request: Request, svc: ServicesDep) -> Response:
     try:
         collector = telemetry.QueueCollector(await queues.overview(svc))

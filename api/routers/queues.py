@@ -1,15 +1,21 @@
 """``GET /v1/queues``: per queue its model, depth, running jobs, live workers and recent
-wait / latency / tokens-per-second percentiles and success rate (an operator endpoint)."""
+wait / latency / tokens-per-second percentiles and success rate (an operator endpoint).
+
+With an admin key the whole view; with a tenant's key the counts, and of the workers
+only the tenant's own running jobs and nothing that names a machine
+(:func:`api.queues.for_tenant`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from api import queues
-from api.deps import ServicesDep, get_tenant
+from api.auth import Caller
+from api.deps import CallerDep, ServicesDep
+from api.services import Services
 from shared.opstats import RECENT_MAX, summarize
 
 router = APIRouter(prefix="/v1/queues", tags=["operations"])
@@ -52,7 +58,7 @@ class QueueList(BaseModel):
     data: list[QueueInfo]
 
 
-def _info(view: queues.QueueView) -> QueueInfo:
+def _info(view: queues.QueueView, workers: list[dict[str, Any]]) -> QueueInfo:
     totals: dict[str, int] = {}
     for (_, status), n in view.counters.jobs.items():
         totals[status] = totals.get(status, 0) + n
@@ -60,15 +66,28 @@ def _info(view: queues.QueueView) -> QueueInfo:
     return QueueInfo(
         queue=view.queue, model=view.model, depth=view.depth, running=view.running,
         slots=view.slots, slots_busy=view.slots_busy,
-        live_workers=len(view.workers), workers=[queues.worker_summary(w) for w in view.workers],
+        live_workers=len(view.workers), workers=workers,
         totals=totals, recent=RecentStats.model_validate(summarize(view.recent)),
     )
 
 
-@router.get("", response_model=QueueList, dependencies=[Depends(get_tenant)])
+async def _workers(svc: Services, caller: Caller,
+                   views: list[queues.QueueView]) -> list[list[dict[str, Any]]]:
+    """Each view's workers as the caller may see them."""
+    summaries = [[queues.worker_summary(w) for w in v.workers] for v in views]
+    if caller.admin or caller.tenant is None:
+        return summaries
+    owners = await queues.job_tenants(svc, views)
+    return [[queues.for_tenant(w, caller.tenant, owners) for w in ws] for ws in summaries]
+
+
+@router.get("", response_model=QueueList)
 async def list_queues(
     svc: ServicesDep,
+    caller: CallerDep,
     window: int = Query(RECENT_MAX, ge=1, le=RECENT_MAX,
                         description="How many of the newest finished jobs the stats cover."),
 ) -> QueueList:
-    return QueueList(data=[_info(v) for v in await queues.overview(svc, window)])
+    views = await queues.overview(svc, window)
+    workers = await _workers(svc, caller, views)
+    return QueueList(data=[_info(v, w) for v, w in zip(views, workers, strict=True)])

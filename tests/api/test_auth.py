@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from api.auth import KeyRing
+from api.auth import Caller, KeyRing
 from shared.errors import ConfigError, Unauthorized
 from shared.settings import DEV_API_KEY, load_settings
 
@@ -50,3 +50,27 @@ def test_production_refuses_the_development_key(tmp_path: Path) -> None:
     settings = load_settings(env="production", api={"keys_file": keys_file})
     with pytest.raises(ConfigError):
         KeyRing(settings)
+
+
+def test_admin_keys_make_an_operator_and_tenant_keys_a_tenant() -> None:
+    ring = KeyRing(load_settings(api={"keys": "k-a=acme", "admin_keys": "ops-1, ops-2"}))
+    assert ring.caller("Bearer ops-2") == Caller(None, admin=True)
+    assert ring.caller("Bearer k-a") == Caller("acme", admin=False)
+    for bad in (None, "Bearer nope", "Basic ops-1"):
+        with pytest.raises(Unauthorized):
+            ring.caller(bad)
+    with pytest.raises(Unauthorized):  # an admin key is no tenant's key
+        ring.tenant("Bearer ops-1")
+
+
+def test_development_without_keys_is_the_operator_until_admin_keys_are_set() -> None:
+    assert KeyRing(load_settings()).caller(None) == Caller("dev", admin=True)
+    ring = KeyRing(load_settings(api={"admin_keys": "ops-1"}))
+    assert ring.caller("Bearer anything") == Caller("dev", admin=False)
+    assert ring.caller("Bearer ops-1").admin
+
+
+def test_an_admin_key_that_is_also_a_tenants_key_is_refused() -> None:
+    with pytest.raises(ConfigError) as refused:
+        KeyRing(load_settings(api={"keys": "same=acme", "admin_keys": "same"}))
+    assert "same" not in refused.value.message

@@ -83,3 +83,20 @@ def test_openai_path_errors_use_openai_error_object(client: httpx.Client) -> Non
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["type"] == "not_found_error" and "nope" in error["message"]
+
+
+def test_production_metrics_need_an_admin_key(make_stack) -> None:  # type: ignore[no-untyped-def]
+    """/metrics names every queue, model and worker: an operator view in production."""
+    admin = "ops-7d3f9a1c2b"
+    stack = make_stack(with_worker=False, env={
+        "CHATQ_ENV": "production", "CHATQ_API__KEYS": "key-alpha=alpha",
+        "CHATQ_API__ADMIN_KEYS": admin})
+    with stack.client(key=None) as anonymous, stack.client(key="key-alpha") as tenant:
+        assert anonymous.get("/metrics").status_code == 401
+        refused = tenant.get("/metrics")
+        assert refused.status_code == 403
+        assert "CHATQ_API__ADMIN_KEYS" in refused.json()["error"]["message"]
+    with stack.client(key=admin) as operator:
+        response = operator.get("/metrics")
+    assert response.status_code == 200, response.text
+    assert "chatq_redis_up" in response.text

@@ -38,7 +38,7 @@ def test_history_over_the_context_is_trimmed_oldest_first(
     client: MongoClient[Any] = MongoClient(stack.stack.env["CHATQ_MONGO_URL"],
                                            serverSelectionTimeoutMS=3000, tz_aware=True)
     store = WorkerConversationStore(client, "chatq")
-    owner = store.conversations.find_one({"_id": conversation})
+    owner = store.conversations.find_one({"conversation_id": conversation})
     assert owner is not None
     for i in range(12):  # older turns, about 12 x 90 tokens: twice the 512-token context
         store.append(TurnWrite(

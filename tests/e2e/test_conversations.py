@@ -187,7 +187,7 @@ def test_list_validates_its_parameters(client: httpx.Client) -> None:
     assert client.get("/v1/conversations/conv_nope").status_code == 404
 
 
-def test_another_tenants_conversation_is_404(client: httpx.Client,
+def test_another_tenants_conversation_is_404_and_its_id_is_free(client: httpx.Client,
                                              mongo_store: WorkerConversationStore) -> None:
     theirs = f"conv-{uuid.uuid4().hex[:8]}"
     mongo_store.append(TurnWrite(
@@ -197,7 +197,10 @@ def test_another_tenants_conversation_is_404(client: httpx.Client,
     assert client.delete(f"/v1/conversations/{theirs}").status_code == 404
     listed = client.get("/v1/conversations", params={"user_id": "u1"}).json()["data"]
     assert theirs not in [c["id"] for c in listed]
-    response = client.post("/v1/jobs", json=hi(conversation_id=theirs),
-                           headers={"Prefer": "respond-async"})
-    assert response.status_code == 404
-    assert mongo_store.messages.count_documents({"conversation_id": theirs}) == 1
+    # The id names a conversation in the caller's own namespace: a job using it starts
+    # the caller's conversation, and the other tenant's stays as it was.
+    job = ask(client, "Mine now.", conversation_id=theirs, user_id="u1")
+    assert job["conversation_id"] == theirs
+    assert messages(client, theirs)[0]["content"] == "Mine now."
+    assert mongo_store.messages.count_documents({"conversation_id": theirs,
+                                                 "tenant": "someone-else"}) == 1

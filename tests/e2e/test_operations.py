@@ -9,7 +9,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Chatq
-from tests.helpers import as_if_its_worker_died, hi, submit, wait_done
+from tests.helpers import LONG, as_if_its_worker_died, hi, submit, wait_done, wait_idle
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 CPU = {"model": "smollm2-135m", "queue": "cpu"}
@@ -121,10 +121,13 @@ def test_queue_depth_sums_every_priority_list(make_stack: Callable[..., Chatq]) 
 
 
 def test_a_running_job_shows_as_running(client: httpx.Client) -> None:
-    # Long enough to span several heartbeats (every 0.5 s here), which list the running
-    # jobs: at this machine's ~180 tokens/s, 60 tokens could end between two beats.
-    job = submit(client, hi("Tell me a long story about the sea.", max_tokens=400))
-    deadline = time.monotonic() + 30
+    # The heartbeats (every 0.5 s here) list the running jobs; a job that could end
+    # between two beats made this test depend on the machine's speed. This one counts on
+    # greedily to 1,500 tokens, so it is still running at the next beats whatever the
+    # machine; it is cancelled once both views have shown it.
+    wait_idle(client)
+    job = submit(client, hi(LONG, max_tokens=1500, temperature=0))
+    deadline = time.monotonic() + 60
     seen_running = False
     while time.monotonic() < deadline and not seen_running:
         status = client.get(f"/v1/jobs/{job['id']}").json()["status"]
@@ -134,5 +137,29 @@ def test_a_running_job_shows_as_running(client: httpx.Client) -> None:
         if status not in ("queued", "running"):
             break
         time.sleep(0.1)
-    assert seen_running
-    assert wait_done(client, job["id"])["status"] == "succeeded"
+    client.post(f"/v1/jobs/{job['id']}/cancel")
+    done = wait_done(client, job["id"])
+    assert seen_running, done
+    assert done["status"] == "cancelled" and done["output"]  # it ran, and was stopped
+    assert done["usage"]["completion_tokens"] < 1500
+
+
+def test_redis_at_its_memory_limit_refuses_new_jobs_and_loses_none(
+        chatq: Chatq, client: httpx.Client) -> None:
+    """Compose runs Redis with maxmemory and noeviction: at the limit a write fails, so a
+    new job gets 503 and every job already there stays (no key is evicted)."""
+    kept = wait_done(client, submit(client, hi(max_tokens=4))["id"])
+    r = chatq.redis()
+    policy = r.config_get("maxmemory-policy")["maxmemory-policy"]
+    try:
+        r.config_set("maxmemory-policy", "noeviction")
+        r.config_set("maxmemory", max(1, int(r.info("memory")["used_memory"]) // 2))
+        refused = client.post("/v1/jobs", json=hi(max_tokens=4),
+                              headers={"Prefer": "respond-async"})
+    finally:
+        r.config_set("maxmemory", 0)
+        r.config_set("maxmemory-policy", policy)
+    assert refused.status_code == 503, refused.text
+    again = client.get(f"/v1/jobs/{kept['id']}").json()
+    assert (again["status"], again["output"]) == ("succeeded", kept["output"])
+    assert wait_done(client, submit(client, hi(max_tokens=4))["id"])["status"] == "succeeded"

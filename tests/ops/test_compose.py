@@ -1,7 +1,8 @@
 """The production compose file validates, refuses to run without its secrets, and wires
 one worker per GPU with its device reserved and the models mounted read-only, the
 webhook worker from the CPU image, and (profile "upstream") an upstream queue's worker
-from the CPU image."""
+from the CPU image. Flower is published on the loopback only; Redis has a memory limit
+that never evicts a key; ops/env.example ships no secret compose would take."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ import pytest
 import yaml
 
 from shared.registry import Registry
+from shared.settings import is_placeholder
 
 ROOT = Path(__file__).resolve().parents[2]
-SECRETS = {"MONGO_PASSWORD": "pw", "CHATQ_API__KEYS": "key", "FLOWER_BASIC_AUTH": "u:p"}
+SECRETS = {"MONGO_PASSWORD": "pw", "CHATQ_API__KEYS": "key", "FLOWER_BASIC_AUTH": "u:p",
+           "CHATQ_API__ADMIN_KEYS": "ops-key"}
 
 pytestmark = pytest.mark.skipif(
     shutil.which("docker-compose") is None,
@@ -111,3 +114,52 @@ def test_an_upstream_worker_is_a_profile_on_the_cpu_image(tmp_path: Path) -> Non
     assert worker["healthcheck"]["test"][-2:] == ["ops.healthcheck", "worker"]
     example = (ROOT / "ops" / "models.prod.toml").read_text()
     assert 'api_key_env = "UPSTREAM_API_KEY"' in example
+
+
+def services_of(tmp: Path) -> dict[str, Any]:
+    result = compose("config", env=SECRETS, tmp=tmp)
+    assert result.returncode == 0, result.stderr
+    services: dict[str, Any] = yaml.safe_load(result.stdout)["services"]
+    return services
+
+
+def host_ip(port: str | dict[str, Any]) -> str | None:
+    """The host address of a published port, in either of compose's renderings."""
+    if isinstance(port, dict):
+        return port.get("host_ip")
+    parts = str(port).split(":")
+    return parts[0] if len(parts) == 3 else None
+
+
+def test_flower_is_published_on_the_loopback_only(tmp_path: Path) -> None:
+    ports = services_of(tmp_path)["flower"]["ports"]
+    assert ports and all(host_ip(p) == "127.0.0.1" for p in ports), ports
+
+
+def test_redis_has_a_memory_limit_and_never_evicts(tmp_path: Path) -> None:
+    command = services_of(tmp_path)["redis"]["command"]
+    assert command[command.index("--maxmemory") + 1] == "2gb"
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+
+
+def test_every_process_gets_the_admin_keys(tmp_path: Path) -> None:
+    services = services_of(tmp_path)
+    for name in ("api", "gpu0", "gpu1", "webhooks", "flower"):
+        assert services[name]["environment"]["CHATQ_API__ADMIN_KEYS"] == "ops-key", name
+
+
+def test_the_env_example_ships_no_secret_compose_would_take(tmp_path: Path) -> None:
+    """Copied as it is, ops/env.example starts nothing: every secret is empty, so compose
+    refuses (and no line holds a placeholder that production would refuse later)."""
+    example = ROOT / "ops" / "env.example"
+    values = dict(line.split("=", 1) for line in example.read_text().splitlines()
+                  if line and not line.startswith("#"))
+    assert set(SECRETS) <= set(values)
+    assert not any(values[name] for name in SECRETS), values
+    assert not any(is_placeholder(v.rpartition(":")[2]) for v in values.values() if v)
+    clean = {k: v for k, v in os.environ.items() if k not in SECRETS}
+    result = subprocess.run(["docker-compose", "--env-file", str(example), "-f",
+                             "docker-compose.yml", "config", "-q"], check=False, cwd=ROOT,
+                            env=clean, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert any(name in result.stderr for name in SECRETS), result.stderr

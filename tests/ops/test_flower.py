@@ -9,8 +9,12 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
 from ops.devstack import free_port
+from ops.flower_auth import basic_auth, check_basic_auth
+from shared.errors import ConfigError
+from shared.settings import load_settings
 from tests.conftest import Chatq
 from tests.helpers import hi, submit, wait_done
 
@@ -74,3 +78,16 @@ def check_logs(chatq: Chatq, job_id: str) -> None:
         assert entry.get("job_id") == job_id, entry
         assert entry.get("queue") == "cpu" and entry.get("model") == "smollm2-135m", entry
     assert any(e["logger"].startswith("uvicorn") for e in lines["api"])
+
+
+def test_flower_outside_development_refuses_placeholder_or_missing_passwords() -> None:
+    prod = load_settings(env="production", api={"keys": "k-3f9a2c71=acme"})
+    for auth in ("", "admin:change-me", "ops:s3cret-flower,admin:changeme", "admin:",
+                 "admin:password"):
+        with pytest.raises(ConfigError):
+            check_basic_auth(prod, auth)
+    check_basic_auth(prod, "ops:s3cret-flower")
+    check_basic_auth(load_settings(), "admin:change-me")  # development: anything goes
+    argv = ["celery", "flower", "--basic-auth=ops:from-argv"]
+    assert basic_auth({"FLOWER_BASIC_AUTH": "ops:from-env"}, argv) == "ops:from-argv"
+    assert basic_auth({"FLOWER_BASIC_AUTH": "ops:from-env"}, ["flower"]) == "ops:from-env"

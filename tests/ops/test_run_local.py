@@ -1,15 +1,17 @@
 """``make run`` with an upstream queue from the environment: ``CHATQ_UPSTREAM_*`` become
 a model on queue ``upstream`` in a derived registry (the registry's own models kept as
-they are, their files as absolute paths), served by a worker of its own."""
+they are, their files as absolute paths), served by a worker of its own. A worker that
+dies is started again (bounded, with backoff) instead of stopping the stack."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
-from ops.devstack import Stack
-from ops.run_local import _plan, derived_registry, upstream_model
+from ops.devstack import Proc, Stack
+from ops.run_local import Restarts, Supervisor, _plan, derived_registry, upstream_model
 from shared.errors import ConfigError
 from shared.registry import Registry
 from shared.settings import DEFAULT_REGISTRY
@@ -67,3 +69,67 @@ def test_make_run_serves_the_derived_registry_and_starts_the_upstream_queue(
     monkeypatch.delenv("CHATQ_TEST_VLLM_KEY")
     with pytest.raises(ConfigError, match="CHATQ_TEST_VLLM_KEY"):
         _plan(stack, tmp_path)  # the key variable must be set where the worker runs
+
+
+def test_restarts_back_off_and_are_bounded_within_their_window() -> None:
+    restarts = Restarts(limit=3, window_s=100, base_s=1, cap_s=3)
+    assert [restarts.next_delay(t) for t in (0, 1, 2, 3)] == [1, 2, 3, None]
+    assert restarts.next_delay(150) == 1  # the earlier restarts left the window
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def exits_soon(stack: Stack, name: str) -> Proc:
+    return stack.spawn(name, [sys.executable, "-c", "raise SystemExit(3)"])
+
+
+def wait_exited(proc: Proc) -> None:
+    proc.popen.wait(30)
+
+
+def test_a_dead_worker_is_started_again_after_its_backoff(tmp_path: Path) -> None:
+    stack, clock = Stack(tmp_path / "run"), Clock()
+    started: list[Proc] = []
+
+    def restart() -> Proc:
+        started.append(exits_soon(stack, "worker-cpu"))
+        return started[-1]
+
+    try:
+        api = stack.spawn("api", [sys.executable, "-c", "import time; time.sleep(60)"])
+        wait_exited(exits_soon(stack, "worker-cpu"))
+        supervisor = Supervisor(stack, {"worker-cpu": restart}, clock=clock,
+                                make_restarts=lambda: Restarts(limit=2, base_s=1))
+        assert supervisor.poll() is None and started == []  # backing off: 1 s
+        assert [p.name for p in stack.procs] == ["api"]
+        clock.now = 1.0
+        assert supervisor.poll() is None and len(started) == 1
+        wait_exited(started[0])
+        assert supervisor.poll() is None  # second restart, after 2 s
+        clock.now = 3.0
+        assert supervisor.poll() is None and len(started) == 2
+        wait_exited(started[1])
+        gave_up = supervisor.poll()  # out of restarts: the stack stops
+        assert gave_up is started[1] and gave_up.popen.returncode == 3
+        assert api.popen.poll() is None
+    finally:
+        stack.stop()
+
+
+def test_any_other_process_that_exits_stops_the_stack(tmp_path: Path) -> None:
+    stack = Stack(tmp_path / "run")
+    try:
+        worker = stack.spawn("worker-cpu", [sys.executable, "-c", "import time; time.sleep(60)"])
+        api = exits_soon(stack, "api")
+        wait_exited(api)
+        supervisor = Supervisor(stack, {"worker-cpu": lambda: worker})
+        assert supervisor.poll() is api
+        assert worker.popen.poll() is None
+    finally:
+        stack.stop()

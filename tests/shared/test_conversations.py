@@ -14,9 +14,9 @@ from pymongo import AsyncMongoClient, MongoClient
 
 from shared.conversations import (
     ConversationStore,
-    ConversationTaken,
     TurnWrite,
     WorkerConversationStore,
+    conversation_filter,
 )
 from shared.errors import InvalidRequest
 
@@ -68,7 +68,7 @@ def test_appending_one_jobs_turn_twice_keeps_one_copy(
     worker_store.append(turn("c1", "job_b", 1001.0, "again"))
     _, history = worker_store.load("c1", "t1", exclude_job="", limit=100)
     assert [m["content"] for m in history] == ["hello", "re: hello", "again", "re: again"]
-    doc = worker_store.conversations.find_one({"_id": "c1"})
+    doc = worker_store.conversations.find_one(conversation_filter("t1", "c1"))
     assert doc is not None and doc["message_count"] == 4
     assert worker_store.messages.count_documents({"conversation_id": "c1"}) == 4
 
@@ -99,10 +99,11 @@ def test_persona_is_kept_on_the_conversation(worker_store: WorkerConversationSto
 
 def test_a_later_turn_can_name_the_user(worker_store: WorkerConversationStore) -> None:
     worker_store.append(turn("c1", "job_a", 1000.0, "hello", user=None))
-    assert (worker_store.conversations.find_one({"_id": "c1"}) or {})["user_id"] is None
+    c1 = conversation_filter("t1", "c1")
+    assert (worker_store.conversations.find_one(c1) or {})["user_id"] is None
     worker_store.append(turn("c1", "job_b", 1001.0, "again", user="u9"))
     worker_store.append(turn("c1", "job_c", 1002.0, "more", user=None))
-    assert (worker_store.conversations.find_one({"_id": "c1"}) or {})["user_id"] == "u9"
+    assert (worker_store.conversations.find_one(c1) or {})["user_id"] == "u9"
 
 
 def test_a_tenant_sees_only_its_own_conversations(
@@ -110,8 +111,6 @@ def test_a_tenant_sees_only_its_own_conversations(
     worker_store.append(turn("mine", "job_a", 1000.0, "secret", tenant="t1"))
     worker_store.append(turn("theirs", "job_b", 1001.0, "other", tenant="t2", user="u1"))
     assert worker_store.load("mine", "t2", exclude_job="", limit=10) == (None, [])
-    with pytest.raises(ConversationTaken):
-        worker_store.append(turn("mine", "job_c", 1002.0, "hijack", tenant="t2"))
 
     async def use(store: ConversationStore) -> None:
         assert await store.get("mine", "t2") is None
@@ -119,10 +118,57 @@ def test_a_tenant_sees_only_its_own_conversations(
         page, _ = await store.list("t2", "u1", 10, None)
         assert [c["id"] for c in page] == ["theirs"]
         assert await store.delete("mine", "t2") is False
-        assert await store.owner("mine") == "t1"
 
     with_api_store(mongo_url, database, use)
     assert worker_store.messages.count_documents({"conversation_id": "mine"}) == 2
+
+
+def test_the_same_id_is_a_conversation_of_each_tenant(
+        worker_store: WorkerConversationStore, mongo_url: str, database: str) -> None:
+    """Conversation ids are names in the tenant's namespace: t2 writing to t1's id
+    starts t2's own conversation; each tenant reads, lists and deletes only its own."""
+    worker_store.append(turn("1002", "job_a", 1000.0, "alpha's", tenant="t1"))
+    worker_store.append(turn("1002", "job_b", 1001.0, "beta's", tenant="t2"))
+    worker_store.append(turn("1002", "job_b", 1001.0, "beta's", tenant="t2"))  # redelivered
+    _, history = worker_store.load("1002", "t1", exclude_job="", limit=10)
+    assert [m["content"] for m in history] == ["alpha's", "re: alpha's"]
+    _, history = worker_store.load("1002", "t2", exclude_job="", limit=10)
+    assert [m["content"] for m in history] == ["beta's", "re: beta's"]
+
+    async def use(store: ConversationStore) -> None:
+        for tenant in ("t1", "t2"):
+            found = await store.get("1002", tenant)
+            assert found is not None and found["id"] == "1002" and found["message_count"] == 2
+            page, _ = await store.list(tenant, None, 10, None)
+            assert [c["id"] for c in page] == ["1002"]
+        assert await store.delete("1002", "t2") is True
+        assert await store.get("1002", "t2") is None
+        assert (await store.get("1002", "t1") or {})["message_count"] == 2
+
+    with_api_store(mongo_url, database, use)
+    assert worker_store.messages.count_documents({"conversation_id": "1002"}) == 2
+
+
+def test_conversations_of_the_earlier_layout_get_the_tenants_key(
+        worker_store: WorkerConversationStore, mongo_url: str, database: str) -> None:
+    """A document stored as ``_id`` = its bare id is moved to the keyed layout when the
+    API starts, and is then found (with its messages) by its own tenant only."""
+    worker_store.append(turn("old", "job_a", 1000.0, "kept", tenant="t1"))
+    doc = worker_store.conversations.find_one_and_delete(conversation_filter("t1", "old"))
+    assert doc is not None
+    doc.pop("conversation_id")
+    worker_store.conversations.insert_one({**doc, "_id": "old"})
+
+    async def use(store: ConversationStore) -> None:
+        await store.ensure_indexes()
+        await store.ensure_indexes()  # again: nothing left to move
+        found = await store.get("old", "t1")
+        assert found is not None and found["message_count"] == 2
+        assert [m["content"] for m in found["messages"]] == ["kept", "re: kept"]
+        assert await store.get("old", "t2") is None
+
+    with_api_store(mongo_url, database, use)
+    assert worker_store.conversations.count_documents({}) == 1
 
 
 def test_list_pages_newest_first_with_a_cursor(
@@ -169,8 +215,9 @@ def test_indexes_are_created_idempotently(
     worker_store.ensure_indexes()
     with_api_store(mongo_url, database, lambda store: store.ensure_indexes())
     names = {ix["name"] for ix in worker_store.conversations.list_indexes()}
-    assert {"tenant_user_recent", "tenant_recent"} <= names
-    assert "conversation_order" in {ix["name"] for ix in worker_store.messages.list_indexes()}
+    assert {"tenant_user_updated", "tenant_updated"} <= names
+    assert "tenant_conversation_order" in {
+        ix["name"] for ix in worker_store.messages.list_indexes()}
 
 
 def test_tool_calls_and_results_are_stored_and_loaded(worker_store: WorkerConversationStore,

@@ -118,3 +118,47 @@ def test_a_due_job_expires(jobs: BlockingJobs) -> None:
     jobs(jobs.ops.sent(rec.id, 1))
     assert sweeper(jobs, FakeDispatcher()).sweep().expired == [rec.id]
     assert status(jobs, rec).status is JobStatus.expired
+
+
+def run_again(jobs: BlockingJobs, rec: JobRecord, worker: str) -> None:
+    """The requeued job is taken by ``worker`` (its new dispatch)."""
+    back = status(jobs, rec)
+    assert jobs(jobs.ops.start(rec.id, rec.queue, back.dispatch, worker,
+                               f"lease-{worker}-{back.dispatch}")).verdict == "run"
+
+
+def test_a_job_whose_worker_died_comes_back_suspect(jobs: BlockingJobs) -> None:
+    rec = running(jobs, W1)  # W1 never beats: dead
+    assert not status(jobs, rec).suspect
+    assert sweeper(jobs, FakeDispatcher()).sweep().requeued == [rec.id]
+    back = status(jobs, rec)
+    assert back.status is JobStatus.queued and back.suspect and back.deaths == 1
+
+
+def test_a_second_death_fails_the_job_worker_lost_with_the_reason(jobs: BlockingJobs) -> None:
+    """A poison job: each delivery kills its worker. The second death ends it, with
+    attempts left, instead of a third worker dying of it."""
+    rec = running(jobs, W1)
+    assert sweeper(jobs, FakeDispatcher(), attempts=5).sweep().requeued == [rec.id]
+    run_again(jobs, rec, W2)  # W2 never beats either: it died of the job too
+    report = sweeper(jobs, FakeDispatcher(), attempts=5).sweep()
+    assert report.failed == [rec.id] and report.requeued == []
+    done = status(jobs, rec)
+    assert done.status is JobStatus.failed and done.error is not None
+    assert done.error["code"] == "worker_lost"
+    assert "the worker died twice while running this job" in done.error["message"]
+    assert done.attempts == 2 and done.deaths == 2
+
+
+def test_a_run_that_broke_off_under_a_live_worker_is_no_death(jobs: BlockingJobs) -> None:
+    """A live worker that stopped holding the job (a long Redis outage) did not die of it:
+    the job is requeued as before, not made suspect, and not failed a second time."""
+    rec = running(jobs, W1)
+    for again in (False, True):
+        if again:
+            run_again(jobs, rec, W1)
+        jobs.redis.hset(CFG.keys.job(rec.id), "run_at", time.time() - 30)
+        beat(jobs, W1, holds=[])
+        assert sweeper(jobs, FakeDispatcher(), attempts=5).sweep().requeued == [rec.id]
+    back = status(jobs, rec)
+    assert back.status is JobStatus.queued and not back.suspect

@@ -16,13 +16,6 @@ from workers.upstream_engine import UpstreamEngine
 
 
 @pytest.fixture
-def upstream() -> Iterator[FakeUpstream]:
-    server = FakeUpstream().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def engine(upstream: FakeUpstream) -> Iterator[UpstreamEngine]:
     made = UpstreamEngine(spec(upstream.url), environ=ENV)
     yield made

@@ -58,13 +58,6 @@ def drain(generation: Any, timeout: float = 10) -> list[Piece]:
 
 
 @pytest.fixture
-def upstream() -> Iterator[FakeUpstream]:
-    server = FakeUpstream().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def engines() -> Iterator[list[UpstreamEngine]]:
     made: list[UpstreamEngine] = []
     yield made

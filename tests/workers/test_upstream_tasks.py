@@ -25,13 +25,6 @@ NEUTRAL = {"top_k": 0, "min_p": 0.0}
 
 
 @pytest.fixture
-def upstream() -> Iterator[FakeUpstream]:
-    server = FakeUpstream().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def worker(redis_client: redis.Redis, upstream: FakeUpstream) -> Iterator[FakeWorker]:
     engine = UpstreamEngine(spec(upstream.url), environ=ENV)
     yield FakeWorker(BlockingJobs(redis_client, CFG), engine, load_settings())  # type: ignore[arg-type]
