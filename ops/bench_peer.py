@@ -58,13 +58,19 @@ def server_argv(binary: Path, spec: ModelSpec, model: Path, port: int, threads: 
         argv += ["--tensor-split", ",".join(f"{s:g}" for s in spec.tensor_split)]
     if spec.offload_kqv is False:
         argv.append("--no-kv-offload")
-    if spec.use_mmap is False:
-        argv.append("--no-mmap")
-    if spec.use_mlock:
-        argv.append("--mlock")
+    if spec.use_mmap is not None or spec.use_mlock is not None:
+        argv += ["--load-mode", load_mode(spec.use_mmap is not False, bool(spec.use_mlock))]
     if template is not None:
         argv += ["--chat-template-file", str(template)]
     return argv
+
+
+def load_mode(mmap: bool, mlock: bool) -> str:
+    """llama-server's ``--load-mode`` for the registry's use_mmap / use_mlock (as the
+    engine's ``workers.llama_params`` maps them to llama.cpp's load modes)."""
+    if mlock:
+        return "mmap+mlock" if mmap else "mlock"
+    return "mmap" if mmap else "none"
 
 
 def healthy(base_url: str) -> bool:

@@ -38,7 +38,7 @@ def test_the_defaults_give_the_same_work_as_chatq() -> None:
     assert "--no-webui" in argv
     # llama-server's own features keep their defaults; nothing names a remote model
     assert not {"--no-cache-prompt", "--cache-ram", "-hf", "--hf-repo", "--kv-unified",
-                "--batch-size", "--chat-template-file"} & set(argv)
+                "--batch-size", "--chat-template-file", "--load-mode"} & set(argv)
 
 
 def test_slots_and_context_follow_the_registry() -> None:
@@ -71,7 +71,17 @@ def test_every_llama_option_the_registry_sets_is_passed_on() -> None:
     assert flag(argv, "--main-gpu") == "1"
     assert flag(argv, "--split-mode") == "row"
     assert flag(argv, "--tensor-split") == "3,1"
-    assert {"--no-kv-offload", "--no-mmap", "--mlock"} <= set(argv)
+    assert "--no-kv-offload" in argv
+    assert flag(argv, "--load-mode") == "mlock"
+
+
+@pytest.mark.parametrize(("mmap", "mlock", "mode"), [
+    (None, True, "mmap+mlock"), (True, None, "mmap"), (False, None, "none"),
+    (False, False, "none"), (True, True, "mmap+mlock")])
+def test_mmap_and_mlock_are_a_load_mode(mmap: bool | None, mlock: bool | None,
+                                        mode: str) -> None:
+    argv = server_argv(BIN, spec(use_mmap=mmap, use_mlock=mlock), GGUF, 1, 2)
+    assert flag(argv, "--load-mode") == mode
 
 
 def test_a_registry_chat_template_goes_in_a_file() -> None:
