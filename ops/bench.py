@@ -1,52 +1,63 @@
-"""``make bench``: chatq against llama-cpp-python called directly, in one run.
+"""``make bench``: chatq against its peers, llama-cpp-python called directly and
+llama.cpp's own ``llama-server``, in one run on one machine.
 
-The same prompts and parameters (greedy, fixed ``max_tokens``) go
+Scenarios (``--scenario``, default both):
 
-1. to one caller, in pairs: each prompt directly through llama-cpp-python in this
-   process (a ``Llama`` object generating for one sequence) and through a local
-   chatq stack (its own Redis, store, worker and API) by one streaming caller of
-   ``/v1/chat/completions``, one after the other, the order alternating from pair
-   to pair,
-2. through the same stack by several callers at once (``--callers``, default 4),
+- **single** (single-turn prompts, greedy, fixed ``max_tokens``):
 
-in ``--runs`` passes of 1 then 2, so a drift in the machine's speed (seen here:
-10 % within a minute) weighs on every side alike; never two at a time, so they
-never share the CPU (the direct ``Llama`` stays loaded, idle, while chatq runs).
-It prints first-token latency (p50/p95), per-stream and aggregate tokens/s, and
-the ratios the issues set as targets:
+  1. one caller: each prompt directly through llama-cpp-python in this process
+     (a ``Llama`` object generating for one sequence), through a local chatq stack
+     (its own Redis, store, worker and API) and through llama-server (when
+     ``--llama-server`` names its binary), each by one streaming caller of
+     ``/v1/chat/completions``, one right after the other, the side that goes first
+     rotating from prompt to prompt and from pass to pass;
+  2. several callers at once (``--callers``, default 4) on chatq and on
+     llama-server, which goes first alternating from pass to pass;
 
-- 1 caller: chatq per-stream tokens/s >= 0.95 x direct; added first-token
-  latency (p50) <= 20 ms;
-- N callers: aggregate tokens/s >= 1.4 x chatq's own 1-caller aggregate;
-  first-token p50 <= 500 ms.
+  in ``--runs`` passes of 1 then 2, so a drift in the machine's speed (seen here:
+  10 % within a minute) weighs on every side alike; never two sides at a time, so
+  they never share the CPU (the idle sides stay loaded). It prints first-token
+  latency (p50/p95), per-stream and aggregate tokens/s, the batching issue's
+  targets (1 caller: chatq per-stream tokens/s >= 0.95 x direct, added first-token
+  latency p50 <= 20 ms; N callers: aggregate >= 1.4 x chatq's own 1-caller
+  aggregate, first token p50 <= 500 ms) and chatq's ratios to each peer side by
+  side (:func:`ops.bench_stats.ratio_table`, with the engine issue's targets).
+
+- **multiturn**: conversations whose client resends the whole history each turn
+  (:mod:`ops.bench_multiturn`), on chatq and llama-server.
 
 Per-stream tokens/s is (tokens - 1) / (last token - first token). Aggregate
 tokens/s is all tokens of a round over its time: for several callers the
 wall-clock time from the first request to the last answer of each pass; for one caller the
 sum of its requests' times, each from the request to the end of its response
-(the direct calls in between are not chatq's time). Both sides run llama.cpp
+(the other sides' calls in between are not its time). Every side runs llama.cpp
 with the engine's threads (the registry's ``n_threads``, else
-``CHATQ_WORKER__N_THREADS``, else every core this process may use).
+``CHATQ_WORKER__N_THREADS``, else every core this process may use); llama-server
+with the model's slots and llama.cpp options (:mod:`ops.bench_peer`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import signal
 import statistics
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 from llama_cpp import Llama
 
+from ops import bench_multiturn as multiturn
+from ops.bench_client import Stream, ask, client
+from ops.bench_peer import start_server
+from ops.bench_stats import Side, percentile, ratio, ratio_table, show, turns_label, verdict
 from ops.devstack import Stack, free_port, wait_worker
 from shared.registry import ModelSpec, Registry
-from shared.settings import DEV_API_KEY, load_settings
+from shared.settings import load_settings
 from workers.llama_params import llama_threads
 
 WARM_UP = "Say hello."  # not one of PROMPTS: a warm-up shares only the template's head
@@ -56,28 +67,6 @@ PROMPTS = [
     "Explain how a bicycle works, step by step, in detail.",
     "List as many colours as you can, one per line.",
 ]
-
-
-@dataclass
-class Stream:
-    started: float
-    first: float
-    last: float
-    tokens: int
-    ended: float  # the response (or the direct call) ended
-
-    @property
-    def span(self) -> float:
-        return self.ended - self.started
-
-    @property
-    def ttft_ms(self) -> float:
-        return (self.first - self.started) * 1000
-
-    @property
-    def rate(self) -> float:
-        span = self.last - self.first
-        return (self.tokens - 1) / span if self.tokens > 1 and span > 0 else 0.0
 
 
 @dataclass
@@ -92,16 +81,14 @@ class Round:
         return sum(s.tokens for s in self.streams) / self.wall_s
 
     def ttft(self, q: int) -> float:
-        values = sorted(s.ttft_ms for s in self.streams)
-        return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(
-            values) > 1 else values[0]
+        return percentile([s.ttft_ms for s in self.streams], q)
 
     @property
     def rate(self) -> float:
         return statistics.median(s.rate for s in self.streams)
 
     def line(self) -> str:
-        return (f"  {self.name:<22} callers {self.callers}  first token p50 "
+        return (f"  {self.name:<30} callers {self.callers}  first token p50 "
                 f"{self.ttft(50):7.1f} ms  p95 {self.ttft(95):7.1f} ms  per-stream "
                 f"{self.rate:6.1f} tok/s  aggregate {self.aggregate:6.1f} tok/s  "
                 f"({len(self.streams)} streams, "
@@ -133,29 +120,8 @@ def direct(llm: Llama, prompt: str, max_tokens: int, fresh: bool = False) -> Str
     return Stream(started, first, last, tokens, time.perf_counter())
 
 
-def _chunks(response: httpx.Response) -> Iterator[dict[str, object]]:
-    for line in response.iter_lines():
-        if line.startswith("data: ") and line != "data: [DONE]":
-            yield json.loads(line[6:])
-
-
-def through_chatq(client: httpx.Client, prompt: str, max_tokens: int) -> Stream:
-    body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
-    started = time.perf_counter()
-    first = last = 0.0
-    tokens = 0
-    with client.stream("POST", "/v1/chat/completions", json=body) as response:
-        response.raise_for_status()
-        for chunk in _chunks(response):
-            choices: list[dict[str, dict[str, str]]] = chunk["choices"]  # type: ignore[assignment]
-            if choices and choices[0]["delta"].get("content"):
-                last = time.perf_counter()
-                first = first or last
-            usage = chunk.get("usage")
-            if isinstance(usage, dict):
-                tokens = int(usage["completion_tokens"])
-    return Stream(started, first, last, tokens, time.perf_counter())
+def progress(what: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {what}", file=sys.stderr, flush=True)
 
 
 def run_round(name: str, callers: int, base_url: str, prompts: list[str],
@@ -167,11 +133,10 @@ def run_round(name: str, callers: int, base_url: str, prompts: list[str],
     barrier = threading.Barrier(callers)
 
     def caller(mine: list[str]) -> None:
-        with httpx.Client(base_url=base_url, timeout=300,
-                          headers={"Authorization": f"Bearer {DEV_API_KEY}"}) as client:
+        with client(base_url, timeout=300) as http:
             barrier.wait()
             for prompt in mine:
-                result = through_chatq(client, prompt, max_tokens)
+                result = ask(http, prompt, max_tokens)
                 with lock:
                     streams.append(result)
 
@@ -185,15 +150,45 @@ def run_round(name: str, callers: int, base_url: str, prompts: list[str],
     return Round(name, callers, streams, time.perf_counter() - started)
 
 
-def start_stack(root: Path) -> tuple[Stack, str]:
+@dataclass
+class Setup:
+    """The model both sides run, with the engine's threads."""
+
+    spec: ModelSpec
+    path: Path
+    threads: int
+
+    @classmethod
+    def load(cls) -> Setup:
+        settings = load_settings()
+        registry = Registry.load(settings.registry)
+        spec = registry.for_queue(settings.worker.queue)
+        return cls(spec, registry.gguf_path(spec), llama_threads(spec, settings.worker.n_threads))
+
+    @property
+    def peer(self) -> str:
+        return f"llama-server -np {self.spec.slots}"
+
+
+def start_sides(root: Path, setup: Setup, server: Path | None) -> tuple[Stack, dict[str, str]]:
+    """A local chatq stack (its own Redis, store, worker and API) and, given its binary,
+    llama-server as one more of the stack's processes: their base URLs by name."""
     stack = Stack(root)
-    stack.env["CHATQ_REDIS_URL"] = stack.start_redis()
-    stack.env["CHATQ_MONGO_URL"] = stack.start_mongo()
-    worker = stack.start_worker("cpu")
-    wait_worker(stack.env["CHATQ_REDIS_URL"], "cpu", proc=worker)
-    port = free_port()
-    stack.start_api(port)
-    return stack, f"http://127.0.0.1:{port}"
+    try:
+        stack.env["CHATQ_REDIS_URL"] = stack.start_redis()
+        stack.env["CHATQ_MONGO_URL"] = stack.start_mongo()
+        worker = stack.start_worker("cpu")
+        wait_worker(stack.env["CHATQ_REDIS_URL"], "cpu", proc=worker)
+        port = free_port()
+        stack.start_api(port)
+        urls = {"chatq": f"http://127.0.0.1:{port}"}
+        if server is not None:
+            urls["llama-server"] = start_server(stack, server, setup.spec, setup.path,
+                                                setup.threads)
+    except BaseException:
+        stack.stop()
+        raise
+    return stack, urls
 
 
 def load_direct(spec: ModelSpec, path: Path, n_threads: int | None) -> Llama:
@@ -215,99 +210,213 @@ def direct_round(llm: Llama, name: str, prompts: list[str], max_tokens: int,
     return sequential(name, [direct(llm, p, max_tokens, fresh) for p in prompts])
 
 
-def paired_pass(llm: Llama, client: httpx.Client, max_tokens: int, n: int, *,
-                direct_streams: list[Stream], chatq_streams: list[Stream]) -> None:
-    """Each of ``PROMPTS`` directly and through chatq by one caller, one right after the
-    other; which goes first alternates from pair to pair, and from pass ``n`` to the
-    next (so each prompt is run both ways round)."""
+def rotated(names: list[str], k: int) -> list[str]:
+    k %= len(names)
+    return names[k:] + names[:k]
+
+
+def one_caller_pass(llm: Llama, clients: dict[str, httpx.Client], max_tokens: int, n: int,
+                    streams: dict[str, list[Stream]]) -> None:
+    """Each of ``PROMPTS`` directly and through each HTTP side by one caller, one right
+    after the other; which goes first rotates from prompt to prompt, and from pass ``n``
+    to the next (so over as many passes as sides each prompt runs in every order)."""
     for i, prompt in enumerate(PROMPTS):
-        direct_first = (i + n) % 2 == 0
-        if direct_first:
-            direct_streams.append(direct(llm, prompt, max_tokens))
-        chatq_streams.append(through_chatq(client, prompt, max_tokens))
-        if not direct_first:
-            direct_streams.append(direct(llm, prompt, max_tokens))
+        for name in rotated(["direct", *clients], i + n):
+            streams[name].append(direct(llm, prompt, max_tokens) if name == "direct"
+                                 else ask(clients[name], prompt, max_tokens))
 
 
-def rounds(llm: Llama, base_url: str, runs: int, callers: int,
-           max_tokens: int) -> tuple[Round, Round, Round]:
-    """``runs`` passes, each a paired pass (one caller) then a pass of ``callers`` callers
-    (each prompt ``callers`` times), so a drift in the machine's speed weighs on every
-    round alike. The several callers' time is the sum of their passes' wall clocks."""
-    direct_streams: list[Stream] = []
-    chatq_streams: list[Stream] = []
-    many_streams: list[Stream] = []
-    many_s = 0.0
+def rounds(llm: Llama, urls: dict[str, str], runs: int, callers: int,
+           max_tokens: int) -> dict[str, Round]:
+    """``runs`` passes, each a pass of one caller (direct and every HTTP side in turn,
+    prompt by prompt) then a pass of ``callers`` callers on each HTTP side (each prompt
+    ``callers`` times; which side first alternates from pass to pass), so a drift in
+    the machine's speed weighs on every round alike. The several callers' time is the
+    sum of their passes' wall clocks. Rounds by name: ``direct``, ``SIDE 1``,
+    ``SIDE N``."""
+    one: dict[str, list[Stream]] = {name: [] for name in ["direct", *urls]}
+    many: dict[str, list[Stream]] = {name: [] for name in urls}
+    many_s = dict.fromkeys(urls, 0.0)
     many_prompts = [p for p in PROMPTS for _ in range(callers)]
-    with httpx.Client(base_url=base_url, timeout=300,
-                      headers={"Authorization": f"Bearer {DEV_API_KEY}"}) as client:
+    clients = {name: client(url, timeout=300) for name, url in urls.items()}
+    try:
         direct(llm, WARM_UP, 8)
-        through_chatq(client, WARM_UP, 8)
+        for http in clients.values():
+            ask(http, WARM_UP, 8)
         for n in range(runs):
-            paired_pass(llm, client, max_tokens, n, direct_streams=direct_streams,
-                        chatq_streams=chatq_streams)
-            many = run_round("", callers, base_url, many_prompts, max_tokens)
-            many_streams += many.streams
-            many_s += many.wall_s
-    return (sequential("llama-cpp-python direct", direct_streams),
-            sequential("chatq, 1 caller", chatq_streams),
-            Round(f"chatq, {callers} callers", callers, many_streams, many_s))
-
-
-def verdict(ok: bool) -> str:
-    return "met" if ok else "NOT met"
+            progress(f"single turn: pass {n + 1}/{runs}")
+            one_caller_pass(llm, clients, max_tokens, n, one)
+            for name in rotated(list(urls), n):
+                r = run_round("", callers, urls[name], many_prompts, max_tokens)
+                many[name] += r.streams
+                many_s[name] += r.wall_s
+    finally:
+        for http in clients.values():
+            http.close()
+    result = {"direct": sequential("llama-cpp-python direct", one["direct"])}
+    for name in urls:
+        result[f"{name} 1"] = sequential(f"{name}, 1 caller", one[name])
+        result[f"{name} N"] = Round(f"{name}, {callers} callers", callers, many[name],
+                                    many_s[name])
+    return result
 
 
 def summary(d: Round, one: Round, many: Round) -> None:
-    ratio = one.rate / d.rate if d.rate else 0.0
+    """The targets of the batching issue, chatq against direct and against itself."""
+    rate = ratio(one.rate, d.rate)
     added = one.ttft(50) - d.ttft(50)
-    scale = many.aggregate / one.aggregate if one.aggregate else 0.0
-    print(f"  1 caller:  per-stream tokens/s chatq/direct {ratio:.3f} (target >= 0.95: "
-          f"{verdict(ratio >= 0.95)}); added first-token latency p50 {added:+.1f} ms "
-          f"(target <= 20 ms: {verdict(added <= 20)})")
-    print(f"  {many.callers} callers: aggregate tokens/s {scale:.2f}x chatq's 1-caller "
-          f"aggregate (target >= 1.4: {verdict(scale >= 1.4)}); first-token p50 "
-          f"{many.ttft(50):.0f} ms (target <= 500 ms: {verdict(many.ttft(50) <= 500)})")
+    scale = ratio(many.aggregate, one.aggregate)
+    print(f"  1 caller:  per-stream tokens/s chatq/direct {show(rate, '.3f', '')} "
+          f"({verdict(rate, '>= 0.95')}); added first-token latency p50 {added:+.1f} ms "
+          f"({verdict(added, '<= 20')})")
+    print(f"  {many.callers} callers: aggregate tokens/s {show(scale)} chatq's 1-caller "
+          f"aggregate ({verdict(scale, '>= 1.4')}); first-token p50 "
+          f"{many.ttft(50):.0f} ms ({verdict(many.ttft(50), '<= 500')})")
+
+
+def side(one: Round, many: Round) -> Side:
+    return Side(one.rate, one.ttft(50), many.aggregate, many.ttft(50))
+
+
+def single_turn(setup: Setup, urls: dict[str, str], args: argparse.Namespace) -> None:
+    """The single-turn scenario: one caller, then ``args.callers``; prints its table."""
+    llm = load_direct(setup.spec, setup.path, setup.threads)
+    try:
+        r = rounds(llm, urls, args.runs, args.callers, args.max_tokens)
+        reset = direct_round(llm, "direct, KV reset per call", PROMPTS * args.runs,
+                             args.max_tokens, fresh=True)
+    finally:
+        llm.close()
+    print(f"\nsingle turn: model {setup.spec.name}, slots {setup.spec.slots}, max_tokens "
+          f"{args.max_tokens}, greedy, threads {setup.threads} on every side, flash attention "
+          f"as the registry sets it (llama.cpp's auto unless set), {args.runs} pass(es)")
+    for r_ in [*r.values(), reset]:
+        print(r_.line().replace("llama-server", setup.peer))
+    summary(r["direct"], r["chatq 1"], r["chatq N"])
+    direct_side = Side(r["direct"].rate, r["direct"].ttft(50), r["direct"].aggregate,
+                       r["direct"].ttft(50))
+    peers = {"direct": direct_side}
+    if "llama-server" in urls:
+        peers["llama-server"] = side(r["llama-server 1"], r["llama-server N"])
+    for line in ratio_table(side(r["chatq 1"], r["chatq N"]), peers, args.callers):
+        print(line.replace("llama-server", setup.peer))
+    print("  (direct: llama-cpp-python's Llama as it is, reusing the KV of what a prompt shares "
+          "with its previous call, here the chat template's head, which chatq's engine reads "
+          "once at load; it serves one call at a time, so its figures for several callers are "
+          "its one-caller ones, calls one after another; 'KV reset per call' reads every "
+          "prompt whole, for information)")
+
+
+def multiturn_runs(urls: dict[str, str], args: argparse.Namespace
+                   ) -> dict[tuple[str, int], list[multiturn.Run]]:
+    """Every conversation count, ``args.mt_passes`` times, on every side; which side goes
+    first alternates from pass to pass and from count to count. Each run has a system
+    prompt edition of its own (nothing cached from an earlier run)."""
+    runs: dict[tuple[str, int], list[multiturn.Run]] = {}
+    edition = 0
+    for i, count in enumerate(args.conversations):
+        for p in range(args.mt_passes):
+            for name in rotated(list(urls), i + p):
+                progress(f"multi-turn: {name}, {count} conversation(s), pass {p + 1}/"
+                         f"{args.mt_passes}")
+                runs.setdefault((name, count), []).append(multiturn.run(
+                    urls[name], count, args.turns, edition, args.answer_tokens))
+            edition += 1
+    return runs
+
+
+def multiturn_row(name: str, count: int, f: multiturn.Figures) -> str:
+    return (f"  {name:<20} {count:>13}  {f.turn1_ms:9.0f} ms  {f.last_ms:9.0f} ms  "
+            f"{f.late_p50_ms:9.0f} ms  {f.wall_s:8.1f} s  {f.answer_tokens:5.0f}  "
+            f"{f.prompt_tokens[0]:>5} -> {f.prompt_tokens[1]}")
+
+
+def multiturn_ratios(count: int, figs: dict[str, multiturn.Figures], late: str,
+                     peer: str) -> str:
+    chatq = figs["chatq"]
+    own = ratio(chatq.late_p50_ms, chatq.turn1_ms)
+    line = (f"  {count} conversation{'s' if count > 1 else ''}: chatq {late} p50 / chatq turn 1 "
+            f"{show(own)}" + (f" ({verdict(own, '<= 0.2')})" if count == 1 else ""))
+    server = figs.get("llama-server")
+    if server is not None:
+        theirs = ratio(chatq.late_p50_ms, server.late_p50_ms)
+        line += (f"; chatq {late} p50 / {peer}'s {show(theirs)}"
+                 + (f" ({verdict(theirs, '<= 0.5')})" if count > 1 else "")
+                 + f"; {peer}'s own {late} / turn 1 "
+                 f"{show(ratio(server.late_p50_ms, server.turn1_ms))}")
+    return line
+
+
+def multiturn_scenario(setup: Setup, urls: dict[str, str], args: argparse.Namespace) -> None:
+    """The multi-turn scenario (:mod:`ops.bench_multiturn`); prints its table."""
+    for http_url in urls.values():
+        with client(http_url) as http:
+            ask(http, WARM_UP, 8)
+    runs = multiturn_runs(urls, args)
+    late = turns_label(args.turns)
+    print(f"\nmulti-turn: {args.turns} turns, the whole history resent each turn, answers of "
+          f"at most {args.answer_tokens} tokens, greedy; chatq {setup.spec.slots} slots, "
+          f"{setup.peer}; {args.mt_passes} pass(es) per count, medians over them")
+    print(f"  {'side':<20} {'conversations':>13}  {'turn 1 TTFT':>12}  "
+          f"{f'turn {args.turns} TTFT':>12}  {late + ' p50':>12}  {'whole run':>10}  "
+          f"{'tokens':>6}  prompt tokens turn 1 -> {args.turns}")
+    for count in args.conversations:
+        figs = {name: multiturn.of_runs(runs[name, count]) for name in urls}
+        for name, f in figs.items():
+            print(multiturn_row(name.replace("llama-server", setup.peer), count, f))
+        print(multiturn_ratios(count, figs, late, setup.peer))
+    print("  (first-token times p50 over the conversations; 'tokens': answer tokens median; "
+          "targets from the prompt-cache issue: <= 0.2 of turn 1 at 1 conversation, <= 0.5 "
+          "of the peer's at several)")
+
+
+SCENARIOS = {"single": single_turn, "multiturn": multiturn_scenario}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenario", nargs="+", choices=list(SCENARIOS),
+                        default=list(SCENARIOS), help="scenarios to run, in order")
+    parser.add_argument("--llama-server", type=Path, default=None,
+                        help="llama-server binary (ops/install_llama_server.sh), the peer; "
+                             "without it, chatq and llama-cpp-python direct only")
+    single = parser.add_argument_group("single turn")
+    single.add_argument("--runs", type=int, default=3, help="repetitions of the prompt set")
+    single.add_argument("--max-tokens", type=int, default=128)
+    single.add_argument("--callers", type=int, default=4)
+    multi = parser.add_argument_group("multi-turn")
+    multi.add_argument("--turns", type=int, default=10)
+    multi.add_argument("--conversations", type=int, nargs="+", default=[1, 8],
+                       help="conversations at once, one run each")
+    multi.add_argument("--mt-passes", type=int, default=1,
+                       help="runs of each conversation count on each side")
+    multi.add_argument("--answer-tokens", type=int, default=48)
+    return parser.parse_args()
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # so that the stack (and llama-server) stops
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=3, help="repetitions of the prompt set")
-    parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--callers", type=int, default=4)
-    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _terminate)
+    args = parse_args()
+    setup = Setup.load()
+    if args.llama_server is not None and not args.llama_server.is_file():
+        raise SystemExit(f"no llama-server at {args.llama_server} "
+                         "(ops/install_llama_server.sh builds it)")
+    with tempfile.TemporaryDirectory() as tmp:
+        progress("starting chatq" + (" and llama-server" if args.llama_server else ""))
+        stack, urls = start_sides(Path(tmp), setup, args.llama_server)
+        try:
+            for name in args.scenario:
+                SCENARIOS[name](setup, urls, args)
+        finally:
+            stack.stop()
+    if args.llama_server is None:
+        print("\n(no llama-server given: `make bench` builds it and passes --llama-server)")
 
-    settings = load_settings()
-    registry = Registry.load(settings.registry)
-    spec = registry.for_queue(settings.worker.queue)
-    prompts = PROMPTS * args.runs
-    path = registry.gguf_path(spec)
-    n_threads = settings.worker.n_threads
-    llm = load_direct(spec, path, n_threads)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            stack, base_url = start_stack(Path(tmp))
-            try:
-                d, one, many = rounds(llm, base_url, args.runs, args.callers,
-                                      args.max_tokens)
-            finally:
-                stack.stop()
-        reset = direct_round(llm, "direct, KV reset per call", prompts, args.max_tokens,
-                             fresh=True)
-    finally:
-        llm.close()
-    print(f"\nchatq vs llama-cpp-python direct: model {spec.name}, slots {spec.slots}, "
-          f"max_tokens {args.max_tokens}, greedy, "
-          f"threads {llama_threads(spec, settings.worker.n_threads)} on both sides, "
-          f"flash attention")
-    for r in (d, one, many, reset):
-        print(r.line())
-    summary(d, one, many)
-    print("  (direct: llama-cpp-python's Llama as it is, reusing the KV of what a prompt shares "
-          "with its previous call, here the chat template's head, which chatq's engine reads "
-          "once at load; its calls alternate with chatq's 1-caller requests; 'KV reset per "
-          "call' reads every prompt whole, for information)")
 
 if __name__ == "__main__":
     main()

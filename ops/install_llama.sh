@@ -6,21 +6,12 @@
 set -euo pipefail
 py=$1
 version=$2
-# llama.cpp's default CPU build is -march=native, which takes AMX where the CPU lists it;
-# in a VM that does not hand AMX tile state to guests (Firecracker, some clouds), the first
-# matrix multiply then dies (SIGSEGV in ggml_backend_amx_mul_mat). Unless CMAKE_ARGS picks
-# the CPU build itself (GGML_NATIVE), build for the features this CPU lists, without AMX.
-if [[ "$(uname -m)" == x86_64 && "${CMAKE_ARGS:-}" != *GGML_NATIVE* && -r /proc/cpuinfo ]]; then
-  flags=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
-  cpu="-DGGML_NATIVE=OFF"
-  for pair in sse4_2:SSE42 avx:AVX avx2:AVX2 fma:FMA f16c:F16C bmi2:BMI2 avx_vnni:AVX_VNNI \
-              avx512f:AVX512 avx512vbmi:AVX512_VBMI avx512_vnni:AVX512_VNNI \
-              avx512_bf16:AVX512_BF16; do
-    if [[ "$flags" == *" ${pair%%:*} "* ]]; then cpu+=" -DGGML_${pair#*:}=ON"; fi
-  done
-  export CMAKE_ARGS="${CMAKE_ARGS:+$CMAKE_ARGS }$cpu -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
-fi
-variant=$(printf '%s' "${CMAKE_ARGS:-}" | sha1sum | cut -c1-8)
+# The CPU features to build for (without AMX: see ops/llama_cmake.sh), unless CMAKE_ARGS
+# picks the CPU build itself (GGML_NATIVE); shared with ops/install_llama_server.sh.
+source "$(dirname "$0")/llama_cmake.sh"
+CMAKE_ARGS=$(llama_cmake_args)
+export CMAKE_ARGS
+variant=$(llama_variant "$CMAKE_ARGS")
 cache="${CHATQ_WHEEL_CACHE:-$HOME/.cache/chatq/wheels}/llama-cpp-python-$version-$variant"
 if ! compgen -G "$cache/llama_cpp_python-$version-*.whl" >/dev/null; then
   echo "building llama-cpp-python $version from source (once; about 7-10 minutes on 2 cores)"
