@@ -23,7 +23,9 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from api.grammars import SCHEMA_PATH
 from shared.errors import BodyTooLarge, OverLimit
+from shared.json_grammar import UnsupportedSchema, check_counts
 from shared.schemas import JobKind
 from shared.settings import LimitSettings
 
@@ -116,7 +118,11 @@ def _schema(work: Work, limits: LimitSettings) -> None:
         return
     size = _json_chars(fmt.json_schema.schema_)
     if size > limits.max_schema_chars:
-        raise _refuse("response_format.json_schema.schema",
+        try:
+            check_counts(fmt.json_schema.schema_, SCHEMA_PATH)
+        except UnsupportedSchema as e:
+            raise _refuse(e.path, e.message) from None
+        raise _refuse(SCHEMA_PATH,
                       f"at most {limits.max_schema_chars} characters of JSON ({size} given)")
 
 

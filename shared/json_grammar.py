@@ -161,6 +161,19 @@ def _check_counts(node: dict[str, Any], where: str, budget: GrammarBudget) -> No
                                                       f"the limit of {limit}")
 
 
+def check_counts(schema: Any, path: str, budget: GrammarBudget = DEFAULT_BUDGET) -> None:
+    """Refuse an over-long ``enum`` or branch list anywhere in ``schema``, naming it (a
+    schema too large is often so because of one such list: the error names the keyword)."""
+    todo: list[tuple[Any, str]] = [(schema, path)]
+    while todo:
+        node, where = todo.pop()
+        if isinstance(node, dict):
+            _check_counts(node, where, budget)
+            todo.extend((v, f"{where}.{k}") for k, v in node.items())
+        elif isinstance(node, list):
+            todo.extend((v, f"{where}[{i}]") for i, v in enumerate(node))
+
+
 def inline_refs(schema: Any, path: str, budget: GrammarBudget = DEFAULT_BUDGET) -> Any:
     """The schema with every local ``$ref`` replaced by what it points to."""
     size = _Size(budget)
