@@ -57,3 +57,29 @@ def test_hostile_schemas_are_a_quick_400_naming_keyword_and_path(
         assert c.get("/healthz").status_code == 200
     keys = chatq.redis().dbsize()
     assert keys < 50  # no job (and no grammar) was stored
+
+
+def test_hostile_requests_leave_redis_memory_as_it_was(
+    make_stack: Callable[..., Chatq],
+) -> None:
+    """The issue's table, one tenant, one call each: a 300-byte schema once stored a 940 MB
+    grammar, 100 MB of metadata once stayed in Redis for an hour. Now each is refused
+    before anything is stored, so Redis holds what it held before (within a few MB)."""
+    chatq = make_stack(with_worker=False)
+    redis = chatq.redis()
+    big_metadata = {f"k{i}": "v" * 500 for i in range(200_000)}  # ~100 MB
+    bodies = [hi(response_format=_response_format(schema)) for _, schema, _ in HOSTILE]
+    bodies += [
+        {"messages": [{"role": "user", "content": "x" * 999_999}] * 20},
+        hi(stop=["s" * 1_000_000]),
+        hi(metadata=big_metadata),
+        hi(max_tokens=True),
+    ]
+    with chatq.client() as c:
+        c.get("/healthz")
+        before = int(redis.info("memory")["used_memory"])
+        for body in bodies:
+            status = c.post("/v1/jobs", json=body).status_code
+            assert status in (400, 413, 422), (status, str(body)[:200])
+        after = int(redis.info("memory")["used_memory"])
+    assert after - before < 4 * 2**20, (before, after)
