@@ -44,7 +44,7 @@ from shared.errors import (
     UnknownModel,
     UnsupportedParameter,
 )
-from shared.lifecycle import JobRecord, new_job_id
+from shared.lifecycle import JobRecord, QueueLimit, new_job_id
 from shared.personas import Persona, persona_turns
 from shared.registry import ModelSpec
 from shared.schemas import (
@@ -329,10 +329,16 @@ async def _create(svc: Services, record: JobRecord) -> None:
         place = await svc.jobs(svc.jobs.ops.create(record))
     except RedisError as exc:
         raise Unavailable("Redis is unreachable; the job was not accepted") from exc
-    if place is None:
+    if place is QueueLimit.tenant:
+        limit = svc.settings.api.max_tenant_queue_depth
+        raise QueueFull(f"you have {limit} jobs waiting on queue {record.queue!r}, your most "
+                        "(CHATQ_API__MAX_TENANT_QUEUE_DEPTH); retry later",
+                        details={"queue": record.queue, "limit": limit, "scope": "tenant"},
+                        headers={"Retry-After": str(RETRY_AFTER_FULL_S)})
+    if place is QueueLimit.queue:
         limit = svc.settings.api.max_queue_depth
         raise QueueFull(f"queue {record.queue!r} is full ({limit} jobs waiting); retry later",
-                        details={"queue": record.queue, "limit": limit},
+                        details={"queue": record.queue, "limit": limit, "scope": "queue"},
                         headers={"Retry-After": str(RETRY_AFTER_FULL_S)})
 
 

@@ -37,7 +37,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -179,7 +179,8 @@ class StoreConfig:
     max_age_s: int  # a job not started by then expires; a running job's record lives this long
     retention_s: int  # a finished job is kept this long
     tombstone_s: int  # how long an expired id still answers 410
-    max_queue_depth: int = 100  # waiting jobs per queue before new ones are refused
+    max_queue_depth: int = 1000  # waiting jobs per queue (all tenants), then refused
+    max_tenant_queue_depth: int = 100  # waiting jobs of one tenant per queue
     replay_max_events: int = 16384  # newest stream events kept for late joiners
     transitions_max: int = 100_000  # transition log entries kept (approximately)
     cancel_flag_s: int = 3600  # how long a running job's cancel request stays
@@ -192,10 +193,23 @@ def store_config(settings: Settings) -> StoreConfig:
         retention_s=jobs.retention_s, tombstone_s=jobs.tombstone_s,
         replay_max_events=jobs.replay_max_events, transitions_max=jobs.transitions_max,
         max_queue_depth=settings.api.max_queue_depth,
+        max_tenant_queue_depth=settings.api.max_tenant_queue_depth,
     )
 
 
 # --- results of the operations ----------------------------------------------------
+
+
+class QueueLimit(Enum):
+    """Why ``create`` wrote nothing: the line is full, or the tenant's share of it is."""
+
+    queue = -1
+    tenant = -2
+
+
+def _place(value: Any) -> int | QueueLimit:
+    place = int(value)
+    return QueueLimit(place) if place < 0 else place
 
 
 @dataclass(frozen=True)
@@ -297,8 +311,9 @@ class Lifecycle:
 
     # creating and sending
 
-    def create(self, record: JobRecord) -> Op[int | None]:
-        """Write a queued job: its place in line, or None when the queue is full.
+    def create(self, record: JobRecord) -> Op[int | QueueLimit]:
+        """Write a queued job: its place in line, or which limit refused it: the queue's
+        line is full (all tenants), or the job's tenant has its most jobs in that line.
 
         A job not started by ``max_age_s`` after its submit, or by its ``cancel_at``
         (the earlier), expires (``start`` and the sweeper's ``expire`` see to it)."""
@@ -310,9 +325,8 @@ class Lifecycle:
         args = (record.id, record.created_at, cfg.max_age_s + cfg.retention_s,
                 cfg.max_age_s + cfg.retention_s + cfg.tombstone_s, cfg.max_queue_depth,
                 record.rank, record.expires_at, cfg.transitions_max, self.keys.job(""),
-                *_encode(record.create_fields()))
-        return Op("create", self._create_keys(record.id, record.queue), args,
-                  lambda place: None if int(place) < 0 else int(place))
+                cfg.max_tenant_queue_depth, record.tenant, *_encode(record.create_fields()))
+        return Op("create", self._create_keys(record.id, record.queue), args, _place)
 
     def sent(self, job_id: str, dispatch: int) -> Op[bool]:
         """The broker took the job's message of this dispatch."""

@@ -148,7 +148,13 @@ class ApiSettings(BaseModel):
     default_wait_s: float = Field(30.0, gt=0, description="Sync-mode wait with no `wait=N`.")
     max_wait_s: float = Field(120.0, gt=0, description="Cap on any `Prefer: wait=N`.")
     max_queue_depth: int = Field(
-        100, gt=0, description="Jobs waiting per queue before new ones get 429."
+        1000, gt=0, description="Jobs waiting per queue, all tenants together, before new "
+                                "ones get 429: the safety limit above the tenants' own.",
+    )
+    max_tenant_queue_depth: int = Field(
+        100, gt=0, description="Jobs of one tenant waiting per queue before its new ones get "
+                               "429; another tenant's backlog never makes a tenant's request "
+                               "429 below the safety limit.",
     )
     sse_keepalive_s: float = Field(
         15.0, gt=0, description="An idle event stream gets a comment line this often."

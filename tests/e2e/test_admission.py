@@ -74,3 +74,24 @@ def test_production_refuses_unsafe_defaults(monkeypatch: pytest.MonkeyPatch) -> 
         load_settings()
     monkeypatch.setenv("CHATQ_API__KEYS", "s3cret-key-1=ops")
     assert load_settings().env.value == "production"
+
+
+def test_one_tenants_backlog_never_makes_another_tenant_429(make_stack) -> None:  # type: ignore[no-untyped-def]
+    """Issue 26's flood: alpha fills its share of the line with batch jobs and gets 429
+    naming its own limit; beta's interactive question is still taken, goes first, and runs."""
+    stack = make_stack(env={"CHATQ_API__KEYS": "key-alpha=alpha,key-beta=beta",
+                            "CHATQ_API__MAX_TENANT_QUEUE_DEPTH": "3"})
+    with stack.client(key="key-alpha") as alpha, stack.client(key="key-beta") as beta:
+        with all_slots_busy(alpha):
+            backlog = [submit(alpha, hi(max_tokens=4, priority="batch")) for _ in range(3)]
+            refused = alpha.post("/v1/jobs", json=hi(max_tokens=4, priority="batch"))
+            assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0
+            error = refused.json()["error"]
+            assert error["code"] == "queue_full"
+            assert error["details"] == {"queue": "cpu", "limit": 3, "scope": "tenant"}
+            question = submit(beta, hi(max_tokens=4))
+            assert question["position"] == 0  # ahead of alpha's batch backlog
+            assert submit(beta, hi(max_tokens=4, priority="batch"))["position"] == 4
+        assert wait_done(beta, question["id"])["status"] == "succeeded"
+        for job in backlog:
+            assert wait_done(alpha, job["id"])["status"] == "succeeded"

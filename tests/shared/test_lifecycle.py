@@ -7,6 +7,7 @@ Whatever a script announces parses with the typed events of shared.events.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -21,6 +22,7 @@ from shared.lifecycle import (
     Emitted,
     JobRecord,
     Priority,
+    QueueLimit,
     StoreConfig,
     new_job_id,
 )
@@ -39,9 +41,10 @@ def jobs(redis_client: redis.Redis) -> BlockingJobs:
     return BlockingJobs(redis_client, CFG)
 
 
-def record(priority: Priority = Priority.interactive, **fields: object) -> JobRecord:
+def record(priority: Priority = Priority.interactive, tenant: str = "acme",
+           **fields: object) -> JobRecord:
     return JobRecord(
-        id=new_job_id(), status=JobStatus.queued, model="m", queue="q", tenant="acme",
+        id=new_job_id(), status=JobStatus.queued, model="m", queue="q", tenant=tenant,
         params=SamplingParams(max_tokens=8, temperature=0, top_p=1),
         messages=[{"role": "user", "content": "hi"}], created_at=time.time(),
         priority=priority, **fields,  # type: ignore[arg-type]
@@ -50,7 +53,7 @@ def record(priority: Priority = Priority.interactive, **fields: object) -> JobRe
 
 def created(jobs: BlockingJobs, **fields: object) -> JobRecord:
     rec = record(**fields)  # type: ignore[arg-type]
-    assert jobs(jobs.ops.create(rec)) is not None
+    assert isinstance(jobs(jobs.ops.create(rec)), int)
     return rec
 
 
@@ -99,10 +102,24 @@ def test_create_refuses_past_the_depth_limit_and_writes_nothing(jobs: BlockingJo
     for place in range(3):
         assert jobs(jobs.ops.create(record())) == place
     extra = record()
-    assert jobs(jobs.ops.create(extra)) is None
+    assert jobs(jobs.ops.create(extra)) is QueueLimit.queue
     assert not jobs.redis.exists(K.job(extra.id))
     assert jobs.redis.zcard(K.waiting("q")) == 3
     assert len(transitions(jobs.redis)) == 3
+
+
+def test_one_tenants_backlog_leaves_room_for_the_others(redis_client: redis.Redis) -> None:
+    shared = BlockingJobs(redis_client, dataclasses.replace(CFG, max_queue_depth=5,
+                                                            max_tenant_queue_depth=2))
+    mine = [record() for _ in range(3)]
+    assert [shared(shared.ops.create(r)) for r in mine] == [0, 1, QueueLimit.tenant]
+    assert not shared.redis.exists(K.job(mine[2].id))
+    theirs = [record(tenant="globex") for _ in range(3)]
+    assert [shared(shared.ops.create(r)) for r in theirs] == [2, 3, QueueLimit.tenant]
+    assert shared(shared.ops.start(mine[0].id, "q", mine[0].dispatch, W1, L1)).verdict == "run"
+    assert shared(shared.ops.create(record())) == 3  # acme's job left the line: room again
+    assert shared(shared.ops.create(record(tenant="initech"))) == 4
+    assert shared(shared.ops.create(record(tenant="umbrella"))) is QueueLimit.queue
 
 
 def test_create_prunes_ids_whose_record_is_gone_before_refusing(jobs: BlockingJobs) -> None:
