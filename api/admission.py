@@ -346,7 +346,7 @@ async def _send(svc: Services, record: JobRecord) -> None:
     """Hand the job to the broker, then mark it sent. If this process dies in between,
     the recovery sweeper finds the job unsent and sends it."""
     try:
-        await svc.send(record.id, record.queue, record.dispatch, record.priority)
+        await svc.send(record.id, record.queue, record.dispatch, record.lane)
     except Exception as exc:
         log.warning("broker refused the job; discarding it",
                     extra={"job_id": record.id, "error": type(exc).__name__})

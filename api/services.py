@@ -22,7 +22,7 @@ from api.tokens import TokenCounter
 from shared.dispatch import Dispatcher
 from shared.errors import Unavailable
 from shared.keys import Keys
-from shared.lifecycle import AsyncJobs, BlockingJobs, JobRecord, Priority, store_config
+from shared.lifecycle import AsyncJobs, BlockingJobs, JobRecord, store_config
 from shared.mongo import make_mongo_client
 from shared.recovery import Sweeper, SweeperThread
 from shared.registry import Registry
@@ -97,9 +97,9 @@ class Services:
         await self.mongo.close()
         await self.redis.aclose()
 
-    async def send(self, job_id: str, queue: str, dispatch: int, priority: Priority) -> None:
+    async def send(self, job_id: str, queue: str, dispatch: int, lane: int) -> None:
         """Hand a job's message to the broker (Celery's client blocks: a thread does it)."""
-        await anyio.to_thread.run_sync(self.dispatcher.send, job_id, queue, dispatch, priority)
+        await anyio.to_thread.run_sync(self.dispatcher.send, job_id, queue, dispatch, lane)
 
     async def live_workers(self) -> list[dict[str, str]]:
         """Workers whose heartbeat is fresh, with what they reported."""

@@ -13,11 +13,7 @@ from celery import Celery
 
 from shared.celeryconf import make_celery
 from shared.keys import GENERATE_TASK, task_id
-from shared.lifecycle import Priority
 from shared.settings import Settings
-
-# Celery's Redis transport polls priority 0 first (its lists for 0, 3, 6, 9, in order).
-BROKER_PRIORITY = {Priority.interactive: 0, Priority.batch: 9}
 
 
 class Dispatcher:
@@ -29,10 +25,11 @@ class Dispatcher:
             "max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5,
         }
 
-    def send(self, job_id: str, queue: str, dispatch: int, priority: Priority) -> None:
+    def send(self, job_id: str, queue: str, dispatch: int, lane: int) -> None:
+        """``lane``: the job's Celery priority (``shared.lifecycle.LANES``; Celery's Redis
+        transport polls its lists for 0, 3, 6, 9 in that order)."""
         self.celery.send_task(GENERATE_TASK, args=[job_id, dispatch], queue=queue,
-                              task_id=task_id(job_id, dispatch),
-                              priority=BROKER_PRIORITY[priority])
+                              task_id=task_id(job_id, dispatch), priority=lane)
 
     def close(self) -> None:
         self.celery.close()

@@ -59,9 +59,17 @@ _JSON_FIELDS = ("params", "messages", "persona", "metadata", "usage", "timings",
 _FLOAT_FIELDS = ("created_at", "started_at", "finished_at", "expires_at", "rank", "run_at",
                  "cancel_at")
 _INT_FIELDS = ("attempts", "seq", "completion_tokens", "prompt_tokens", "history_messages",
-               "history_trimmed", "dispatch", "deaths")
+               "history_trimmed", "dispatch", "deaths", "lane")
 
 PRIORITY_BAND_S = 1e10  # added to a batch job's rank: it sorts after every interactive one
+# Added to the rank of a job its tenant sends past its fair share: it sorts after every
+# job of its priority that is within a share, and before the next priority's.
+BEHIND_BAND_S = 5e9
+# A job's lane is its Celery priority: the Redis transport keeps one list per lane and
+# polls 0, 3, 6, 9 in that order. Interactive jobs within their tenant's share go in lane
+# 0, past it in 3; batch jobs in 6 and 9.
+LANES = {Priority.interactive: 0, Priority.batch: 6}
+LANE_BEHIND = 3
 
 
 def new_job_id() -> str:
@@ -106,6 +114,7 @@ class JobRecord:
     persona: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
     priority: Priority = Priority.interactive
+    lane: int = 0  # its broker lane (see LANES); create sets it, past a fair share or not
     expires_at: float | None = None  # a job not started by then ends `expired`
     cancel_at: float | None = None  # the caller's deadline (cancel_after): no start, no run after
     webhook: str | None = None  # called on webhook_events (see shared.webhooks)
@@ -147,6 +156,11 @@ class JobRecord:
         band = PRIORITY_BAND_S if self.priority is Priority.batch else 0.0
         return band + self.created_at
 
+    @property
+    def rank_behind(self) -> float:
+        """Its score in line when its tenant has its fair share waiting already."""
+        return self.rank + BEHIND_BAND_S
+
     @classmethod
     def decode(cls, raw: dict[str, str]) -> JobRecord:
         values: dict[str, Any] = dict(raw)
@@ -170,7 +184,8 @@ class JobRecord:
                  "expires_at", "dispatch", "cancel_at", "webhook", "webhook_events", "kind",
                  "inputs", "tools", "fresh_conversation")
         fields = {name: getattr(self, name) for name in names}
-        return {**fields, "params": self.params.model_dump(), "attempts": 0, "rank": self.rank}
+        return {**fields, "params": self.params.model_dump(), "attempts": 0, "rank": self.rank,
+                "lane": LANES[self.priority]}
 
 
 @dataclass(frozen=True)
@@ -181,6 +196,7 @@ class StoreConfig:
     tombstone_s: int  # how long an expired id still answers 410
     max_queue_depth: int = 1000  # waiting jobs per queue (all tenants), then refused
     max_tenant_queue_depth: int = 100  # waiting jobs of one tenant per queue
+    fair_share: int = 1  # a tenant's waiting jobs per queue and priority before it waits behind
     replay_max_events: int = 16384  # newest stream events kept for late joiners
     transitions_max: int = 100_000  # transition log entries kept (approximately)
     cancel_flag_s: int = 3600  # how long a running job's cancel request stays
@@ -194,6 +210,7 @@ def store_config(settings: Settings) -> StoreConfig:
         replay_max_events=jobs.replay_max_events, transitions_max=jobs.transitions_max,
         max_queue_depth=settings.api.max_queue_depth,
         max_tenant_queue_depth=settings.api.max_tenant_queue_depth,
+        fair_share=settings.api.fair_share,
     )
 
 
@@ -206,10 +223,6 @@ class QueueLimit(Enum):
     queue = -1
     tenant = -2
 
-
-def _place(value: Any) -> int | QueueLimit:
-    place = int(value)
-    return QueueLimit(place) if place < 0 else place
 
 
 @dataclass(frozen=True)
@@ -265,7 +278,7 @@ class Unsent:
     job_id: str
     queue: str
     dispatch: int
-    priority: Priority
+    lane: int  # its broker lane (see LANES)
 
 
 @dataclass(frozen=True)
@@ -314,6 +327,9 @@ class Lifecycle:
     def create(self, record: JobRecord) -> Op[int | QueueLimit]:
         """Write a queued job: its place in line, or which limit refused it: the queue's
         line is full (all tenants), or the job's tenant has its most jobs in that line.
+        When the tenant already has ``fair_share`` jobs of this priority waiting, the job
+        waits behind every other tenant's within their share: ``record.lane`` and its
+        rank say so (set here from the script's answer).
 
         A job not started by ``max_age_s`` after its submit, or by its ``cancel_at``
         (the earlier), expires (``start`` and the sweeper's ``expire`` see to it)."""
@@ -325,8 +341,17 @@ class Lifecycle:
         args = (record.id, record.created_at, cfg.max_age_s + cfg.retention_s,
                 cfg.max_age_s + cfg.retention_s + cfg.tombstone_s, cfg.max_queue_depth,
                 record.rank, record.expires_at, cfg.transitions_max, self.keys.job(""),
-                cfg.max_tenant_queue_depth, record.tenant, *_encode(record.create_fields()))
-        return Op("create", self._create_keys(record.id, record.queue), args, _place)
+                cfg.max_tenant_queue_depth, record.tenant, cfg.fair_share,
+                record.rank_behind, LANES[record.priority] + LANE_BEHIND,
+                *_encode(record.create_fields()))
+
+        def placed(answer: list[int] | int) -> int | QueueLimit:
+            if not isinstance(answer, list):
+                return QueueLimit(int(answer))
+            place, record.lane = int(answer[0]), int(answer[1])
+            return place
+
+        return Op("create", self._create_keys(record.id, record.queue), args, placed)
 
     def sent(self, job_id: str, dispatch: int) -> Op[bool]:
         """The broker took the job's message of this dispatch."""
@@ -342,8 +367,7 @@ class Lifecycle:
         now = time.time()
 
         def parse(flat: list[str]) -> list[Unsent]:
-            return [Unsent(flat[i], flat[i + 1], int(flat[i + 2]),
-                           Priority(flat[i + 3] or Priority.interactive))
+            return [Unsent(flat[i], flat[i + 1], int(flat[i + 2]), int(flat[i + 3] or 0))
                     for i in range(0, len(flat), 4)]
 
         return Op("claim_unsent", (self.keys.unsent(),),

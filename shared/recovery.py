@@ -33,7 +33,7 @@ import redis
 from kombu.exceptions import KombuError
 
 from shared.dispatch import Dispatcher
-from shared.lifecycle import BlockingJobs, JobRecord, Priority, Unsent
+from shared.lifecycle import BlockingJobs, JobRecord, Unsent
 from shared.periodic import Periodic
 from shared.settings import Settings
 
@@ -93,7 +93,7 @@ class Sweeper:
             log.warning("job's worker gone; job requeued" + (" as suspect" if died else ""),
                         extra={**ctx, "dispatch": result.dispatch})
             report.requeued.append(record.id)
-            self._send(Unsent(record.id, record.queue, result.dispatch, record.priority))
+            self._send(Unsent(record.id, record.queue, result.dispatch, record.lane))
         elif result.verdict == "failed":
             log.error("job's worker gone; job failed after its attempts", extra=ctx)
             report.failed.append(record.id)
@@ -108,8 +108,7 @@ class Sweeper:
     def _send(self, unsent: Unsent) -> bool:
         """Send the job's message; when the broker refuses, it stays unsent (retried later)."""
         try:
-            self.dispatcher.send(unsent.job_id, unsent.queue, unsent.dispatch,
-                                 Priority(unsent.priority))
+            self.dispatcher.send(unsent.job_id, unsent.queue, unsent.dispatch, unsent.lane)
         except (KombuError, OSError, redis.RedisError) as exc:
             log.warning("broker refused a job message; will retry",
                         extra={"job_id": unsent.job_id, "error": type(exc).__name__})

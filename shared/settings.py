@@ -151,6 +151,12 @@ class ApiSettings(BaseModel):
         1000, gt=0, description="Jobs waiting per queue, all tenants together, before new "
                                 "ones get 429: the safety limit above the tenants' own.",
     )
+    fair_share: int = Field(
+        1, gt=0, description="Jobs of one tenant waiting per queue and priority before its "
+                             "next ones wait behind every other tenant's jobs of that "
+                             "priority within their share (a tenant's flood never keeps "
+                             "another tenant's job waiting behind it).",
+    )
     max_tenant_queue_depth: int = Field(
         100, gt=0, description="Jobs of one tenant waiting per queue before its new ones get "
                                "429; another tenant's backlog never makes a tenant's request "

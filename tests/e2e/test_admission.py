@@ -91,7 +91,26 @@ def test_one_tenants_backlog_never_makes_another_tenant_429(make_stack) -> None:
             assert error["details"] == {"queue": "cpu", "limit": 3, "scope": "tenant"}
             question = submit(beta, hi(max_tokens=4))
             assert question["position"] == 0  # ahead of alpha's batch backlog
-            assert submit(beta, hi(max_tokens=4, priority="batch"))["position"] == 4
+            # and beta's batch job behind alpha's first only (its fair share)
+            assert submit(beta, hi(max_tokens=4, priority="batch"))["position"] == 2
         assert wait_done(beta, question["id"])["status"] == "succeeded"
         for job in backlog:
             assert wait_done(alpha, job["id"])["status"] == "succeeded"
+
+
+def test_a_tenants_flood_does_not_keep_another_tenants_job_behind_it(make_stack) -> None:  # type: ignore[no-untyped-def]
+    """Issue 26's fair share: alpha queues six batch jobs, then beta one; beta's goes
+    behind alpha's first only (its position says so) and starts before alpha's fifth."""
+    stack = make_stack(env={"CHATQ_API__KEYS": "key-alpha=alpha,key-beta=beta"})
+    with stack.client(key="key-alpha") as alpha, stack.client(key="key-beta") as beta:
+        with all_slots_busy(alpha):
+            flood = [submit(alpha, hi(max_tokens=8, priority="batch")) for _ in range(6)]
+            assert [job["position"] for job in flood] == list(range(6))
+            theirs = submit(beta, hi(max_tokens=8, priority="batch"))
+            assert theirs["position"] == 1
+            assert alpha.get(f"/v1/jobs/{flood[1]['id']}").json()["position"] == 2
+        done = {job["id"]: wait_done(alpha, job["id"]) for job in flood}
+        mine = wait_done(beta, theirs["id"])
+    assert mine["status"] == "succeeded"
+    assert all(job["status"] == "succeeded" for job in done.values())
+    assert mine["started_at"] < done[flood[4]["id"]]["started_at"]

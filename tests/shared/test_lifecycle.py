@@ -109,8 +109,8 @@ def test_create_refuses_past_the_depth_limit_and_writes_nothing(jobs: BlockingJo
 
 
 def test_one_tenants_backlog_leaves_room_for_the_others(redis_client: redis.Redis) -> None:
-    shared = BlockingJobs(redis_client, dataclasses.replace(CFG, max_queue_depth=5,
-                                                            max_tenant_queue_depth=2))
+    shared = BlockingJobs(redis_client, dataclasses.replace(
+        CFG, max_queue_depth=5, max_tenant_queue_depth=2, fair_share=100))
     mine = [record() for _ in range(3)]
     assert [shared(shared.ops.create(r)) for r in mine] == [0, 1, QueueLimit.tenant]
     assert not shared.redis.exists(K.job(mine[2].id))
@@ -120,6 +120,31 @@ def test_one_tenants_backlog_leaves_room_for_the_others(redis_client: redis.Redi
     assert shared(shared.ops.create(record())) == 3  # acme's job left the line: room again
     assert shared(shared.ops.create(record(tenant="initech"))) == 4
     assert shared(shared.ops.create(record(tenant="umbrella"))) is QueueLimit.queue
+
+
+def test_past_its_fair_share_a_tenants_job_waits_behind_the_others(
+    redis_client: redis.Redis,
+) -> None:
+    """A tenant's flood goes behind: another tenant's job submitted later starts before
+    the flood's second job (position and broker lane agree), priorities still first."""
+    fair = BlockingJobs(redis_client, dataclasses.replace(CFG, max_queue_depth=10,
+                                                          fair_share=1))
+    flood = [record(priority=Priority.batch) for _ in range(3)]
+    assert [fair(fair.ops.create(r)) for r in flood] == [0, 1, 2]
+    assert [r.lane for r in flood] == [6, 9, 9]
+    late = record(priority=Priority.batch, tenant="globex")
+    assert fair(fair.ops.create(late)) == 1 and late.lane == 6  # before flood[1:]
+    urgent = record(tenant="acme")
+    assert fair(fair.ops.create(urgent)) == 0 and urgent.lane == 0
+    second = record(tenant="acme")
+    assert fair(fair.ops.create(second)) == 1 and second.lane == 3
+    other = record(tenant="globex")
+    assert fair(fair.ops.create(other)) == 1 and other.lane == 0
+    order = [flood[0], late, *flood[1:]]
+    assert [fair(fair.ops.position(r)) for r in (urgent, other, second, *order)] == list(
+        range(7))
+    stored = fair(fair.ops.load(flood[1].id)).record
+    assert stored is not None and stored.lane == 9  # a requeue sends it in the same lane
 
 
 def test_create_prunes_ids_whose_record_is_gone_before_refusing(jobs: BlockingJobs) -> None:

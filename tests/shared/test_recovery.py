@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 import redis
 
-from shared.lifecycle import BlockingJobs, JobRecord, Priority
+from shared.lifecycle import LANES, BlockingJobs, JobRecord, Priority
 from shared.recovery import Sweeper
 from shared.schemas import JobStatus
 from shared.settings import load_settings
@@ -19,13 +19,13 @@ from tests.shared.test_lifecycle import CFG, W1, W2, created, running
 
 @dataclass
 class FakeDispatcher:
-    sent: list[tuple[str, str, int, Priority]] = field(default_factory=list)
+    sent: list[tuple[str, str, int, int]] = field(default_factory=list)
     refuse: bool = False
 
-    def send(self, job_id: str, queue: str, dispatch: int, priority: Priority) -> None:
+    def send(self, job_id: str, queue: str, dispatch: int, lane: int) -> None:
         if self.refuse:
             raise OSError("broker down")
-        self.sent.append((job_id, queue, dispatch, priority))
+        self.sent.append((job_id, queue, dispatch, lane))
 
 
 @pytest.fixture
@@ -79,7 +79,7 @@ def test_a_gone_workers_job_is_requeued_and_sent_once(jobs: BlockingJobs) -> Non
     first, second = sweeper(jobs, dispatcher), sweeper(jobs, dispatcher)
     assert first.sweep().requeued == [rec.id]
     assert second.sweep().requeued == []  # a second sweeper finds nothing left to do
-    assert dispatcher.sent == [(rec.id, "q", 2, Priority.interactive)]
+    assert dispatcher.sent == [(rec.id, "q", 2, LANES[Priority.interactive])]
     back = status(jobs, rec)
     assert (back.status, back.dispatch) == (JobStatus.queued, 2)
     assert jobs.redis.zscore(CFG.keys.unsent(), rec.id) is None  # sent: nothing pending
@@ -99,7 +99,7 @@ def test_an_unsent_job_is_sent_after_the_grace_period(jobs: BlockingJobs) -> Non
     dispatcher = FakeDispatcher()
     time.sleep(0.1)
     assert sweeper(jobs, dispatcher).sweep().sent == [rec.id]
-    assert dispatcher.sent == [(rec.id, "q", 1, Priority.interactive)]
+    assert dispatcher.sent == [(rec.id, "q", 1, LANES[Priority.interactive])]
     assert sweeper(jobs, dispatcher).sweep().sent == []
 
 
