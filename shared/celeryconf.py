@@ -19,7 +19,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_url": settings.broker_url,
         "broker_transport_options": {
             "visibility_timeout": c.visibility_timeout_s,
-            # Redis priority lists are polled in this order; chatq uses one level.
+            # Redis priority lists (0, 3, 6, 9) are polled in that order: the lanes of
+            # shared.lifecycle.LANES (interactive, past a fair share, batch, past it).
             "queue_order_strategy": "priority",
         },
         "broker_connection_retry_on_startup": True,
