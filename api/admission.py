@@ -23,6 +23,7 @@ embeddings, the ancestor routes) turns its request into a :class:`Work` and call
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -155,6 +156,7 @@ class _Checked:
     toolset: ToolSet | None
     messages: list[dict[str, Any]]
     deadline: float | None
+    tokens: int = 0  # prompt tokens (when counted) plus max_tokens: what rate limits count
 
 
 async def _admit(svc: Services, work: Work, tenant: str) -> JobRecord:
@@ -163,8 +165,14 @@ async def _admit(svc: Services, work: Work, tenant: str) -> JobRecord:
     if work.webhook is not None:
         await webhooks.tenant_secret(svc, tenant)  # made before its first delivery needs it
     record = _record(work, checked, tenant, now)
-    await _create(svc, record)
-    await _send(svc, record)
+    reserved = await svc.limiter.reserve(tenant, record.id, checked.tokens)
+    record.rate = reserved.for_job() if reserved is not None else None
+    try:
+        await _create(svc, record)
+        await _send(svc, record)
+    except (QueueFull, Unavailable):
+        await svc.limiter.release(reserved)
+        raise
     log.info("job queued", extra={"job_id": record.id, "queue": record.queue,
                                   "model": record.model, "tenant": tenant,
                                   "kind": record.kind.value, "priority": record.priority.value})
@@ -188,9 +196,9 @@ async def _check(svc: Services, work: Work, now: float) -> _Checked:
                                    tool_grammar=built.tool_call)
     checked = _Checked(spec, params, built.toolset, messages, deadline)
     await check_vocabulary(svc, spec, params)
-    await _check_context(svc, work, checked)
+    prompt_tokens = await _check_context(svc, work, checked)
     await svc.require_worker(spec.queue)
-    return checked
+    return dataclasses.replace(checked, tokens=(prompt_tokens or 0) + params.max_tokens)
 
 
 def _model(svc: Services, work: Work) -> ModelSpec:
@@ -216,19 +224,18 @@ def resolve_model(svc: Services, name: str | None) -> ModelSpec:
     return spec
 
 
-async def _check_context(svc: Services, work: Work, checked: _Checked) -> None:
+async def _check_context(svc: Services, work: Work, checked: _Checked) -> int | None:
+    """The prompt's tokens (None: no local tokenizer), refused when they cannot fit."""
     spec, params, messages = checked.spec, checked.params, checked.messages
     if work.kind is JobKind.completion:
-        await check_texts(svc, spec, work.inputs, params.max_tokens, field="prompt")
-    elif work.kind is JobKind.embedding:
-        await check_texts(svc, spec, work.inputs, 0)
-    else:
-        # Count what the worker will render at least: persona head + this request's turns
-        # (stored history is trimmed by the worker to fit).
-        head = persona_turns(work.persona,
-                             [m["content"] for m in messages if m["role"] == "system"])
-        await check_context(svc, spec, head + [m for m in messages if m["role"] != "system"],
-                            params.max_tokens, checked.toolset)
+        return await check_texts(svc, spec, work.inputs, params.max_tokens, field="prompt")
+    if work.kind is JobKind.embedding:
+        return await check_texts(svc, spec, work.inputs, 0)
+    # Count what the worker will render at least: persona head + this request's turns
+    # (stored history is trimmed by the worker to fit).
+    head = persona_turns(work.persona, [m["content"] for m in messages if m["role"] == "system"])
+    return await check_context(svc, spec, head + [m for m in messages if m["role"] != "system"],
+                               params.max_tokens, checked.toolset)
 
 
 def _record(work: Work, checked: _Checked, tenant: str, now: float) -> JobRecord:

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api import assets, budgets, conversations, errors, telemetry
+from api.ratelimits import RateHeaders
 from api.routers import (
     ancestor,
     chat,
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   docs_url=None, redoc_url=None)
     errors.install(app)
     app.add_middleware(JsonBodies)
+    app.add_middleware(RateHeaders)
     # Outside the app: an oversized body is refused before anything reads or parses it.
     app.add_middleware(budgets.BodyLimit, max_bytes=settings.limits.max_body_bytes,
                        answer=errors.error_response)

@@ -17,6 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.auth import KeyRing
 from api.idempotency import Idempotency
+from api.ratelimits import Limiter
 from api.streams import FinalViews, StreamHub
 from api.tokens import TokenCounter
 from shared.dispatch import Dispatcher
@@ -60,6 +61,7 @@ class Services:
     finals: FinalViews[tuple[JobRecord, str]]
     idempotency: Idempotency
     webhook_policy: TargetPolicy
+    limiter: Limiter
 
     @property
     def keys(self) -> Keys:
@@ -84,6 +86,7 @@ class Services:
             sweeper=sweeper, finals=FinalViews(),
             idempotency=Idempotency(client, config.keys),
             webhook_policy=TargetPolicy.from_settings(settings),
+            limiter=Limiter(client, config.keys, settings),
         )
 
     async def start(self) -> None:

@@ -44,6 +44,14 @@ class Keys:
         """Hash: the job record (status, request, usage, timings...)."""
         return f"{self.prefix}:job:{job_id}"
 
+    def rate_window(self, tenant: str, kind: str, window: int) -> str:
+        """Integer: the tenant's ``requests`` or ``tokens`` in one minute (api.ratelimits)."""
+        return f"{self.prefix}:rate:{tenant}:{kind}:{window}"
+
+    def rate_active(self, tenant: str) -> str:
+        """Set: the tenant's unfinished job ids, for its concurrent-jobs limit."""
+        return f"{self.prefix}:rate:{tenant}:active"
+
     def output(self, job_id: str) -> str:
         """String: the generated text so far (APPENDed by the worker)."""
         return f"{self.prefix}:job:{job_id}:out"

@@ -55,7 +55,8 @@ LUA_DIR = Path(__file__).with_name("lua")
 
 # Fields stored as JSON inside the job hash; the rest are plain strings/numbers.
 _JSON_FIELDS = ("params", "messages", "persona", "metadata", "usage", "timings", "error",
-                "persisted", "webhook_events", "inputs", "result", "tools", "fresh_conversation")
+                "persisted", "webhook_events", "inputs", "result", "tools", "fresh_conversation",
+                "rate")
 _FLOAT_FIELDS = ("created_at", "started_at", "finished_at", "expires_at", "rank", "run_at",
                  "cancel_at")
 _INT_FIELDS = ("attempts", "seq", "completion_tokens", "prompt_tokens", "history_messages",
@@ -144,6 +145,7 @@ class JobRecord:
     kind: JobKind = JobKind.chat  # see JobKind: chat, completion (raw prompt) or embedding
     inputs: list[str] | None = None  # completion: [prompt]; embedding: the texts
     result: dict[str, Any] | None = None  # embedding: its vectors (see shared.vectors)
+    rate: dict[str, Any] | None = None  # what it took from its tenant's rate limits
 
     @property
     def suspect(self) -> bool:
@@ -182,7 +184,7 @@ class JobRecord:
         names = ("id", "status", "model", "queue", "tenant", "messages", "created_at",
                  "conversation_id", "persona", "metadata", "user_id", "priority",
                  "expires_at", "dispatch", "cancel_at", "webhook", "webhook_events", "kind",
-                 "inputs", "tools", "fresh_conversation")
+                 "inputs", "tools", "fresh_conversation", "rate")
         fields = {name: getattr(self, name) for name in names}
         return {**fields, "params": self.params.model_dump(), "attempts": 0, "rank": self.rank,
                 "lane": LANES[self.priority]}

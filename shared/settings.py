@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Self
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_REGISTRY = Path(__file__).with_name("models.toml")
@@ -128,6 +128,21 @@ class Mode(StrEnum):
     async_ = "async"
 
 
+class RateLimits(BaseModel):
+    """One tenant's rate limits (``api.ratelimits``); each optional."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_minute: int | None = Field(None, gt=0)
+    tokens_per_minute: int | None = Field(None, gt=0, description="Prompt tokens plus "
+                                          "max_tokens as admitted; settled as used.")
+    concurrent_jobs: int | None = Field(None, gt=0, description="Unfinished jobs at once.")
+
+    def any(self) -> bool:
+        return any(v is not None for v in (self.requests_per_minute, self.tokens_per_minute,
+                                           self.concurrent_jobs))
+
+
 class ApiSettings(BaseModel):
     readiness_timeout_s: float = Field(2.0, gt=0, description="Per-dependency check timeout.")
     keys: SecretStr | None = Field(
@@ -150,6 +165,11 @@ class ApiSettings(BaseModel):
     max_queue_depth: int = Field(
         1000, gt=0, description="Jobs waiting per queue, all tenants together, before new "
                                 "ones get 429: the safety limit above the tenants' own.",
+    )
+    rate_limits: dict[str, RateLimits] = Field(
+        default_factory=dict, description="Per tenant (JSON; `*`: any tenant without its "
+        "own): requests_per_minute, tokens_per_minute, concurrent_jobs. 429 "
+        "`rate_limit_exceeded` with OpenAI's x-ratelimit-* headers.",
     )
     fair_share: int = Field(
         1, gt=0, description="Jobs of one tenant waiting per queue and priority before its "

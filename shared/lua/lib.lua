@@ -72,6 +72,23 @@ local function record_finished(job_key, stats_key, recent_key, status, now)
   redis.call('LTRIM', recent_key, 0, RECENT_MAX - 1)
 end
 
+-- Give back the tokens a job reserved in its tenant's rate window and did not use (if
+-- that window is still current), and take it off the tenant's active jobs (api/ratelimits.py).
+local function settle_rate(job_key, job_id)
+  local f = job_fields(job_key, 'rate', 'usage')
+  if not f.rate then return end
+  local r = cjson.decode(f.rate)
+  if type(r) ~= 'table' then return end
+  local u = f.usage and cjson.decode(f.usage) or {}
+  if type(u) ~= 'table' then u = {} end
+  local used = (tonumber(u['prompt_tokens']) or 0) + (tonumber(u['completion_tokens']) or 0)
+  local back = (tonumber(r.reserved) or 0) - used
+  if back > 0 and r.tokens_key and redis.call('EXISTS', r.tokens_key) == 1 then
+    redis.call('DECRBY', r.tokens_key, back)
+  end
+  if r.active_key then redis.call('SREM', r.active_key, job_id) end
+end
+
 -- Move an unfinished job to a terminal status: the one way any job ends.
 -- k: the finish keys (job, waiting, running, unsent, expiry, out, log, channel,
 -- cancel, transitions, stats, recent); f: {job_id, status, now, retention,
@@ -91,6 +108,7 @@ local function finish_job(k, f)
     stream = k.transitions, stream_max = f.stream_max})
   for _, key in ipairs({k.job, k.out, k.log}) do redis.call('EXPIRE', key, f.retention) end
   record_finished(k.job, k.stats, k.recent, f.status, f.now)
+  settle_rate(k.job, f.job_id)
 end
 
 -- KEYS of the scripts that can finish a job, by name (same order everywhere).
