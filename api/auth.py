@@ -11,7 +11,9 @@ whole ``/v1/queues`` (worker host names and pids, every tenant's running jobs) a
 ``/metrics`` in production. A tenant's key sees its own jobs there and counts for
 the rest. Development with no keys at all stays open to everything.
 
-Keys are held as SHA-256 digests and compared in constant time.
+Keys are held as SHA-256 digests and compared in constant time. Keys made with the admin
+API or ``python -m ops.keys`` live in MongoDB (``shared/keystore.py``); ``api.deps`` asks
+there for a key these settings do not know.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def _pairs(text: str, source: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def _bearer(authorization: str | None) -> str | None:
+def bearer(authorization: str | None) -> str | None:
     scheme, _, key = (authorization or "").partition(" ")
     return key.strip() if scheme.lower() == "bearer" and key.strip() else None
 
@@ -91,10 +93,16 @@ class KeyRing:
         if any(d in self._tenants for d in self._admins):
             raise ConfigError("an admin key is also a tenant's key: give operators their own")
 
+    def is_admin(self, authorization: str | None) -> bool:
+        """The request carries an operator's key (never true without admin keys, so the
+        development mode's openness never reaches what only operators may change)."""
+        key = bearer(authorization)
+        return key is not None and _matches(self._admins, key)
+
     def caller(self, authorization: str | None) -> Caller:
         """The caller of an operator view (401 when the key is neither a tenant's nor
         an operator's). Development with no keys at all: everyone is the operator."""
-        key = _bearer(authorization)
+        key = bearer(authorization)
         if key is not None and _matches(self._admins, key):
             return Caller(None, admin=True)
         if self.anonymous_tenant is not None and not self._admins:
@@ -104,7 +112,7 @@ class KeyRing:
     def tenant(self, authorization: str | None) -> str:
         if self.anonymous_tenant is not None:  # development with no keys: open to all
             return self.anonymous_tenant
-        key = _bearer(authorization)
+        key = bearer(authorization)
         if key is None:
             raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
         digest = _digest(key)

@@ -11,6 +11,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api import assets, budgets, conversations, errors, telemetry
 from api.ratelimits import RateHeaders
 from api.routers import (
+    admin,
     ancestor,
     chat,
     completions,
@@ -73,7 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(budgets.BodyLimit, max_bytes=settings.limits.max_body_bytes,
                        answer=errors.error_response)
     telemetry.install(app)
-    for module in (health, jobs, events, invocations, chat, completions, embeddings, models,
+    for module in (admin, health, jobs, events, invocations, chat, completions, embeddings, models,
                    metrics, queues,
                    conversations_router, ancestor, webhooks, docs, playground):
         app.include_router(module.router)

@@ -1,7 +1,9 @@
 """Per-tenant rate limits: requests and tokens per minute, and concurrent jobs.
 
 ``CHATQ_API__RATE_LIMITS`` (JSON) gives each tenant its limits, ``"*"`` any tenant without
-its own: ``{"*": {"requests_per_minute": 600}, "alpha": {"tokens_per_minute": 50000,
+its own (limits set with the admin API or ``python -m ops.keys set-limits``, kept in
+MongoDB, override them for their tenant within seconds):
+``{"*": {"requests_per_minute": 600}, "alpha": {"tokens_per_minute": 50000,
 "concurrent_jobs": 8}}``. Every limit is optional; a tenant with none is not limited.
 
 What must hold:
@@ -35,6 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.errors import ChatqError
 from shared.keys import Keys
+from shared.keystore import KeyCache
 from shared.schemas import TERMINAL
 from shared.settings import RateLimits, Settings
 
@@ -114,20 +117,23 @@ def _reset(seconds: float) -> str:
 
 
 class Limiter:
-    def __init__(self, redis: Redis, keys: Keys, settings: Settings) -> None:
-        self.redis, self.keys = redis, keys
+    def __init__(self, redis: Redis, keys: Keys, settings: Settings, stored: KeyCache) -> None:
+        self.redis, self.keys, self.stored = redis, keys, stored
         self.limits = settings.api.rate_limits
         self._reserve = redis.register_script(_TERMINAL + _RESERVE)
         self._release = redis.register_script(_RELEASE)
 
-    def of(self, tenant: str) -> RateLimits | None:
-        limits = self.limits.get(tenant, self.limits.get("*"))
+    async def of(self, tenant: str) -> RateLimits | None:
+        """The tenant's limits: set with the admin API (MongoDB), else from settings."""
+        limits = await self.stored.limits(tenant)
+        if limits is None:
+            limits = self.limits.get(tenant, self.limits.get("*"))
         return limits if limits is not None and limits.any() else None
 
     async def reserve(self, tenant: str, job_id: str, tokens: int) -> Reservation | None:
         """Take one request and ``tokens`` from the tenant's window and add the job to its
         active jobs, or raise :class:`RateLimited` naming the limit. None: no limits."""
-        limits = self.of(tenant)
+        limits = await self.of(tenant)
         if limits is None:
             return None
         now = time.time()

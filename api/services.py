@@ -23,6 +23,7 @@ from api.tokens import TokenCounter
 from shared.dispatch import Dispatcher
 from shared.errors import Unavailable
 from shared.keys import Keys
+from shared.keystore import KeyCache, KeyStore
 from shared.lifecycle import AsyncJobs, BlockingJobs, JobRecord, store_config
 from shared.mongo import make_mongo_client
 from shared.recovery import Sweeper, SweeperThread
@@ -62,6 +63,7 @@ class Services:
     idempotency: Idempotency
     webhook_policy: TargetPolicy
     limiter: Limiter
+    key_cache: KeyCache
 
     @property
     def keys(self) -> Keys:
@@ -72,6 +74,8 @@ class Services:
     def build(cls, settings: Settings) -> Services:
         client = aredis.Redis(connection_pool=redis_pool(settings))
         config = store_config(settings)
+        mongo = make_mongo_client(settings)
+        key_cache = KeyCache(KeyStore(mongo, settings.mongo_db))
         registry = Registry.load(settings.registry)
         dispatcher = Dispatcher(settings, "chatq-api")
         blocking = redis.Redis.from_url(settings.redis_url, decode_responses=True,
@@ -80,13 +84,14 @@ class Services:
                                 settings.jobs.sweep_interval_s)
         return cls(
             settings=settings, registry=registry, redis=client, jobs=AsyncJobs(client, config),
-            mongo=make_mongo_client(settings), dispatcher=dispatcher,
+            mongo=mongo, dispatcher=dispatcher,
             hub=StreamHub(client, config.keys), api_keys=KeyRing(settings),
             tokens=TokenCounter(registry, settings.limits.tokenizers_per_model),
             sweeper=sweeper, finals=FinalViews(),
             idempotency=Idempotency(client, config.keys),
             webhook_policy=TargetPolicy.from_settings(settings),
-            limiter=Limiter(client, config.keys, settings),
+            limiter=Limiter(client, config.keys, settings, key_cache),
+            key_cache=key_cache,
         )
 
     async def start(self) -> None:
