@@ -25,6 +25,7 @@ from api.routers import (
     models,
     playground,
     queues,
+    usage,
     webhooks,
 )
 from api.routers import conversations as conversations_router
@@ -76,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     telemetry.install(app)
     for module in (admin, health, jobs, events, invocations, chat, completions, embeddings, models,
                    metrics, queues,
-                   conversations_router, ancestor, webhooks, docs, playground):
+                   conversations_router, ancestor, usage, webhooks, docs, playground):
         app.include_router(module.router)
     assets.mount(app)
     return app

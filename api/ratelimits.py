@@ -38,7 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from shared.errors import ChatqError
 from shared.keys import Keys
 from shared.keystore import KeyCache
-from shared.schemas import TERMINAL
+from shared.lifecycle import lua_constants
 from shared.settings import RateLimits, Settings
 
 WINDOW_S = 60
@@ -79,8 +79,6 @@ if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('DECRBY', KEYS[2], ARGV[1]
 redis.call('SREM', KEYS[3], ARGV[2])
 """
 
-_ENDED = ", ".join(f"{s.value} = true" for s in sorted(TERMINAL))
-_TERMINAL = f"local TERMINAL = {{{_ENDED}}}\n"
 
 _current: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
     "chatq_rate_headers", default=None)
@@ -120,7 +118,7 @@ class Limiter:
     def __init__(self, redis: Redis, keys: Keys, settings: Settings, stored: KeyCache) -> None:
         self.redis, self.keys, self.stored = redis, keys, stored
         self.limits = settings.api.rate_limits
-        self._reserve = redis.register_script(_TERMINAL + _RESERVE)
+        self._reserve = redis.register_script(lua_constants() + _RESERVE)
         self._release = redis.register_script(_RELEASE)
 
     async def of(self, tenant: str) -> RateLimits | None:

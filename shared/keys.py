@@ -48,6 +48,12 @@ class Keys:
         """Integer: the tenant's ``requests`` or ``tokens`` in one minute (api.ratelimits)."""
         return f"{self.prefix}:rate:{tenant}:{kind}:{window}"
 
+    def usage(self, tenant: str, day: int) -> str:
+        """Hash: a tenant's usage on one day (days since 1970, UTC), written by the finish
+        script (``record_usage`` in shared/lua/lib.lua builds the same name):
+        ``requests|{model}``, ``prompt_tokens|{model}``, ``completion_tokens|{model}``."""
+        return f"{self.prefix}:usage:{tenant}:{day}"
+
     def rate_active(self, tenant: str) -> str:
         """Set: the tenant's unfinished job ids, for its concurrent-jobs limit."""
         return f"{self.prefix}:rate:{tenant}:active"

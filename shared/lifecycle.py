@@ -70,6 +70,7 @@ BEHIND_BAND_S = 5e9
 # polls 0, 3, 6, 9 in that order. Interactive jobs within their tenant's share go in lane
 # 0, past it in 3; batch jobs in 6 and 9.
 LANES = {Priority.interactive: 0, Priority.batch: 6}
+USAGE_TTL_S = 400 * 86400  # a tenant's usage of a day is kept this long (GET /v1/usage)
 LANE_BEHIND = 3
 
 
@@ -501,7 +502,8 @@ def lua_constants() -> str:
         rows.append(f"{{'{h.name}', '{h.timing}', {h.scale!r}, {{{bounds}}}}}")
     return (f"local TERMINAL = {{{terminal}}}\n"
             f"local HISTOGRAMS = {{\n  " + ",\n  ".join(rows) + "\n}\n"
-            f"local RECENT_MAX = {RECENT_MAX}\n")
+            f"local RECENT_MAX = {RECENT_MAX}\n"
+            f"local USAGE_TTL_S = {USAGE_TTL_S}\n")
 
 
 @functools.cache

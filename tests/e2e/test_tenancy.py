@@ -143,3 +143,20 @@ def test_metrics_need_the_admin_key_once_one_is_set(
     with two.client(key=ADMIN) as operator:
         response = operator.get("/metrics")
     assert response.status_code == 200 and "chatq_workers_live" in response.text
+
+
+def test_usage_adds_up_to_the_jobs_own_and_is_the_tenants_own(
+    alpha: httpx.Client, beta: httpx.Client,
+) -> None:
+    before = alpha.get("/v1/usage").json()["totals"]
+    theirs_before = beta.get("/v1/usage").json()["totals"]
+    jobs = [submit(alpha, hi(f"Count to {n}.", max_tokens=6)) for n in (2, 3, 4)]
+    done = [wait_done(alpha, j["id"]) for j in jobs]
+    usage = alpha.get("/v1/usage", params={"days": 1}).json()
+    totals = usage["totals"]
+    assert usage["tenant"] == "alpha" and usage["data"][0]["model"] == done[0]["model"]
+    assert totals["requests"] - before["requests"] == 3
+    for what in ("prompt_tokens", "completion_tokens"):
+        assert totals[what] - before[what] == sum(j["usage"][what] for j in done)
+    assert beta.get("/v1/usage").json()["totals"] == theirs_before  # beta's own only
+    assert alpha.get("/v1/usage", params={"days": 0}).status_code == 422
