@@ -46,7 +46,21 @@ class TransitionReader:
                 raise
 
     def read(self, count: int = 100, block_s: float = 1.0) -> list[Entry]:
-        """Entries abandoned by a member of the group first, then new ones."""
+        """Entries abandoned by a member of the group first, then new ones. A Redis that
+        came back without the group (restarted without persistence, a failover to a
+        replica that lacked it, a flush) gets it again, reading all the stream holds: a
+        consumer is idempotent per entry, and nothing written since is missed."""
+        try:
+            return self._read(count, block_s)
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            log.warning("transition log's consumer group is gone; making it again",
+                        extra={"group": self.group})
+            self.ensure_group(start="0")
+            return self._read(count, block_s)
+
+    def _read(self, count: int, block_s: float) -> list[Entry]:
         autoclaim: Any = self.redis.xautoclaim(
             self.stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=count)
         if autoclaim[1]:

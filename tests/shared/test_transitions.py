@@ -47,3 +47,19 @@ def test_two_groups_each_see_everything(redis_client: redis.Redis) -> None:
         reader.ensure_group()
     created(BlockingJobs(redis_client, CFG))
     assert len(hooks.read(block_s=0.1)) == len(metrics.read(block_s=0.1)) == 1
+
+
+def test_a_redis_that_lost_the_group_gets_it_back_and_misses_nothing(
+    redis_client: redis.Redis,
+) -> None:
+    """Issue 30: after a flush (or a Redis restarted without persistence) the webhook
+    worker logged "transition log unreachable" every second and never delivered again."""
+    reader = TransitionReader(redis_client, CFG.keys, "lost", "c1")
+    reader.ensure_group()
+    redis_client.delete(CFG.keys.transitions())  # the stream and its groups are gone
+    jobs = BlockingJobs(redis_client, CFG)
+    rec = created(jobs)  # written after Redis came back
+    entries = reader.read(block_s=0.1)
+    assert [(e.transition.job_id, e.transition.to) for e in entries] == [(rec.id, "queued")]
+    reader.ack(*(e.id for e in entries))
+    assert reader.read(block_s=0.1) == []
