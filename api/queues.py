@@ -23,6 +23,7 @@ from api.services import Services
 from shared.errors import Unavailable
 from shared.keys import celery_queue_lists
 from shared.opstats import QueueCounters, read_queue
+from shared.redis_conn import async_client
 
 
 @dataclass
@@ -59,7 +60,7 @@ async def _running(svc: Services, workers: list[dict[str, str]]) -> dict[str, in
 async def _depths(svc: Services, queues: list[str]) -> dict[str, int]:
     """Sum of LLEN over each queue's broker lists (the broker may be another Redis)."""
     same = svc.settings.broker_url == svc.settings.redis_url
-    client = svc.redis if same else aredis.Redis.from_url(
+    client = svc.redis if same else async_client(
         svc.settings.broker_url, socket_connect_timeout=2, socket_timeout=5)
     try:
         async with client.pipeline(transaction=False) as pipe:

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import redis
 import redis.asyncio as aredis
 from pymongo import AsyncMongoClient
 from redis.asyncio.retry import Retry
@@ -27,6 +26,7 @@ from shared.keystore import KeyCache, KeyStore
 from shared.lifecycle import AsyncJobs, BlockingJobs, JobRecord, store_config
 from shared.mongo import make_mongo_client
 from shared.recovery import Sweeper, SweeperThread
+from shared.redis_conn import async_client, blocking_client
 from shared.registry import Registry
 from shared.settings import Settings
 from shared.webhooks import TargetPolicy
@@ -34,14 +34,15 @@ from shared.webhooks import TargetPolicy
 log = logging.getLogger(__name__)
 
 
-def redis_pool(settings: Settings) -> aredis.BlockingConnectionPool:
+def api_redis(settings: Settings) -> aredis.Redis:
     """A bounded pool: a request waits for a free connection (up to the wait limit)
-    rather than failing when many streams need Redis at once."""
+    rather than failing when many streams need Redis at once (through Sentinel: the
+    master's pool, which follows a failover)."""
     api = settings.api
-    return aredis.BlockingConnectionPool.from_url(
+    return async_client(
         settings.redis_url, decode_responses=True, socket_connect_timeout=2,
         socket_timeout=None, health_check_interval=30, client_name="chatq-api",
-        max_connections=api.redis_max_connections, timeout=api.redis_wait_s,
+        max_connections=api.redis_max_connections, pool_timeout=api.redis_wait_s,
         # Ride out a blip; a real outage answers 503 quickly (streams wait longer).
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3),
         retry_on_error=[RedisConnectionError, RedisTimeoutError])
@@ -72,14 +73,14 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
-        client = aredis.Redis(connection_pool=redis_pool(settings))
+        client = api_redis(settings)
         config = store_config(settings)
         mongo = make_mongo_client(settings)
         key_cache = KeyCache(KeyStore(mongo, settings.mongo_db))
         registry = Registry.load(settings.registry)
         dispatcher = Dispatcher(settings, "chatq-api")
-        blocking = redis.Redis.from_url(settings.redis_url, decode_responses=True,
-                                        socket_connect_timeout=2, client_name="chatq-sweeper")
+        blocking = blocking_client(settings.redis_url, decode_responses=True,
+                                   socket_connect_timeout=2, client_name="chatq-sweeper")
         sweeper = SweeperThread(Sweeper(BlockingJobs(blocking, config), dispatcher, settings),
                                 settings.jobs.sweep_interval_s)
         return cls(

@@ -23,6 +23,7 @@ import redis
 
 from shared.keys import Keys
 from shared.lifecycle import BlockingJobs, StoreConfig
+from shared.redis_conn import blocking_client
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,7 +51,7 @@ def wait_for(
 
 def redis_answers(url: str) -> bool:
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+        return bool(blocking_client(url, socket_connect_timeout=0.5).ping())
     except redis.RedisError:
         return False
 
@@ -211,7 +212,7 @@ def _models_answer(base_url: str, api_key: str | None) -> bool:
 def wait_worker(redis_url: str, queue: str, timeout: float = 120, proc: Proc | None = None,
                 prefix: str = "chatq") -> dict[str, str]:
     """Wait until a worker on ``queue`` has loaded its model and sent a heartbeat."""
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client = blocking_client(redis_url, decode_responses=True)
     jobs = BlockingJobs(client, StoreConfig(keys=Keys(prefix), max_age_s=1, retention_s=1,
                                             tombstone_s=1))
     found: dict[str, str] = {}
@@ -232,7 +233,7 @@ def wait_worker(redis_url: str, queue: str, timeout: float = 120, proc: Proc | N
 
 def _webhooks_reading(redis_url: str, prefix: str) -> bool:
     """A webhook worker reads the transition log (its beat is fresh)."""
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client = blocking_client(redis_url, decode_responses=True)
     try:
         return any(True for _ in client.scan_iter(Keys(prefix).webhook_worker("*")))
     finally:

@@ -18,6 +18,7 @@ import urllib.request
 import redis
 
 from shared.lifecycle import BlockingJobs, store_config
+from shared.redis_conn import blocking_client
 from shared.settings import load_settings
 
 
@@ -32,7 +33,7 @@ def http_ok(url: str) -> bool:
 def worker_alive(hostname: str | None = None) -> bool:
     settings = load_settings()
     hostname = hostname or socket.gethostname()
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True,
+    client = blocking_client(settings.redis_url, decode_responses=True,
                                   socket_connect_timeout=3, socket_timeout=3)
     jobs = BlockingJobs(client, store_config(settings))
     try:
@@ -48,7 +49,7 @@ def worker_alive(hostname: str | None = None) -> bool:
 def webhooks_alive(hostname: str | None = None) -> bool:
     settings = load_settings()
     keys = store_config(settings).keys
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True,
+    client = blocking_client(settings.redis_url, decode_responses=True,
                                   socket_connect_timeout=3, socket_timeout=3)
     pattern = keys.webhook_worker(f"webhooks@{hostname or socket.gethostname()}:*")
     try:

@@ -10,14 +10,17 @@ from typing import Any
 
 from celery import Celery
 
+from shared.redis_conn import celery_broker
 from shared.settings import Settings
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     c = settings.celery
+    broker, sentinel_options = celery_broker(settings.broker_url)
     return {
-        "broker_url": settings.broker_url,
+        "broker_url": broker,
         "broker_transport_options": {
+            **sentinel_options,
             "visibility_timeout": c.visibility_timeout_s,
             # Redis priority lists (0, 3, 6, 9) are polled in that order: the lanes of
             # shared.lifecycle.LANES (interactive, past a fair share, batch, past it).

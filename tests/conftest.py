@@ -26,6 +26,7 @@ import redis
 from ops.devstack import Proc, Stack, free_port, wait_for, wait_worker
 from shared.keys import Keys
 from shared.lifecycle import BlockingJobs, StoreConfig
+from shared.redis_conn import blocking_client
 from shared.registry import Registry
 from shared.settings import DEFAULT_REGISTRY, DEV_API_KEY
 
@@ -76,7 +77,7 @@ class Chatq:
         return httpx.Client(base_url=self.base_url, headers=headers, **kwargs)
 
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.redis_url, decode_responses=True)
+        return blocking_client(self.redis_url, decode_responses=True)
 
     def heartbeat(self, queue: str = "cpu") -> dict[str, str]:
         return wait_worker(self.redis_url, queue, timeout=60,

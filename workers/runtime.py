@@ -30,6 +30,7 @@ from shared.mongo import make_sync_mongo_client
 from shared.opstats import batch_increments
 from shared.periodic import Periodic
 from shared.recovery import Sweeper, SweeperThread
+from shared.redis_conn import blocking_client
 from shared.registry import ModelSpec, Registry
 from shared.settings import Settings
 from workers.cancels import CancelListener
@@ -118,7 +119,7 @@ class Runtime:
         self.spec: ModelSpec = registry.for_queue(settings.worker.queue)
         self.engine = load_engine(self.spec, registry, settings)
         # Generation goes on through a Redis restart: writes wait and retry (about 30 s).
-        self.redis = redis.Redis.from_url(
+        self.redis = blocking_client(
             settings.redis_url, decode_responses=True, health_check_interval=10,
             retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=20),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError])

@@ -27,6 +27,7 @@ from shared.celeryconf import make_celery
 from shared.keys import WEBHOOK_TASK
 from shared.lifecycle import BlockingJobs, store_config
 from shared.logs import set_log_context, setup_logging
+from shared.redis_conn import blocking_client
 from shared.settings import Settings, load_settings
 from shared.transitions import TransitionReader
 from shared.webhooks import HookStore, TargetPolicy
@@ -62,7 +63,7 @@ class HookRuntime:
 
     @classmethod
     def build(cls, settings: Settings) -> HookRuntime:
-        client = redis.Redis.from_url(
+        client = blocking_client(
             settings.redis_url, decode_responses=True, health_check_interval=10,
             retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=5),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError])
