@@ -18,7 +18,8 @@ from tests.faults.conftest import report, rss_peak_mb
 from tests.helpers import LONG, SseStream, hi, parse_sse, submit, wait_done
 
 CLIENTS = 1000
-ENV = {"CHATQ_API__MAX_QUEUE_DEPTH": "2000", "CHATQ_API__REDIS_MAX_CONNECTIONS": "32"}
+ENV = {"CHATQ_API__MAX_QUEUE_DEPTH": "2000", "CHATQ_API__MAX_TENANT_QUEUE_DEPTH": "2000",
+       "CHATQ_API__REDIS_MAX_CONNECTIONS": "32"}
 
 
 def async_client(chatq: Chatq) -> httpx.AsyncClient:
