@@ -23,6 +23,7 @@ from api.routers import (
     models,
     playground,
     queues,
+    responses,
     webhooks,
 )
 from api.routers import conversations as conversations_router
@@ -72,7 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        answer=errors.error_response)
     telemetry.install(app)
     for module in (health, jobs, events, invocations, chat, completions, embeddings, models,
-                   metrics, queues,
+                   metrics, queues, responses,
                    conversations_router, ancestor, webhooks, docs, playground):
         app.include_router(module.router)
     assets.mount(app)
