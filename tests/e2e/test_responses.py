@@ -138,7 +138,7 @@ def test_three_turns_by_previous_response_id(sdk: openai.OpenAI, http: httpx.Cli
 
 def test_cancel_a_running_background_response(sdk: openai.OpenAI) -> None:
     r = sdk.responses.create(model=MODEL, input=LONG, background=True,
-                             max_output_tokens=2000, temperature=0)
+                             max_output_tokens=1500, temperature=0)
     poll(sdk, r.id, lambda x: x.status == "in_progress" and len(x.output_text) > 10)
     cancelled = sdk.responses.cancel(r.id)
     assert cancelled.status == "cancelled"
@@ -284,7 +284,7 @@ def test_webhooks_name_the_ended_response(sdk: openai.OpenAI, http: httpx.Client
         done = sdk.responses.create(model=MODEL, input="Hi", max_output_tokens=4,
                                     extra_body={"webhook": receiver.url})
         stopped = sdk.responses.create(model=MODEL, input=LONG, background=True,
-                                       max_output_tokens=2000,
+                                       max_output_tokens=1500,
                                        extra_body={"webhook": receiver.url})
         poll(sdk, stopped.id, lambda x: x.status == "in_progress")
         sdk.responses.cancel(stopped.id)
