@@ -187,6 +187,32 @@ def test_background_stream_resumes_after_a_disconnect(sdk: openai.OpenAI) -> Non
     assert text == sdk.responses.retrieve(resp_id).output_text
 
 
+def test_a_foreground_stream_left_early_cancels_its_response(sdk: openai.OpenAI) -> None:
+    stream = sdk.responses.create(model=MODEL, input=LONG, stream=True,
+                                  max_output_tokens=1500, temperature=0)
+    seen = []
+    for event in stream:
+        seen.append(event)
+        if event.type == "response.output_text.delta":
+            break
+    stream.close()  # not a background response: nobody is left to read it
+    done = poll(sdk, seen[0].response.id, ended)
+    assert done.status == "cancelled"
+
+
+def test_conversation_names_a_stored_conversation(sdk: openai.OpenAI,
+                                                   http: httpx.Client) -> None:
+    conv = f"conv_responses_{time.time_ns()}"
+    first = sdk.responses.create(model=MODEL, input="I like tea.", conversation=conv,
+                                 max_output_tokens=8, temperature=0)
+    second = sdk.responses.create(model=MODEL, input="What do I like?", max_output_tokens=8,
+                                  conversation={"id": conv}, temperature=0)
+    assert first.conversation and second.conversation and second.conversation.id == conv
+    stored = http.get(f"/v1/conversations/{conv}").json()["messages"]
+    assert [m["content"] for m in stored] == ["I like tea.", first.output_text,
+                                              "What do I like?", second.output_text]
+
+
 def test_function_tool_round_trip(sdk: openai.OpenAI) -> None:
     ask = "What is the weather in Paris?"
     r = sdk.responses.create(model=MODEL, input=ask, tools=TOOLS, max_output_tokens=64,
