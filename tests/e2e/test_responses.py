@@ -136,10 +136,20 @@ def test_three_turns_by_previous_response_id(sdk: openai.OpenAI, http: httpx.Cli
     assert err.value.body["param"] == "previous_response_id"  # type: ignore[index]
 
 
-def test_cancel_a_running_background_response(sdk: openai.OpenAI) -> None:
+def _listed_running(http: httpx.Client, job: str) -> bool:
+    cpu = {q["queue"]: q for q in http.get("/v1/queues").json()["data"]}["cpu"]
+    return any(job in w["running"] for w in cpu["workers"])
+
+
+def test_cancel_a_running_background_response(sdk: openai.OpenAI, http: httpx.Client) -> None:
     r = sdk.responses.create(model=MODEL, input=LONG, background=True,
-                             max_output_tokens=1500, temperature=0)
-    poll(sdk, r.id, lambda x: x.status == "in_progress" and len(x.output_text) > 10)
+                             max_output_tokens=1500, temperature=0,
+                             extra_body={"priority": "batch"})
+    job = r.id.replace("resp_", "job_", 1)
+    # an ordinary job: its priority, and listed as running in /v1/queues
+    poll(sdk, r.id, lambda x: x.status == "in_progress" and len(x.output_text) > 10
+         and _listed_running(http, job))
+    assert http.get(f"/v1/jobs/{job}").json()["priority"] == "batch"
     cancelled = sdk.responses.cancel(r.id)
     assert cancelled.status == "cancelled"
     assert sdk.responses.retrieve(r.id).status == "cancelled"
