@@ -127,6 +127,9 @@ class ResponseRequest(BaseModel):
         if not self.store and (self.previous_response_id or self.conversation is not None):
             problems.append(("store", "a continued conversation is stored: store must be "
                                       "true with previous_response_id or conversation"))
+        if not self.store and self.webhook:
+            problems.append(("webhook", "a store: false response is deleted when it ends: "
+                                        "there would be nothing to deliver"))
         continues = bool(self.previous_response_id or self.conversation is not None)
         if self.truncation == "disabled" and continues:
             problems.append(("truncation", "a continued conversation is trimmed oldest-first "

@@ -10,7 +10,6 @@ watches or not, and is polled, cancelled or streamed (resumably, from any
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -43,34 +42,31 @@ async def create_response(body: mapping.ResponseRequest, request: Request, svc: 
     except ChatqError as exc:
         raise mapping.renamed(exc) from None
     if body.stream:
-        events = _forgetting(svc, record, response_events.stream(svc, record, tenant))
-        if body.background:  # runs whether the client stays or not
+        events = response_events.stream(svc, record, tenant)
+        if body.background:  # runs whether the client stays or not (and is stored)
             return StreamingResponse(events, media_type="text/event-stream",
                                      headers=SSE_HEADERS)
-        return wire.stream_response(svc, record, events)
+        return wire.stream_response(svc, record, events, lambda: _forget(svc, record))
     if body.background:
         return JSONResponse(responses.response_object(record, ""))
 
     async def answer(final: JobRecord, output: str) -> dict[str, Any]:
-        await _forget(svc, final)
         return responses.response_object(final, output)
 
-    return await wire.respond(request, svc, record, tenant, answer)
+    try:
+        return await wire.respond(request, svc, record, tenant, answer)
+    finally:
+        await _forget(svc, record)
 
 
 async def _forget(svc: Services, record: JobRecord) -> None:
-    """A ``store: false`` response is deleted once it has answered."""
-    if not (record.response or {}).get("store", True):
-        with anyio.CancelScope(shield=True):
-            await svc.jobs(svc.jobs.ops.delete(record))
-
-
-async def _forgetting(svc: Services, record: JobRecord,
-                      lines: AsyncIterator[str]) -> AsyncIterator[str]:
-    async for line in lines:
-        yield line
-    final, _ = await jobs.final(svc, record.id, record.tenant)
-    await _forget(svc, final)
+    """A ``store: false`` response is deleted once it has ended (its client gone or
+    answered; a cancelled one is waited for up to ``CANCEL_WAIT_S``)."""
+    if (record.response or {}).get("store", True):
+        return
+    with anyio.CancelScope(shield=True):
+        final, _ = await jobs.wait_terminal(svc, record.id, record.tenant, CANCEL_WAIT_S)
+        await svc.jobs(svc.jobs.ops.delete(final))
 
 
 @router.get("/{response_id}", response_model=None)

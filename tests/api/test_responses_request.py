@@ -88,6 +88,7 @@ def test_text_format_as_response_format() -> None:
     ({"previous_response_id": "resp_1", "conversation": "conv_1"}, "conversation"),
     ({"previous_response_id": "resp_1", "truncation": "disabled"}, "truncation"),
     ({"service_tier": "flex"}, "service_tier"),
+    ({"store": False, "webhook": "https://example.com/hook"}, "webhook"),
     ({"stream_options": {"include_obfuscation": True}, "stream": True}, "stream_options"),
 ])
 def test_refusals_name_the_parameter(fields: dict[str, Any], param: str) -> None:

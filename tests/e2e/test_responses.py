@@ -249,13 +249,22 @@ def test_function_tool_round_trip(sdk: openai.OpenAI) -> None:
 def test_streamed_function_call(sdk: openai.OpenAI) -> None:
     events = _events(sdk.responses.create(
         model=MODEL, input="What is the weather in Rome?", tools=TOOLS, stream=True,
-        max_output_tokens=64, temperature=0, tool_choice="required"))
+        max_output_tokens=64, temperature=0, tool_choice="required", store=False))
     types = [e.type for e in events]
     assert "response.output_text.delta" not in types
     done = [e for e in events if e.type == "response.function_call_arguments.done"]
     assert len(done) == 1
     jsonschema.validate(json.loads(done[0].arguments), WEATHER)
     assert events[-1].response.output[0].arguments == done[0].arguments
+    # store: false: deleted once its stream is over
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        try:
+            sdk.responses.retrieve(events[-1].response.id)
+        except openai.NotFoundError:
+            break
+        assert time.monotonic() < deadline, "a store: false response was kept"
+        time.sleep(0.1)
 
 
 def test_text_format_json_schema_is_enforced(sdk: openai.OpenAI) -> None:
