@@ -296,6 +296,7 @@ def echo(body: ResponseRequest) -> dict[str, Any]:
         "text": ({"format": body.text.format} if body.text and body.text.format else None),
         "truncation": body.truncation or ("auto" if continues else "disabled"),
         "metadata": body.metadata or {}, "user": body.user,
+        "safety_identifier": body.safety_identifier,
         "instructions_given": bool(body.instructions),
     }
 
@@ -323,10 +324,17 @@ async def to_work(svc: Services, body: ResponseRequest, tenant: str) -> Work:
         response_format=response_format(body.text), tools=chat_tools(body.tools),
         tool_choice=chat_tool_choice(body.tool_choice),
         parallel_tool_calls=body.parallel_tool_calls, conversation_id=conversation_id,
-        metadata=body.metadata, end_user=body.user or body.safety_identifier,
+        metadata=_metadata(body), end_user=body.user,
         priority=body.priority, webhook=body.webhook,
         webhook_events=[WebhookEvent.completed] if body.webhook else None,
         store=body.store, response=echo(body))
+
+
+def _metadata(body: ResponseRequest) -> dict[str, str] | None:
+    """The caller's metadata, with ``safety_identifier`` when given (``user`` joins it in
+    the job's, as on chat completions)."""
+    extra = {"safety_identifier": body.safety_identifier} if body.safety_identifier else {}
+    return {**(body.metadata or {}), **extra} or None
 
 
 async def fetch(svc: Services, resp_id: str, tenant: str) -> tuple[JobRecord, str]:

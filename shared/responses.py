@@ -176,6 +176,7 @@ def response_object(record: JobRecord, output: str) -> dict[str, Any]:
         "truncation": echo.get("truncation", "disabled"),
         "usage": usage(record),
         "user": echo.get("user"),
+        "safety_identifier": echo.get("safety_identifier"),
         "metadata": echo.get("metadata") or {},
     }
 

@@ -136,4 +136,8 @@ async def list_input_items(
         raise InvalidRequest.of_field("include", "chatq has no extra output to include")
     record, _ = await mapping.fetch(svc, response_id, tenant)
     items = await mapping.input_items(svc, record)
+    ids = {item["id"] for item in items}
+    for name, value in (("after", after), ("before", before)):
+        if value is not None and value not in ids:
+            raise InvalidRequest.of_field(name, f"no input item {value!r} in this response")
     return JSONResponse(responses.page(items, order, limit, after, before))

@@ -129,6 +129,10 @@ def test_three_turns_by_previous_response_id(sdk: openai.OpenAI, http: httpx.Cli
                     ("user", turns[1]), ("assistant", answers[1]), ("user", turns[2])]
     newest_first = sdk.responses.input_items.list(ids[-1], limit=2).data
     assert [it.id for it in newest_first] == [it.id for it in reversed(items)][:2]
+    paged = list(sdk.responses.input_items.list(ids[-1], limit=2))  # the SDK pages on
+    assert [it.id for it in paged] == [it.id for it in reversed(items)]
+    with pytest.raises(openai.BadRequestError):
+        sdk.responses.input_items.list(ids[-1], after="msg_unknown")
     job = http.get(f"/v1/jobs/{ids[-1].replace('resp_', 'job_', 1)}").json()
     assert job["history_messages"] == 4  # the model read both earlier turns
     with pytest.raises(openai.BadRequestError) as err:  # a branch from an older turn
