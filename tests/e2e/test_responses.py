@@ -25,6 +25,7 @@ from tests.helpers import LONG, Receiver
 MODEL = "smollm2-135m"
 KEYS = "key-alpha=alpha,key-beta=beta"
 WAIT_S = 60  # a deadline for a stuck response, not a speed
+POLL_S = 0.1  # between two reads of a state being waited for
 WEATHER: dict[str, Any] = {
     "type": "object",
     "properties": {"city": {"type": "string", "maxLength": 24},
@@ -72,7 +73,7 @@ def poll(sdk: openai.OpenAI, resp_id: str, until: Callable[[Any], bool],
         if until(r):
             return r
         assert time.monotonic() < deadline, f"response stuck: {r.status} {r.output_text!r}"
-        time.sleep(0.1)
+        time.sleep(POLL_S)
 
 
 def ended(r: Any) -> bool:
@@ -268,7 +269,7 @@ def test_streamed_function_call(sdk: openai.OpenAI) -> None:
         except openai.NotFoundError:
             break
         assert time.monotonic() < deadline, "a store: false response was kept"
-        time.sleep(0.1)
+        time.sleep(POLL_S)
 
 
 def test_text_format_json_schema_is_enforced(sdk: openai.OpenAI) -> None:
