@@ -34,7 +34,13 @@ from api import conversations, jobs
 from api.admission import Work
 from api.services import Services
 from shared import responses
-from shared.errors import ChatqError, InvalidRequest, NotFound, UnsupportedParameter
+from shared.errors import (
+    ChatqError,
+    InvalidRequest,
+    NotFound,
+    Unavailable,
+    UnsupportedParameter,
+)
 from shared.lifecycle import JobRecord
 from shared.schemas import (
     MaxTokensField,
@@ -366,6 +372,9 @@ async def continued(svc: Services, resp_id: str, tenant: str) -> str:
     if record.conversation_id is None:
         raise InvalidRequest.of_field(field, f"response {resp_id} was not stored "
                                              "(store: false) and cannot be continued")
+    if record.persisted is False:  # parked in the outbox: MongoDB did not take it yet
+        raise Unavailable(f"response {resp_id}'s turn is not stored yet (MongoDB is "
+                          "unreachable); retry shortly")
     latest = await conversations.store(svc).latest_job(record.conversation_id, tenant)
     if latest is not None and latest != record.id:
         raise InvalidRequest.of_field(
