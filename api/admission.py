@@ -1,7 +1,7 @@
 """Admission: the one way work becomes a job, whatever the route.
 
 Every route (``/v1/jobs``, ``/invocations``, chat and legacy completions,
-embeddings, the ancestor routes) turns its request into a :class:`Work` and calls
+embeddings, responses, the ancestor routes) turns its request into a :class:`Work` and calls
 :func:`admit`. What must hold, for every route alike:
 
 - Every check runs before anything is queued, in one order (the first failing one
