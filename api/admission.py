@@ -1,7 +1,7 @@
 """Admission: the one way work becomes a job, whatever the route.
 
 Every route (``/v1/jobs``, ``/invocations``, chat and legacy completions,
-embeddings, the ancestor routes) turns its request into a :class:`Work` and calls
+embeddings, responses, the ancestor routes) turns its request into a :class:`Work` and calls
 :func:`admit`. What must hold, for every route alike:
 
 - Every check runs before anything is queued, in one order (the first failing one
@@ -96,6 +96,8 @@ class Work:
     webhook_events: list[WebhookEvent] | None = None
     idempotency_key: str | None = None
     body_hash: str = ""  # the request as the idempotency key's first use saw it
+    store: bool = True  # False: no conversation (nothing loaded, nothing appended)
+    response: dict[str, Any] | None = None  # a Responses API request's echo (JobRecord)
 
     @classmethod
     def chat(cls, req: JobRequest, idempotency_key: str | None = None) -> Work:
@@ -245,14 +247,16 @@ def _record(work: Work, checked: _Checked, tenant: str, now: float) -> JobRecord
         queue=checked.spec.queue, tenant=tenant, params=checked.params,
         messages=checked.messages, created_at=now, kind=work.kind,
         inputs=None if chat else work.inputs,
-        conversation_id=(work.conversation_id or new_conversation_id()) if chat else None,
-        fresh_conversation=chat and not work.conversation_id,
+        conversation_id=((work.conversation_id or new_conversation_id())
+                         if chat and work.store else None),
+        fresh_conversation=chat and work.store and not work.conversation_id,
         persona=work.persona.model_dump() if work.persona else None,
         metadata=work.job_metadata(),
         user_id=work.user_id, priority=work.priority, cancel_at=checked.deadline,
         webhook=work.webhook,
         webhook_events=[e.value for e in work.webhook_events or []] or None,
         tools=checked.toolset.to_json() if checked.toolset else None,
+        response=work.response,
     )
 
 

@@ -25,6 +25,7 @@ from api.routers import (
     models,
     playground,
     queues,
+    responses,
     usage,
     webhooks,
 )
@@ -76,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        answer=errors.error_response)
     telemetry.install(app)
     for module in (admin, health, jobs, events, invocations, chat, completions, embeddings, models,
-                   metrics, queues,
+                   metrics, queues, responses,
                    conversations_router, ancestor, usage, webhooks, docs, playground):
         app.include_router(module.router)
     assets.mount(app)

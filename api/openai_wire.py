@@ -110,24 +110,29 @@ async def respond(request: Request, svc: Services, record: JobRecord, tenant: st
     return JSONResponse(await answer(record, output))
 
 
-def stream_response(svc: Services, record: JobRecord,
-                    lines: AsyncIterator[str]) -> StreamingResponse:
-    """``lines`` as an event stream; a client that leaves before they end cancels the job."""
-    return StreamingResponse(_cancel_if_left(svc, record, lines),
+def stream_response(svc: Services, record: JobRecord, lines: AsyncIterator[str],
+                    closed: Callable[[], Awaitable[None]] | None = None) -> StreamingResponse:
+    """``lines`` as an event stream; a client that leaves before they end cancels the job.
+    ``closed()`` runs once the stream is over, whether it ended or its client left."""
+    return StreamingResponse(_cancel_if_left(svc, record, lines, closed),
                              media_type="text/event-stream", headers=SSE_HEADERS)
 
 
-async def _cancel_if_left(svc: Services, record: JobRecord,
-                          lines: AsyncIterator[str]) -> AsyncIterator[str]:
+async def _cancel_if_left(
+    svc: Services, record: JobRecord, lines: AsyncIterator[str],
+    closed: Callable[[], Awaitable[None]] | None = None,
+) -> AsyncIterator[str]:
     finished = False
     try:
         async for line in lines:
             yield line
         finished = True
     finally:
-        if not finished:  # the client went away mid-answer: stop generating for nobody
-            with anyio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):
+            if not finished:  # the client went away mid-answer: stop generating for nobody
                 await jobs.cancel(svc, record)
+            if closed is not None:
+                await closed()
 
 
 async def tokens(svc: Services, record: JobRecord) -> AsyncIterator[TokenEvent | str]:

@@ -59,6 +59,12 @@ MESSAGE_INDEXES = [IndexModel([("tenant", 1), ("conversation_id", 1), ("seq", 1)
 # seq = submit time in ms << 20 | index within the job: time order, then message order
 # (up to a million messages per job; still well inside a signed 64-bit integer).
 _SEQ_SHIFT = 20
+_INDEX_MASK = (1 << _SEQ_SHIFT) - 1
+
+
+def turn_seq(at: float) -> int:
+    """The ``seq`` of the first message of a job submitted at ``at`` (unix s)."""
+    return int(at * 1000) << _SEQ_SHIFT
 
 
 # A message's tool fields, stored only when present: an assistant turn's calls
@@ -109,7 +115,7 @@ class TurnWrite:
         return cls(**json.loads(raw))
 
     def message_docs(self) -> list[dict[str, Any]]:
-        base = int(self.at * 1000) << _SEQ_SHIFT
+        base = turn_seq(self.at)
         created = datetime.fromtimestamp(self.written_at or self.at, UTC)
         return [
             {"_id": f"{self.conversation_id}:{self.job_id}:{i}",
@@ -217,6 +223,29 @@ class ConversationStore:
                 for m in messages
             ],
         }
+
+    async def turns_before(self, conversation_id: str, tenant: str,
+                           at: float) -> list[dict[str, Any]]:
+        """The conversation's messages stored by jobs submitted before ``at`` (unix s),
+        in order, each with its ``job_id`` and its place in that job's turn (``index``)."""
+        query = {"conversation_id": conversation_id, "tenant": tenant,
+                 "seq": {"$lt": turn_seq(at)}}
+        try:
+            docs = await self.messages.find(query).sort("seq", 1).to_list(None)
+        except PyMongoError as exc:
+            raise Unavailable(f"MongoDB is unreachable ({type(exc).__name__})") from exc
+        return [{"role": m["role"], "content": m["content"], **tool_fields(m),
+                 "job_id": m.get("job_id"), "index": int(m["seq"]) & _INDEX_MASK}
+                for m in docs]
+
+    async def latest_job(self, conversation_id: str, tenant: str) -> str | None:
+        """The job whose turn the conversation stored last (None: nothing stored)."""
+        try:
+            doc = await self.messages.find_one(
+                {"conversation_id": conversation_id, "tenant": tenant}, sort=[("seq", -1)])
+        except PyMongoError as exc:
+            raise Unavailable(f"MongoDB is unreachable ({type(exc).__name__})") from exc
+        return None if doc is None else doc.get("job_id")
 
     async def list(self, tenant: str, user_id: str | None, limit: int,
                    before: str | None) -> tuple[list[dict[str, Any]], str | None]:

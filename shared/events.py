@@ -135,7 +135,7 @@ class Transition(BaseModel):
     queue: str
     tenant: str
     from_status: str = Field(alias="from")  # '' when the job was just created
-    to: str  # a JobStatus, or 'discarded' (the broker never took it: no job)
+    to: str  # a JobStatus, 'discarded' (the broker never took it: no job) or 'deleted'
     at: float
     attempt: int
     code: str  # why, where it says more than the statuses (worker_lost, expired...)

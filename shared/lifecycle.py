@@ -56,7 +56,7 @@ LUA_DIR = Path(__file__).with_name("lua")
 # Fields stored as JSON inside the job hash; the rest are plain strings/numbers.
 _JSON_FIELDS = ("params", "messages", "persona", "metadata", "usage", "timings", "error",
                 "persisted", "webhook_events", "inputs", "result", "tools", "fresh_conversation",
-                "rate")
+                "rate", "response")
 _FLOAT_FIELDS = ("created_at", "started_at", "finished_at", "expires_at", "rank", "run_at",
                  "cancel_at")
 _INT_FIELDS = ("attempts", "seq", "completion_tokens", "prompt_tokens", "history_messages",
@@ -147,6 +147,9 @@ class JobRecord:
     inputs: list[str] | None = None  # completion: [prompt]; embedding: the texts
     result: dict[str, Any] | None = None  # embedding: its vectors (see shared.vectors)
     rate: dict[str, Any] | None = None  # what it took from its tenant's rate limits
+    # A Responses API job: what its request asked that the response object echoes
+    # (instructions, store, background, text, tools...; see shared.responses).
+    response: dict[str, Any] | None = None
 
     @property
     def suspect(self) -> bool:
@@ -185,7 +188,7 @@ class JobRecord:
         names = ("id", "status", "model", "queue", "tenant", "messages", "created_at",
                  "conversation_id", "persona", "metadata", "user_id", "priority",
                  "expires_at", "dispatch", "cancel_at", "webhook", "webhook_events", "kind",
-                 "inputs", "tools", "fresh_conversation", "rate")
+                 "inputs", "tools", "fresh_conversation", "rate", "response")
         fields = {name: getattr(self, name) for name in names}
         return {**fields, "params": self.params.model_dump(), "attempts": 0, "rank": self.rank,
                 "lane": LANES[self.priority]}
@@ -364,6 +367,14 @@ class Lifecycle:
         """Undo :meth:`create` when the broker refused the message (no half-written job)."""
         return Op("discard", self._create_keys(record.id, record.queue),
                   (record.id, time.time(), self.cfg.transitions_max), bool)
+
+    def delete(self, record: JobRecord) -> Op[str]:
+        """Remove a finished job, its output and its replay log: 'deleted', 'missing', or
+        'running' when it has not finished (nothing changed)."""
+        k = self.keys
+        return Op("delete", (k.job(record.id), k.output(record.id), k.replay(record.id),
+                             k.tombstone(record.id), k.transitions()),
+                  (record.id, time.time(), self.cfg.transitions_max), _text)
 
     def claim_unsent(self, grace_s: float, limit: int = 100) -> Op[list[Unsent]]:
         """Queued jobs whose message was not confirmed for ``grace_s``; claimed for sending."""

@@ -180,6 +180,26 @@ def test_discard_removes_the_job_and_says_so(jobs: BlockingJobs) -> None:
     assert [t.to for t in transitions(jobs.redis)] == ["queued", "discarded"]
 
 
+def test_delete_removes_a_finished_job_only(jobs: BlockingJobs) -> None:
+    rec = running(jobs)
+    assert jobs(jobs.ops.emit(rec, L1, tokens("a", "b"), 2)).verdict is Emitted.ok
+    assert jobs(jobs.ops.delete(rec)) == "running"  # unfinished: left as it is
+    assert jobs(jobs.ops.load(rec.id)).record is not None
+    assert jobs(jobs.ops.finish(rec, JobStatus.succeeded, L1, finish_reason="stop")) == "ok"
+    assert jobs(jobs.ops.delete(rec)) == "deleted"
+    loaded = jobs(jobs.ops.load(rec.id))
+    assert loaded.record is None and not loaded.gone and loaded.output == ""  # 404, not 410
+    assert jobs(jobs.ops.read_log(rec.id)) == []
+    assert transitions(jobs.redis)[-1].to == "deleted"
+    assert jobs(jobs.ops.delete(rec)) == "missing"
+
+
+def test_a_record_keeps_its_response_echo(jobs: BlockingJobs) -> None:
+    rec = created(jobs, response={"store": True, "instructions": "Be brief."})
+    loaded = jobs(jobs.ops.load(rec.id)).record
+    assert loaded is not None and loaded.response == {"store": True, "instructions": "Be brief."}
+
+
 # --- start -----------------------------------------------------------------------------
 
 

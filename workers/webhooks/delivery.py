@@ -30,6 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import redis
 
+from shared import responses
 from shared.errors import UnsafeWebhook
 from shared.events import Transition
 from shared.lifecycle import BlockingJobs
@@ -86,8 +87,9 @@ class Feeder(Periodic):
         if record is None or record.webhook is None or event not in (record.webhook_events
                                                                      or []):
             return False
-        new = self.store.register(record, event, webhook_body(record, loaded.output),
-                                  time.time())
+        body = (responses.webhook_body(record) if record.response is not None
+                else webhook_body(record, loaded.output))  # a response: OpenAI's event
+        new = self.store.register(record, event, body, time.time())
         if new:
             log.info("webhook delivery registered",
                      extra={"job_id": t.job_id, "event": event.value, "queue": t.queue})
