@@ -16,6 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.auth import KeyRing
+from api.files import FileStore
 from api.idempotency import Idempotency
 from api.streams import FinalViews, StreamHub
 from api.tokens import TokenCounter
@@ -60,6 +61,7 @@ class Services:
     finals: FinalViews[tuple[JobRecord, str]]
     idempotency: Idempotency
     webhook_policy: TargetPolicy
+    files: FileStore
 
     @property
     def keys(self) -> Keys:
@@ -76,14 +78,16 @@ class Services:
                                         socket_connect_timeout=2, client_name="chatq-sweeper")
         sweeper = SweeperThread(Sweeper(BlockingJobs(blocking, config), dispatcher, settings),
                                 settings.jobs.sweep_interval_s)
+        mongo = make_mongo_client(settings)
         return cls(
             settings=settings, registry=registry, redis=client, jobs=AsyncJobs(client, config),
-            mongo=make_mongo_client(settings), dispatcher=dispatcher,
+            mongo=mongo, dispatcher=dispatcher,
             hub=StreamHub(client, config.keys), api_keys=KeyRing(settings),
             tokens=TokenCounter(registry, settings.limits.tokenizers_per_model),
             sweeper=sweeper, finals=FinalViews(),
             idempotency=Idempotency(client, config.keys),
             webhook_policy=TargetPolicy.from_settings(settings),
+            files=FileStore(mongo, settings.mongo_db),
         )
 
     async def start(self) -> None:
