@@ -4,13 +4,9 @@ cancel, expiry, tenants, webhooks, interactive priority, and a worker killed mid
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import io
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -19,7 +15,6 @@ import pytest
 
 from shared.settings import DEV_API_KEY
 from tests.conftest import Chatq
-from tests.helpers import Receiver, hi, submit, wait_done
 
 MODEL = "smollm2-135m"
 WAIT_S = 300  # a deadline for a stuck batch, not a speed
@@ -125,3 +120,125 @@ def test_an_upload_over_the_file_limit_is_refused(make_stack: Any) -> None:
         upload(sdk, b"{}\n" * 4)
     assert lines.value.param == "file" and "3 lines" in lines.value.message
     assert sdk.files.list().data == []  # nothing kept of either
+
+
+# --- a batch end to end -----------------------------------------------------------
+
+PROMPTS = ["Name a colour.", "Say hi.", "Count to three.", "Name a fruit.", "Name a city.",
+           "What is 2+2?", "Name an animal.", "Say goodbye.", "Name a planet.", "Name a tree."]
+
+
+def _same_answer(kind: str, mine: dict[str, Any], routes: dict[str, Any]) -> None:
+    """A batch line's body against what its route answered for the same request."""
+    if kind == "embeddings":
+        assert mine["object"] == "list" and mine["model"] == routes["model"]
+        assert mine["usage"] == routes["usage"]
+        for a, b in zip(mine["data"], routes["data"], strict=True):
+            assert a["index"] == b["index"]
+            assert a["embedding"] == pytest.approx(b["embedding"], abs=1e-5)
+        return
+    assert mine["object"] == routes["object"] and mine["model"] == routes["model"]
+    assert mine["usage"] == routes["usage"]
+    mc, rc = mine["choices"][0], routes["choices"][0]
+    assert mc["finish_reason"] == rc["finish_reason"]
+    if kind == "chat":
+        assert mc["message"] == rc["message"]
+    else:
+        assert mc["text"] == rc["text"]
+
+
+def test_forty_lines_across_chat_completions_and_embeddings_equal_their_routes(
+        sdk: openai.OpenAI, chatq: Chatq) -> None:
+    chat = [chat_line(f"chat-{i}", PROMPTS[i % 10] + " " * (i // 10)) for i in range(20)]
+    completions = [line(f"cmp-{i}", "/v1/completions", {
+        "model": MODEL, "prompt": f"Once upon a time, {PROMPTS[i]}", "max_tokens": 6,
+        "temperature": 0}) for i in range(10)]
+    embeddings = [line(f"emb-{i}", "/v1/embeddings", {
+        "model": MODEL, "input": [PROMPTS[i], PROMPTS[9 - i]]}) for i in range(10)]
+    batches = {kind: run(sdk, lines, metadata={"run": "nightly"}) for kind, lines in
+               (("chat", chat), ("completions", completions), ("embeddings", embeddings))}
+    assert all(b.status == "validating" and b.metadata == {"run": "nightly"}
+               for b in batches.values())
+    with httpx.Client(base_url=chatq.base_url, timeout=120,
+                      headers={"Authorization": f"Bearer {DEV_API_KEY}"}) as http:
+        for kind, lines in (("chat", chat), ("completions", completions),
+                            ("embeddings", embeddings)):
+            done = wait_batch(sdk, batches[kind].id)
+            assert done.status == "completed", done
+            assert done.request_counts is not None
+            assert (done.request_counts.total, done.request_counts.completed,
+                    done.request_counts.failed) == (len(lines), len(lines), 0)
+            assert done.error_file_id is None and done.model == MODEL
+            assert done.in_progress_at and done.finalizing_at and done.completed_at
+            out = results(sdk, done.output_file_id)
+            assert set(out) == {ln["custom_id"] for ln in lines}
+            for ln in lines:
+                row = out[ln["custom_id"]]
+                assert row["error"] is None and row["id"].startswith("batch_req_")
+                assert row["response"]["status_code"] == 200
+                body = row["response"]["body"]
+                if kind != "embeddings":
+                    assert body["id"] == row["response"]["request_id"]
+                alone = http.post(ln["url"], json=ln["body"])
+                assert alone.status_code == 200, alone.text
+                _same_answer(kind, body, alone.json())
+    output = sdk.files.retrieve(str(done.output_file_id))
+    assert output.purpose == "batch_output" and output.expires_at is not None
+
+
+def test_bad_lines_fail_the_batch_naming_each_line(sdk: openai.OpenAI) -> None:
+    lines = [
+        json.dumps(chat_line("ok", "Hi")).encode(),
+        b"{not json",
+        json.dumps(line("url", "/v1/embeddings", {"input": "x"})).encode(),
+        json.dumps(line("n", "/v1/chat/completions", {
+            "messages": [{"role": "user", "content": "Hi"}], "n": 2})).encode(),
+        json.dumps(chat_line("ok", "Hi again")).encode(),
+        json.dumps(line("model", "/v1/chat/completions", {
+            "model": "no-such-model", "messages": [{"role": "user", "content": "Hi"}]})).encode(),
+        json.dumps(line("field", "/v1/chat/completions", {
+            "messages": [{"role": "user", "content": "Hi"}], "bogus": 1})).encode(),
+    ]
+    file_id = upload(sdk, b"\n".join(lines) + b"\n")
+    batch = sdk.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
+                               completion_window="24h")
+    done = wait_batch(sdk, batch.id)
+    assert done.status == "failed" and done.failed_at
+    assert done.errors is not None and done.errors.data is not None
+    by_line = {e.line: e for e in done.errors.data}
+    assert sorted(by_line) == [2, 3, 4, 5, 6, 7]
+    assert by_line[2].code == "invalid_json_line"
+    assert by_line[3].code == "invalid_url" and by_line[3].param == "url"
+    assert by_line[4].code == "unsupported_parameter" and by_line[4].param == "body.n"
+    assert by_line[5].code == "duplicate_custom_id" and "line 1" in str(by_line[5].message)
+    assert by_line[6].code == "model_not_found" and "no-such-model" in str(by_line[6].message)
+    assert by_line[7].param == "body.bogus"
+    assert done.request_counts is not None and done.request_counts.total == 0
+    assert done.output_file_id is None and done.error_file_id is None  # nothing ran
+
+
+def test_a_batch_request_is_checked(sdk: openai.OpenAI) -> None:
+    file_id = upload(sdk, jsonl([chat_line("a", "Hi")]))
+    with pytest.raises(openai.BadRequestError) as endpoint:
+        sdk.batches.create(input_file_id=file_id, endpoint="/v1/moderations",
+                           completion_window="24h")
+    assert endpoint.value.param == "endpoint"
+    with pytest.raises(openai.BadRequestError) as window:
+        sdk.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
+                           completion_window="1h")  # type: ignore[arg-type]
+    assert window.value.param == "completion_window"
+    with pytest.raises(openai.NotFoundError):
+        sdk.batches.create(input_file_id="file-nope", endpoint="/v1/chat/completions",
+                           completion_window="24h")
+    with pytest.raises(openai.NotFoundError):
+        sdk.batches.retrieve("batch_nope")
+
+
+def test_batches_list_newest_first_with_after(sdk: openai.OpenAI) -> None:
+    ids = [run(sdk, [chat_line("a", "Hi", 1)]).id for _ in range(3)]
+    page = sdk.batches.list(limit=2)
+    assert [b.id for b in page.data] == ids[::-1][:2] and page.has_more
+    rest = sdk.batches.list(after=ids[1], limit=100)
+    assert rest.data[0].id == ids[0]
+    for batch_id in ids:
+        wait_batch(sdk, batch_id)
