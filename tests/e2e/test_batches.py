@@ -7,14 +7,19 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
+from ops.devstack import free_port
 from shared.settings import DEV_API_KEY
-from tests.conftest import Chatq
+from shared.webhooks import sign
+from tests.conftest import Chatq, new_stack, start_chatq
+from tests.helpers import LONG, Receiver, hi, slots, submit, wait_done, wait_idle
 
 MODEL = "smollm2-135m"
 WAIT_S = 300  # a deadline for a stuck batch, not a speed
@@ -242,3 +247,174 @@ def test_batches_list_newest_first_with_after(sdk: openai.OpenAI) -> None:
     assert rest.data[0].id == ids[0]
     for batch_id in ids:
         wait_batch(sdk, batch_id)
+
+
+# --- cancel, webhooks, metrics ----------------------------------------------------
+
+
+def test_cancel_mid_batch_stops_its_jobs_and_reports_what_it_finished(
+        sdk: openai.OpenAI, chatq: Chatq, client: httpx.Client) -> None:
+    lines = [chat_line(f"c{i}", LONG, max_tokens=48) for i in range(30)]
+    with Receiver() as hook:
+        batch = run(sdk, lines, extra_body={"webhook": hook.url})
+        wait_batch(sdk, batch.id, ("in_progress",),
+                   lambda b: b.request_counts.completed >= 1)
+        cancelling = sdk.batches.cancel(batch.id)
+        assert cancelling.status in ("cancelling", "cancelled") and cancelling.cancelling_at
+        done = wait_batch(sdk, batch.id)
+        [delivery] = hook.wait(1)
+    assert done.status == "cancelled" and done.cancelled_at
+    counts = done.request_counts
+    assert counts is not None and counts.total == 30
+    out, err = results(sdk, done.output_file_id), results(sdk, done.error_file_id)
+    assert counts.completed == len(out) >= 1 and counts.failed == len(err) >= 1
+    assert not set(out) & set(err) and set(out) | set(err) == {ln["custom_id"] for ln in lines}
+    assert all(r["response"]["status_code"] == 200 for r in out.values())
+    assert {r["error"]["code"] for r in err.values()} == {"batch_cancelled"}
+    wait_idle(client)  # no job of the batch is left queued or running
+    event = json.loads(delivery.body)
+    assert (event["type"], event["data"]["id"], event["object"]) == (
+        "batch.cancelled", batch.id, "event")
+    assert sdk.batches.cancel(batch.id).status == "cancelled"  # cancelling again: as it is
+
+
+def test_the_end_of_a_batch_is_a_signed_webhook_and_counted(
+        sdk: openai.OpenAI, chatq: Chatq, client: httpx.Client) -> None:
+    with Receiver() as hook:
+        batch = run(sdk, [chat_line("w", "Hi", 2)], extra_body={"webhook": hook.url})
+        assert wait_batch(sdk, batch.id).status == "completed"
+        [delivery] = hook.wait(1)
+    event = json.loads(delivery.body)
+    assert (event["type"], event["data"]["id"]) == ("batch.completed", batch.id)
+    secret = chatq.redis().get("chatq:webhook-secret:dev")
+    headers = delivery.headers
+    assert headers["webhook-signature"] == sign(
+        str(secret), headers["webhook-id"], int(headers["webhook-timestamp"]), delivery.body)
+    with pytest.raises(openai.ConflictError):
+        sdk.batches.cancel(batch.id)  # it has ended
+    metrics = client.get("/metrics").text
+    assert 'chatq_batches_total{status="completed"}' in metrics
+    assert 'chatq_batch_lines_total{outcome="completed"}' in metrics
+
+
+def test_a_batch_names_a_webhook_chatq_may_call(sdk: openai.OpenAI) -> None:
+    file_id = upload(sdk, jsonl([chat_line("a", "Hi")]))
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
+                           completion_window="24h", extra_body={"webhook": "not a url"})
+    assert caught.value.param == "webhook"
+
+
+# --- interactive callers keep their priority ---------------------------------------
+
+
+def _job(client: httpx.Client, job_id: str) -> dict[str, Any]:
+    job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
+    return job
+
+
+def _at(job: dict[str, Any], field: str) -> datetime:
+    return datetime.fromisoformat(job[field])
+
+
+def test_an_interactive_request_does_not_wait_behind_a_200_line_batch(
+        sdk: openai.OpenAI, client: httpx.Client) -> None:
+    wait_idle(client)
+    batch = run(sdk, [chat_line(f"p{i}", PROMPTS[i % 10], max_tokens=4) for i in range(200)])
+
+    def backlog(b: Any) -> bool:  # lines done, and more of them waiting in the queue
+        depth = [q for q in client.get("/v1/queues").json()["data"] if q["queue"] == "cpu"]
+        return bool(b.request_counts.completed >= 8 and depth and depth[0]["depth"] > 0)
+
+    wait_batch(sdk, batch.id, ("in_progress",), backlog)
+    interactive = submit(client, hi("Say hi.", max_tokens=4))
+    assert interactive["position"] == 0  # ahead of every batch line waiting
+    interactive = wait_done(client, interactive["id"], timeout=WAIT_S)
+    done = wait_batch(sdk, batch.id)
+    assert done.status == "completed" and done.request_counts.completed == 200
+    jobs = [_job(client, r["response"]["request_id"])
+            for r in results(sdk, done.output_file_id).values()]
+    assert all(j["priority"] == "batch" for j in jobs)
+    submitted, started = _at(interactive, "created_at"), _at(interactive, "started_at")
+    # Only the lines the worker had already taken (its prefetch, one per slot) may start
+    # between the interactive job's submit and its start; the waiting ones start after.
+    between = [j for j in jobs if submitted < _at(j, "started_at") < started]
+    assert len(between) <= 2 * slots(client)
+    overtaken = [j for j in jobs if _at(j, "created_at") < submitted < started
+                 < _at(j, "started_at")]
+    assert overtaken  # batch lines that were waiting when it came started after it
+
+
+# --- tenants and expiry (a stack of their own: keys, a short window, no worker) -----
+
+KEYS = "key-alice=alice,key-bob=bob"
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chatq]:
+    stack = new_stack(tmp_path_factory.mktemp("batches"), "keyed")
+    stack.env.update({"CHATQ_API__KEYS": KEYS, "CHATQ_BATCHES__WINDOW_S": "2"})
+    try:
+        yield start_chatq(stack, with_worker=False)
+    finally:
+        stack.stop()
+
+
+def _as(stack: Chatq, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key=key, max_retries=0)
+
+
+def test_another_tenant_cannot_see_the_file_or_the_batch(keyed: Chatq) -> None:
+    alice, bob = _as(keyed, "key-alice"), _as(keyed, "key-bob")
+    batch = run(alice, [chat_line("a", "Hi")])
+    file_id = batch.input_file_id
+    for call in (lambda: bob.files.retrieve(file_id), lambda: bob.files.content(file_id),
+                 lambda: bob.files.delete(file_id), lambda: bob.batches.retrieve(batch.id),
+                 lambda: bob.batches.cancel(batch.id),
+                 lambda: bob.batches.create(input_file_id=file_id, completion_window="24h",
+                                            endpoint="/v1/chat/completions")):
+        with pytest.raises(openai.NotFoundError):
+            call()
+    assert file_id not in [f.id for f in bob.files.list()]
+    assert batch.id not in [b.id for b in bob.batches.list()]
+    assert alice.files.retrieve(file_id).id == file_id
+    assert alice.batches.retrieve(batch.id).id == batch.id
+
+
+def test_lines_not_run_by_the_windows_end_are_batch_expired(keyed: Chatq) -> None:
+    alice = _as(keyed, "key-alice")
+    lines = [chat_line(f"e{i}", "Hi") for i in range(3)]
+    batch = run(alice, lines)  # no worker: nothing can run before the 2 s window ends
+    done = wait_batch(alice, batch.id)
+    assert done.status == "expired" and done.expired_at and done.output_file_id is None
+    assert done.request_counts is not None
+    assert (done.request_counts.total, done.request_counts.failed) == (3, 3)
+    err = results(alice, done.error_file_id)
+    assert set(err) == {"e0", "e1", "e2"}
+    assert all(r["error"]["code"] == "batch_expired" and r["response"] is None
+               for r in err.values())
+
+
+# --- faults -----------------------------------------------------------------------
+
+
+def test_a_worker_killed_and_an_api_restarted_mid_batch_lose_and_double_no_line(
+        make_stack: Callable[..., Chatq]) -> None:
+    stack = make_stack()
+    second = stack.stack.start_api(free_port())  # two API processes: two feeders
+    sdk = openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key=DEV_API_KEY, max_retries=0)
+    lines = [chat_line(f"k{i}", PROMPTS[i % 10], max_tokens=24) for i in range(24)]
+    batch = run(sdk, lines)
+    wait_batch(sdk, batch.id, ("in_progress",), lambda b: b.request_counts.completed >= 2)
+    assert stack.worker is not None
+    stack.worker.kill()  # SIGKILL mid-batch: its running lines go back to the queue
+    stack.api.kill()
+    stack.worker = stack.start_worker(name="worker-cpu-2")
+    stack.api = stack.stack.start_api(int(stack.base_url.rsplit(":", 1)[1]))
+    done = wait_batch(sdk, batch.id)
+    assert done.status == "completed", done
+    out = results(sdk, done.output_file_id)
+    assert set(out) == {ln["custom_id"] for ln in lines} and done.error_file_id is None
+    assert done.request_counts is not None and done.request_counts.completed == 24
+    assert len({r["response"]["request_id"] for r in out.values()}) == 24  # one job a line
+    second.stop()
