@@ -37,12 +37,19 @@ from redis.exceptions import RedisError
 from api import admission, jobs
 from api import webhooks as api_webhooks
 from api.admission import admit
-from api.batches import MAX_ERRORS, BatchStore, line_work, validate
+from api.batches import MAX_ERRORS, BatchStore, LineError, Validation, line_work, validate
 from api.errors import openai_body
 from api.files import FileStore
 from api.openai_wire import BatchRoute
 from api.services import Services
-from shared.errors import ChatqError, InvalidRequest, JobFailed, QueueFull, Unavailable
+from shared.errors import (
+    ChatqError,
+    InvalidRequest,
+    JobFailed,
+    NotFound,
+    QueueFull,
+    Unavailable,
+)
 from shared.lifecycle import JobRecord
 from shared.periodic import Periodic
 from shared.schemas import JobStatus
@@ -52,6 +59,10 @@ log = logging.getLogger(__name__)
 MAX_BATCHES_PER_ROUND = 32
 PURGE_EVERY_S = 60.0
 ROUND_TIMEOUT_S = 300.0
+
+
+class LeaseLost(Exception):
+    """Another process took the batch over (this one's lease lapsed mid-step)."""
 
 
 def result_line(line: dict[str, Any], response: dict[str, Any] | None = None,
@@ -101,6 +112,9 @@ class BatchFeeder:
             moved += 1
             try:
                 await self.advance(doc)
+            except LeaseLost:
+                log.warning("batch taken over by another process mid-step",
+                            extra={"batch_id": doc["_id"]})
             finally:
                 await self.store.release(doc["_id"], self.owner)
         if started - self.purged_at > PURGE_EVERY_S:
@@ -140,8 +154,14 @@ class BatchFeeder:
 
     async def validate(self, doc: dict[str, Any]) -> None:
         batch_id, route = doc["_id"], self.routes[doc["endpoint"]]
-        data = await self.files.read(doc["tenant"], doc["input_file_id"])
-        checked = await validate(self.svc, route, batch_id, data)
+        try:
+            data = await self.files.read(doc["tenant"], doc["input_file_id"])
+        except NotFound:
+            checked = Validation(errors=[LineError(None, "invalid_file", "the input file "
+                                                   f"{doc['input_file_id']} was deleted")])
+        else:
+            checked = await validate(self.svc, route, batch_id, data,
+                                     lambda: self.renew(batch_id))
         if checked.errors:
             errors = [e.dump() for e in checked.errors[:MAX_ERRORS]]
             moved = await self.store.move(batch_id, ("validating",), "failed", errors=errors,
@@ -156,6 +176,11 @@ class BatchFeeder:
             # cancelled while validating: its lines end batch_cancelled
             await self.store.batches.update_one({"_id": batch_id}, {"$set": {"counts": counts}})
         log.info("batch validated", extra={"batch_id": batch_id, "lines": len(checked.lines)})
+
+    async def renew(self, batch_id: str) -> None:
+        """Keep the lease through a long step; stop the step if another process has it."""
+        if not await self.store.renew(batch_id, self.owner, self.limits.lease_s):
+            raise LeaseLost(batch_id)
 
     # --- in progress ------------------------------------------------------------
 
@@ -250,23 +275,16 @@ class BatchFeeder:
         batch_id, tenant = doc["_id"], doc["tenant"]
         final = {"finalizing": "completed", "cancelling": "cancelled"}.get(
             doc["status"], doc.get("ending") or "completed")
-        out: list[str] = []
-        err: list[str] = []
-        for line in await self.store.of_state(batch_id, "done"):
-            (out if line.get("outcome") == "completed" else err).append(
-                json.dumps(line["result"], separators=(",", ":")))
         expires = time.time() + doc.get("output_expires_after_s",
                                          self.limits.output_expires_after_s)
-        files: dict[str, str | None] = {"output_file_id": None, "error_file_id": None}
-        for key, lines, tag in (("output_file_id", out, "output"), ("error_file_id", err,
-                                                                    "error")):
-            if lines:
-                file_id = f"file-{tag}-{batch_id.removeprefix('batch_')}"
-                await self.files.put(tenant, file_id, f"{batch_id}_{tag}.jsonl",
-                                     purpose="batch_output",
-                                     data=("\n".join(lines) + "\n").encode(),
-                                     expires_at=expires)
-                files[key] = file_id
+        files: dict[str, str | None] = {}
+        for key, completed, tag in (("output_file_id", True, "output"),
+                                    ("error_file_id", False, "error")):
+            file_id = f"file-{tag}-{batch_id.removeprefix('batch_')}"
+            written = await self.files.put(
+                tenant, file_id, f"{batch_id}_{tag}.jsonl", purpose="batch_output",
+                chunks=self.store.results(batch_id, completed=completed), expires_at=expires)
+            files[key] = file_id if written else None
         moved = await self.store.move(batch_id, (doc["status"],), final, **files)
         if moved:
             await self.ended(moved, final)

@@ -24,6 +24,7 @@ import hashlib
 import json
 import secrets
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -43,7 +44,7 @@ from shared.schemas import Priority
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 FINAL = ("completed", "failed", "expired", "cancelled")
 MAX_ERRORS = 1000  # validation errors kept on the batch (the first ones, by line)
-LINE_OUTCOMES = ("completed", "failed", "expired", "cancelled")
+PROGRESS_EVERY = 200  # lines validated between two renewals of the feeder's lease
 
 
 def new_batch_id() -> str:
@@ -76,7 +77,7 @@ def batch_object(doc: dict[str, Any]) -> dict[str, Any]:
 class LineError:
     """A validation error of one line (OpenAI's ``BatchError``)."""
 
-    line: int
+    line: int | None
     code: str
     message: str
     param: str | None = None
@@ -156,9 +157,10 @@ class Validation:
     model: str | None = None
 
 
-async def validate(svc: Services, route: BatchRoute, batch_id: str, data: bytes
-                   ) -> Validation:
-    """Every line checked (see the module's docstring)."""
+async def validate(svc: Services, route: BatchRoute, batch_id: str, data: bytes,
+                   progress: Callable[[], Awaitable[None]] | None = None) -> Validation:
+    """Every line checked (see the module's docstring); ``progress()`` is called every
+    :data:`PROGRESS_EVERY` lines (the feeder renews its lease on the batch)."""
     out = Validation()
     seen: dict[str, int] = {}
     raw_lines = [r for r in data.split(b"\n")]
@@ -172,6 +174,8 @@ async def validate(svc: Services, route: BatchRoute, batch_id: str, data: bytes
                                     f"the input file has over {limit} requests"))
         return out
     for n, raw in enumerate(raw_lines, start=1):
+        if progress is not None and n % PROGRESS_EVERY == 0:
+            await progress()
         parsed = parse_line(raw, n, route.url)
         if isinstance(parsed, LineError):
             out.errors.append(parsed)
@@ -242,6 +246,12 @@ class BatchStore:
             {"$set": {"lease_until": now + lease_s, "lease_owner": owner}},
             sort=[("fed_at", ASCENDING)], return_document=ReturnDocument.AFTER)
 
+    async def renew(self, batch_id: str, owner: str, lease_s: float) -> bool:
+        """Hold the lease longer; False when ``owner`` no longer holds it."""
+        kept = await self.batches.update_one({"_id": batch_id, "lease_owner": owner},
+                                             {"$set": {"lease_until": time.time() + lease_s}})
+        return kept.matched_count == 1
+
     async def release(self, batch_id: str, owner: str) -> None:
         await self.batches.update_one({"_id": batch_id, "lease_owner": owner},
                                       {"$set": {"lease_until": 0, "fed_at": time.time()}})
@@ -260,6 +270,22 @@ class BatchStore:
                        ) -> list[dict[str, Any]]:
         cursor = self.lines.find({"batch": batch_id, "state": state}).sort([("n", 1)])
         return await (cursor.limit(limit) if limit else cursor).to_list()
+
+    async def results(self, batch_id: str, *, completed: bool, chunk_bytes: int = 1 << 20
+                      ) -> AsyncIterator[bytes]:
+        """The results of the done lines, in line order, as JSONL: the completed ones (the
+        output file) or the others (the error file); in chunks of about ``chunk_bytes``."""
+        outcome: Any = "completed" if completed else {"$ne": "completed"}
+        cursor = self.lines.find({"batch": batch_id, "state": "done", "outcome": outcome},
+                                 {"result": 1}).sort([("n", 1)])
+        buf = bytearray()
+        async for line in cursor:
+            buf += json.dumps(line["result"], separators=(",", ":")).encode() + b"\n"
+            if len(buf) >= chunk_bytes:
+                yield bytes(buf)
+                buf.clear()
+        if buf:
+            yield bytes(buf)
 
     async def count(self, batch_id: str, state: str) -> int:
         return await self.lines.count_documents({"batch": batch_id, "state": state})

@@ -90,14 +90,26 @@ class FileStore:
                                                       metadata=meta)
 
     async def put(self, tenant: str, file_id: str, filename: str, *, purpose: str,
-                  data: bytes, expires_at: float | None) -> None:
-        """Write a whole file under ``file_id``, replacing any earlier one of that id
-        (a batch's output, written again when finalizing resumes)."""
+                  chunks: AsyncIterator[bytes], expires_at: float | None) -> int:
+        """Write a file under ``file_id`` as ``chunks`` come, replacing any earlier one of
+        that id (a batch's output, written again when finalizing resumes); its size. An
+        empty one is not kept (0)."""
         with contextlib.suppress(NoFile):
             await self.bucket.delete(file_id)
         stream = self.writer(tenant, filename, purpose, expires_at, file_id)
-        await stream.write(data)
-        await stream.close()
+        size = 0
+        try:
+            async for chunk in chunks:
+                await stream.write(chunk)
+                size += len(chunk)
+        except BaseException:
+            await stream.abort()
+            raise
+        if size:
+            await stream.close()
+        else:
+            await stream.abort()
+        return size
 
     async def get(self, tenant: str, file_id: str) -> dict[str, Any]:
         """The file's document; 404 when it is not this tenant's, or has expired."""
