@@ -44,6 +44,7 @@ from api.openai_wire import BatchRoute
 from api.services import Services
 from shared.errors import (
     ChatqError,
+    IdempotencyConflict,
     InvalidRequest,
     JobFailed,
     NotFound,
@@ -58,7 +59,6 @@ log = logging.getLogger(__name__)
 
 MAX_BATCHES_PER_ROUND = 32
 PURGE_EVERY_S = 60.0
-ROUND_TIMEOUT_S = 300.0
 
 
 class LeaseLost(Exception):
@@ -197,8 +197,10 @@ class BatchFeeder:
                 if not await self.has_room(admission.queue_of(self.svc, work)):
                     return
                 record = (await admit(self.svc, work, tenant)).record
-            except (Unavailable, QueueFull, RedisError):
-                return  # passing: the line waits for the next round
+            except (Unavailable, QueueFull, IdempotencyConflict, RedisError):
+                # passing (no worker, a full queue, Redis away, or this line's admit by a
+                # process that died still holding its key): the line waits for a round
+                return
             except ChatqError as exc:
                 await self.write(doc, line, "pending", error_response=refused(exc, None))
                 continue
@@ -320,9 +322,11 @@ class BatchLoop(Periodic):
         self.current: Future[int] | None = None
 
     def tick(self) -> None:
+        """One round, waited for to its end (never two rounds of one process at once);
+        :meth:`stop` cancels it."""
         coro: Coroutine[Any, Any, int] = self.feeder.round()
         self.current = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        self.current.result(ROUND_TIMEOUT_S)
+        self.current.result()
 
     def stop(self, timeout: float | None = None) -> None:
         super().stop(timeout)

@@ -227,6 +227,16 @@ class BatchStore:
             limit + 1).to_list()
         return docs[:limit], len(docs) > limit
 
+    async def active(self, tenant: str | None) -> dict[str, int]:
+        """Batches not yet ended, by status (``tenant``'s, or every tenant's)."""
+        counts = {}
+        for status in ACTIVE:
+            query: dict[str, Any] = {"status": status}
+            if tenant is not None:
+                query["tenant"] = tenant
+            counts[status] = await self.batches.count_documents(query)
+        return counts
+
     async def move(self, batch_id: str, frm: tuple[str, ...], to: str,
                    **fields: Any) -> dict[str, Any] | None:
         """The batch moved from one of ``frm`` to ``to`` (its ``{to}_at`` now), or None

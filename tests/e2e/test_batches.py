@@ -328,6 +328,7 @@ def test_an_interactive_request_does_not_wait_behind_a_200_line_batch(
 
     wait_batch(sdk, batch.id, ("in_progress",), backlog)
     interactive = submit(client, hi("Say hi.", max_tokens=2))
+    assert client.get("/v1/queues").json()["batches"]["in_progress"] >= 1
     assert interactive["position"] == 0  # ahead of every batch line waiting
     interactive = wait_done(client, interactive["id"], timeout=WAIT_S)
     # Enough of the batch's later lines done to compare with (then the rest is cancelled):
