@@ -337,6 +337,10 @@ class BatchSettings(BaseModel):
         30 * 86400, ge=3600,
         description="Output and error files are kept this long after they are made (a "
                     "batch's `output_expires_after` overrides it), then answer 404.")
+    file_expires_after_s: int = Field(
+        30 * 86400, ge=3600,
+        description="An uploaded file is kept this long (OpenAI's default for `batch` "
+                    "files; its `expires_after` overrides it), then answers 404.")
 
 
 class Settings(BaseSettings):

@@ -78,8 +78,9 @@ def _too_large(limit: int) -> BodyTooLarge:
                                   "type": BodyTooLarge.code}])
 
 
-def _check_fields(fields: dict[str, str], now: float) -> float | None:
-    """The form's fields checked; the file's expiry time (None: kept until deleted)."""
+def _check_fields(fields: dict[str, str], now: float, keep_s: int) -> float:
+    """The form's fields checked; the file's expiry time (``keep_s`` from now unless
+    ``expires_after`` says)."""
     purpose = fields.get("purpose")
     if purpose is None:
         raise InvalidRequest.of_field("purpose", "required")
@@ -89,7 +90,7 @@ def _check_fields(fields: dict[str, str], now: float) -> float | None:
                        "only (purpose `batch`)")
     anchor, seconds = fields.get("expires_after[anchor]"), fields.get("expires_after[seconds]")
     if anchor is None and seconds is None:
-        return None
+        return now + keep_s
     if anchor != "created_at":
         raise InvalidRequest.of_field("expires_after.anchor", "must be `created_at`")
     if seconds is None or not seconds.isdigit() or not (
@@ -129,7 +130,7 @@ async def create_file(request: Request, svc: ServicesDep, tenant: TenantDep) -> 
     now = time.time()
     try:
         await _read_upload(request, upload)
-        expires_at = _check_fields(upload.fields, now)
+        expires_at = _check_fields(upload.fields, now, limits.file_expires_after_s)
         _check_file(upload, limits)
     except multipart.MultipartError as exc:
         await upload.abort()
@@ -138,9 +139,8 @@ async def create_file(request: Request, svc: ServicesDep, tenant: TenantDep) -> 
         await upload.abort()
         raise
     file_id = upload.stream._id
-    if expires_at is not None:
-        await svc.files.meta.update_one({"_id": file_id},
-                                        {"$set": {"metadata.expires_at": expires_at}})
+    await svc.files.meta.update_one({"_id": file_id},
+                                    {"$set": {"metadata.expires_at": expires_at}})
     return JSONResponse(file_object(await svc.files.get(tenant, file_id)))
 
 

@@ -87,6 +87,7 @@ def test_a_file_round_trips(sdk: openai.OpenAI) -> None:
     assert (created.bytes, created.filename, created.purpose) == (len(data), "mine.jsonl",
                                                                   "batch")
     assert created.status == "processed" and created.created_at > 0
+    assert created.expires_at == created.created_at + 30 * 86400  # OpenAI's default
     assert sdk.files.retrieve(created.id) == created
     assert created.id in [f.id for f in sdk.files.list(purpose="batch")]
     assert sdk.files.content(created.id).content == data
@@ -102,6 +103,16 @@ def test_a_file_of_another_purpose_is_refused_naming_it(sdk: openai.OpenAI) -> N
     with pytest.raises(openai.BadRequestError) as caught:
         sdk.files.create(file=("x.jsonl", io.BytesIO(b"{}\n")), purpose="fine-tune")
     assert caught.value.param == "purpose" and "fine-tune" in caught.value.message
+
+
+def test_a_file_expires_after_what_it_asks(sdk: openai.OpenAI) -> None:
+    created = sdk.files.create(file=("x.jsonl", io.BytesIO(b"{}\n")), purpose="batch",
+                               expires_after={"anchor": "created_at", "seconds": 3600})
+    assert created.expires_at == created.created_at + 3600
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.files.create(file=("x.jsonl", io.BytesIO(b"{}\n")), purpose="batch",
+                         expires_after={"anchor": "created_at", "seconds": 10})
+    assert caught.value.param == "expires_after.seconds"
 
 
 def test_files_page_with_after_and_limit(sdk: openai.OpenAI) -> None:
@@ -426,3 +437,18 @@ def test_a_worker_killed_and_an_api_restarted_mid_batch_lose_and_double_no_line(
     assert done.request_counts is not None and done.request_counts.completed == 24
     assert len({r["response"]["request_id"] for r in out.values()}) == 24  # one job a line
     second.stop()
+
+
+def test_a_redis_restart_mid_batch_loses_and_doubles_no_line(
+        make_stack: Callable[..., Chatq]) -> None:
+    stack = make_stack(aof=True)  # append-only file, as in production
+    sdk = openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key=DEV_API_KEY, max_retries=0)
+    lines = [chat_line(f"r{i}", PROMPTS[i % 10], max_tokens=16) for i in range(20)]
+    batch = run(sdk, lines)
+    wait_batch(sdk, batch.id, ("in_progress",), lambda b: b.request_counts.completed >= 2)
+    stack.restart_redis()
+    done = wait_batch(sdk, batch.id)
+    assert done.status == "completed", done
+    out = results(sdk, done.output_file_id)
+    assert set(out) == {ln["custom_id"] for ln in lines} and done.error_file_id is None
+    assert len({r["response"]["request_id"] for r in out.values()}) == 20  # one job a line
