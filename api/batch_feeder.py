@@ -154,28 +154,29 @@ class BatchFeeder:
 
     async def validate(self, doc: dict[str, Any]) -> None:
         batch_id, route = doc["_id"], self.routes[doc["endpoint"]]
+        await self.store.drop_lines(batch_id)  # an interrupted validation's
         try:
-            data = await self.files.read(doc["tenant"], doc["input_file_id"])
+            checked = await validate(
+                self.svc, route, batch_id, self.files.lines(doc["tenant"], doc["input_file_id"]),
+                keep=lambda lines: self.store.put_lines(batch_id, lines),
+                progress=lambda: self.renew(batch_id))
         except NotFound:
             checked = Validation(errors=[LineError(None, "invalid_file", "the input file "
                                                    f"{doc['input_file_id']} was deleted")])
-        else:
-            checked = await validate(self.svc, route, batch_id, data,
-                                     lambda: self.renew(batch_id))
         if checked.errors:
+            await self.store.drop_lines(batch_id)
             errors = [e.dump() for e in checked.errors[:MAX_ERRORS]]
             moved = await self.store.move(batch_id, ("validating",), "failed", errors=errors,
                                           counts={"total": 0, "completed": 0, "failed": 0})
             if moved:
                 await self.ended(moved, "failed")
             return
-        await self.store.put_lines(batch_id, checked.lines)
-        counts = {"total": len(checked.lines), "completed": 0, "failed": 0}
+        counts = {"total": checked.lines, "completed": 0, "failed": 0}
         if not await self.store.move(batch_id, ("validating",), "in_progress", counts=counts,
                                      model=checked.model):
             # cancelled while validating: its lines end batch_cancelled
             await self.store.batches.update_one({"_id": batch_id}, {"$set": {"counts": counts}})
-        log.info("batch validated", extra={"batch_id": batch_id, "lines": len(checked.lines)})
+        log.info("batch validated", extra={"batch_id": batch_id, "lines": checked.lines})
 
     async def renew(self, batch_id: str) -> None:
         """Keep the lease through a long step; stop the step if another process has it."""

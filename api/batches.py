@@ -150,51 +150,77 @@ def error_of(exc: ChatqError, n: int) -> LineError:
 
 @dataclass
 class Validation:
-    """The outcome of reading an input file: its lines, or its errors."""
+    """The outcome of reading an input file: its valid lines (handed on in chunks as they
+    are read), its errors, and the model of its first line."""
 
-    lines: list[Line] = field(default_factory=list)
+    lines: int = 0
     errors: list[LineError] = field(default_factory=list)
     model: str | None = None
+    seen: dict[str, int] = field(default_factory=dict, repr=False)  # custom_id -> line
 
 
-async def validate(svc: Services, route: BatchRoute, batch_id: str, data: bytes,
-                   progress: Callable[[], Awaitable[None]] | None = None) -> Validation:
-    """Every line checked (see the module's docstring); ``progress()`` is called every
-    :data:`PROGRESS_EVERY` lines (the feeder renews its lease on the batch)."""
-    out = Validation()
-    seen: dict[str, int] = {}
-    raw_lines = [r for r in data.split(b"\n")]
-    if raw_lines and not raw_lines[-1].strip():
-        raw_lines.pop()
-    if not raw_lines:
-        out.errors.append(LineError(1, "empty_file", "the input file has no requests"))
+KEEP_EVERY = 1000  # valid lines handed to ``keep`` at once
+
+Keep = Callable[[list[Line]], Awaitable[None]]
+
+
+async def validate(
+    svc: Services, route: BatchRoute, batch_id: str, raw_lines: AsyncIterator[bytes], *,
+    keep: Keep, progress: Callable[[], Awaitable[None]] | None = None,
+) -> Validation:
+    """Every line checked (see the module's docstring), read as it comes: the valid ones
+    go to ``keep()`` in chunks (the feeder stores them ``pending``), ``progress()`` is
+    called every :data:`PROGRESS_EVERY` lines (the feeder renews its lease)."""
+    out, held = Validation(), []
     limit = svc.settings.batches.max_lines
-    if len(raw_lines) > limit:
-        out.errors.append(LineError(limit + 1, "too_many_requests",
-                                    f"the input file has over {limit} requests"))
-        return out
-    for n, raw in enumerate(raw_lines, start=1):
+    n = requests = 0
+    async for raw in raw_lines:
+        n += 1
+        if not raw.strip():
+            continue  # a blank line (the file's last, say) is no request
+        requests += 1
+        if requests > limit:
+            out.errors.append(LineError(n, "too_many_requests",
+                                        f"the input file has over {limit} requests"))
+            break
         if progress is not None and n % PROGRESS_EVERY == 0:
             await progress()
-        parsed = parse_line(raw, n, route.url)
-        if isinstance(parsed, LineError):
-            out.errors.append(parsed)
-            continue
-        custom_id, body = parsed
-        if custom_id in seen:
-            out.errors.append(LineError(n, "duplicate_custom_id", f"line {n}: custom_id "
-                                        f"{custom_id!r} is also on line {seen[custom_id]}",
-                                        "custom_id"))
-            continue
-        seen[custom_id] = n
-        try:
-            spec = await admission.check(svc, line_work(route, body, batch_id, n))
-        except ChatqError as exc:
-            out.errors.append(error_of(exc, n))
-            continue
-        out.model = out.model or spec.name
-        out.lines.append(Line(n, custom_id, body))
+        line = await _check_line(svc, route, batch_id, raw, n, out)
+        if line is not None:
+            held.append(line)
+        if len(held) >= KEEP_EVERY:
+            await keep(held)
+            held = []
+    if requests == 0:
+        out.errors.append(LineError(None, "empty_file", "the input file has no requests"))
+    if held:
+        await keep(held)
     return out
+
+
+async def _check_line(  # noqa: PLR0917 (one line and where its verdict goes)
+    svc: Services, route: BatchRoute, batch_id: str, raw: bytes, n: int, out: Validation,
+) -> Line | None:
+    """The line if it is valid; else None, its error added to ``out``."""
+    parsed = parse_line(raw, n, route.url)
+    if isinstance(parsed, LineError):
+        out.errors.append(parsed)
+        return None
+    custom_id, body = parsed
+    if custom_id in out.seen:
+        out.errors.append(LineError(n, "duplicate_custom_id", f"line {n}: custom_id "
+                                    f"{custom_id!r} is also on line {out.seen[custom_id]}",
+                                    "custom_id"))
+        return None
+    out.seen[custom_id] = n
+    try:
+        spec = await admission.check(svc, line_work(route, body, batch_id, n))
+    except ChatqError as exc:
+        out.errors.append(error_of(exc, n))
+        return None
+    out.model = out.model or spec.name
+    out.lines += 1
+    return Line(n, custom_id, body)
 
 
 class BatchStore:
@@ -266,15 +292,16 @@ class BatchStore:
         await self.batches.update_one({"_id": batch_id, "lease_owner": owner},
                                       {"$set": {"lease_until": 0, "fed_at": time.time()}})
 
-    async def put_lines(self, batch_id: str, lines: list[Line], chunk: int = 1000) -> None:
-        """The batch's lines, ``pending`` (any left by an interrupted validation first
-        removed)."""
+    async def drop_lines(self, batch_id: str) -> None:
+        """Remove the batch's lines (an interrupted or failed validation's)."""
         await self.lines.delete_many({"batch": batch_id})
-        for i in range(0, len(lines), chunk):
-            await self.lines.insert_many([
-                {"_id": f"{batch_id}#{line.n}", "batch": batch_id, "n": line.n,
-                 "custom_id": line.custom_id, "body": line.body, "state": "pending"}
-                for line in lines[i:i + chunk]])
+
+    async def put_lines(self, batch_id: str, lines: list[Line]) -> None:
+        """Valid lines of the batch, ``pending`` (not fed while it is ``validating``)."""
+        await self.lines.insert_many([
+            {"_id": f"{batch_id}#{line.n}", "batch": batch_id, "n": line.n,
+             "custom_id": line.custom_id, "body": line.body, "state": "pending"}
+            for line in lines])
 
     async def of_state(self, batch_id: str, state: str, limit: int = 0
                        ) -> list[dict[str, Any]]:

@@ -72,10 +72,11 @@ def file_object(doc: dict[str, Any]) -> dict[str, Any]:
 class FileStore:
     """A tenant's files in GridFS (see the module's docstring)."""
 
-    def __init__(self, mongo: AsyncMongoClient[Any], db: str) -> None:
+    def __init__(self, mongo: AsyncMongoClient[Any], db: str,
+                 chunk_bytes: int = CHUNK_BYTES) -> None:
         self.db = mongo[db]
         self.bucket = AsyncGridFSBucket(self.db, bucket_name=BUCKET,
-                                        chunk_size_bytes=CHUNK_BYTES)
+                                        chunk_size_bytes=chunk_bytes)
         self.meta = self.db[f"{BUCKET}.files"]
 
     async def ensure_indexes(self) -> None:
@@ -148,6 +149,17 @@ class FileStore:
 
     async def read(self, tenant: str, file_id: str) -> bytes:
         return b"".join([c async for c in self.chunks(tenant, file_id)])
+
+    async def lines(self, tenant: str, file_id: str) -> AsyncIterator[bytes]:
+        """The file's lines (without their newline; a last line without one too), read
+        chunk by chunk."""
+        rest = b""
+        async for chunk in self.chunks(tenant, file_id):
+            *whole, rest = (rest + chunk).split(b"\n")
+            for line in whole:
+                yield line
+        if rest:
+            yield rest
 
     async def delete(self, tenant: str, file_id: str) -> None:
         await self.get(tenant, file_id)

@@ -49,3 +49,17 @@ def test_files_are_per_tenant_and_expire(mongo_url: str) -> None:
             await client.close()
 
     asyncio.run(main())
+
+
+def test_a_files_lines_come_whole_across_its_chunks(mongo_url: str) -> None:
+    async def main() -> list[bytes]:
+        client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(mongo_url)
+        store = FileStore(client, f"files_{uuid.uuid4().hex[:8]}", chunk_bytes=4)
+        try:
+            await store.put("t", "file-l", "l.jsonl", purpose="batch", expires_at=None,
+                            chunks=_chunks(b'{"a":1}\n\n{"bb":22}\r\n{"c":3}'))
+            return [line async for line in store.lines("t", "file-l")]
+        finally:
+            await client.close()
+
+    assert asyncio.run(main()) == [b'{"a":1}', b"", b'{"bb":22}\r', b'{"c":3}']
