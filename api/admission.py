@@ -1,8 +1,9 @@
 """Admission: the one way work becomes a job, whatever the route.
 
 Every route (``/v1/jobs``, ``/invocations``, chat and legacy completions,
-embeddings, responses, the ancestor routes) turns its request into a :class:`Work` and calls
-:func:`admit`. What must hold, for every route alike:
+embeddings, responses, the ancestor routes, each line of a batch: :mod:`api.batches`)
+turns its request into a :class:`Work` and calls :func:`admit`. What must hold, for every
+route alike:
 
 - Every check runs before anything is queued, in one order (the first failing one
   answers): the input budgets (:mod:`api.budgets`, before any expensive work), the
@@ -181,7 +182,19 @@ async def _admit(svc: Services, work: Work, tenant: str) -> JobRecord:
     return record
 
 
-async def _check(svc: Services, work: Work, now: float) -> _Checked:
+async def check(svc: Services, work: Work) -> ModelSpec:
+    """Every check :func:`admit` makes, but a live worker's (a batch validates its lines
+    before any runs): the error the route would answer, or the work's model."""
+    return (await _check(svc, work, time.time(), need_worker=False)).spec
+
+
+def queue_of(svc: Services, work: Work) -> str:
+    """The queue the work's model is served on (UnknownModel when there is no such model)."""
+    return _model(svc, work).queue
+
+
+async def _check(svc: Services, work: Work, now: float, *, need_worker: bool = True
+                 ) -> _Checked:
     limits = svc.settings.limits
     budgets.check(work, limits)
     deadline = check_cancel_after(svc, work.cancel_after, now)
@@ -199,7 +212,8 @@ async def _check(svc: Services, work: Work, now: float) -> _Checked:
     checked = _Checked(spec, params, built.toolset, messages, deadline)
     await check_vocabulary(svc, spec, params)
     prompt_tokens = await _check_context(svc, work, checked)
-    await svc.require_worker(spec.queue)
+    if need_worker:
+        await svc.require_worker(spec.queue)
     return dataclasses.replace(checked, tokens=(prompt_tokens or 0) + params.max_tokens)
 
 

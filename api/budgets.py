@@ -50,7 +50,7 @@ def check(work: Work, limits: LimitSettings) -> None:
     """Every size of ``work`` within ``limits``; the first one over is refused."""
     _messages(work, limits)
     _stop(work.sampling.get("stop"), limits)
-    _metadata(work.metadata, limits)
+    check_metadata(work.metadata, limits)
     _tools(work.tools, limits)
     _schema(work, limits)
     bias = work.sampling.get("logit_bias") or {}
@@ -82,7 +82,7 @@ def _stop(stop: str | list[str] | None, limits: LimitSettings) -> None:
                               f"characters ({longest} given)")
 
 
-def _metadata(metadata: dict[str, Any] | None, limits: LimitSettings) -> None:
+def check_metadata(metadata: dict[str, Any] | None, limits: LimitSettings) -> None:
     """OpenAI's limits: so many pairs, keys and values of so many characters (a value
     that is not a string counts as its JSON text)."""
     if not metadata:
@@ -151,13 +151,16 @@ class BodyLimit:
     is parsed: at once when ``Content-Length`` says so, else as soon as the bytes read
     pass it. A body within it is read once here and handed on as it came."""
 
-    def __init__(self, app: Any, max_bytes: int, answer: Any) -> None:
+    def __init__(self, app: Any, max_bytes: int, answer: Any,
+                 exempt: tuple[str, ...] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.answer = answer  # (path, BodyTooLarge) -> an ASGI response
+        self.exempt = exempt  # paths that stream their body and check its size themselves
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+        if (scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH")
+                or scope["path"] in self.exempt):
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")

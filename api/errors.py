@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 # Paths whose errors use OpenAI's error object (the SDK parses it).
 OPENAI_PATHS = ("/v1/chat/completions", "/v1/models", "/v1/completions", "/v1/embeddings",
-                "/v1/responses")
+                "/v1/responses", "/v1/files", "/v1/batches")
 _OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                  404: "not_found_error", 409: "invalid_request_error",
                  422: "invalid_request_error", 429: "rate_limit_error"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -9,15 +10,18 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api import assets, budgets, conversations, errors, telemetry
+from api.batch_feeder import BatchFeeder, BatchLoop
 from api.ratelimits import RateHeaders
 from api.routers import (
     admin,
     ancestor,
+    batches,
     chat,
     completions,
     docs,
     embeddings,
     events,
+    files,
     health,
     invocations,
     jobs,
@@ -58,26 +62,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         setup_logging()
-        app.state.services = Services.build(settings)
-        await app.state.services.start()
-        await conversations.ensure_indexes(app.state.services)
+        svc = app.state.services = Services.build(settings)
+        await svc.start()
+        await conversations.ensure_indexes(svc)
+        feeder = BatchLoop(BatchFeeder(svc, app.state.batch_routes), asyncio.get_running_loop(),
+                           settings.batches.feed_interval_s)
+        feeder.start()
         try:
             yield
         finally:
-            await app.state.services.close()
+            feeder.stop()
+            await svc.close()
 
     # /docs and /redoc come from api.routers.docs, with no CDN (see there).
     app = FastAPI(title="chatq", version="0.1.0", lifespan=lifespan,
                   docs_url=None, redoc_url=None)
+    # The OpenAI routes a batch's lines may name, as their routers run them.
+    app.state.batch_routes = {r.url: r for r in (chat.BATCH, completions.BATCH,
+                                                  embeddings.BATCH)}
     errors.install(app)
     app.add_middleware(JsonBodies)
     app.add_middleware(RateHeaders)
     # Outside the app: an oversized body is refused before anything reads or parses it.
     app.add_middleware(budgets.BodyLimit, max_bytes=settings.limits.max_body_bytes,
-                       answer=errors.error_response)
+                       answer=errors.error_response, exempt=("/v1/files",))
     telemetry.install(app)
     for module in (admin, health, jobs, events, invocations, chat, completions, embeddings, models,
-                   metrics, queues, responses,
+                   metrics, queues, responses, files, batches,
                    conversations_router, ancestor, usage, webhooks, docs, playground):
         app.include_router(module.router)
     assets.mount(app)

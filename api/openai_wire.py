@@ -20,6 +20,7 @@ a list of embeddings) with :func:`envelope` and the helpers here.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -95,6 +96,26 @@ async def wait_unless_disconnected(
 
 
 Answer = Callable[[JobRecord, str], Awaitable[dict[str, Any]]]
+
+
+def page(objects: list[dict[str, Any]], more: bool) -> dict[str, Any]:
+    """OpenAI's cursor page of ``objects`` (``/v1/files``, ``/v1/batches``)."""
+    return {"object": "list", "data": objects,
+            "first_id": objects[0]["id"] if objects else None,
+            "last_id": objects[-1]["id"] if objects else None, "has_more": more}
+
+
+@dataclass(frozen=True)
+class BatchRoute:
+    """How the Batch API runs a line of an OpenAI route, as the route itself would:
+    ``request`` is the route's body model (its ``to_work()`` the route's work), and
+    ``answer(svc, body, job, output)`` the route's answer for a finished job. Each
+    route module defines one; ``api.main`` hands them to the batches (no router
+    imports another)."""
+
+    url: str
+    request: type[BaseModel]
+    answer: Callable[[Services, Any, JobRecord, str], Awaitable[dict[str, Any]]]
 
 
 async def respond(request: Request, svc: Services, record: JobRecord, tenant: str,

@@ -15,6 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.auth import KeyRing
+from api.files import FileStore
 from api.idempotency import Idempotency
 from api.ratelimits import Limiter
 from api.streams import FinalViews, StreamHub
@@ -65,6 +66,7 @@ class Services:
     webhook_policy: TargetPolicy
     limiter: Limiter
     key_cache: KeyCache
+    files: FileStore
 
     @property
     def keys(self) -> Keys:
@@ -93,6 +95,7 @@ class Services:
             webhook_policy=TargetPolicy.from_settings(settings),
             limiter=Limiter(client, config.keys, settings, key_cache),
             key_cache=key_cache,
+            files=FileStore(mongo, settings.mongo_db),
         )
 
     async def start(self) -> None:

@@ -81,9 +81,11 @@ def install(app: FastAPI) -> None:
 class QueueCollector:
     """Job and queue metrics from one reading of Redis (see :func:`api.queues.overview`)."""
 
-    def __init__(self, views: list[QueueView], redis_up: bool = True) -> None:
+    def __init__(self, views: list[QueueView], redis_up: bool = True,
+                 batch_stats: dict[str, str] | None = None) -> None:
         self.views = views
         self.redis_up = redis_up
+        self.batch_stats = batch_stats or {}  # the Batch API's counters (Keys.batch_stats)
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("chatq_redis_up", "1 when the API could read Redis.",
@@ -91,6 +93,20 @@ class QueueCollector:
         yield from self._queue_gauges()
         yield from self._job_counters()
         yield from self._histograms()
+        yield from self._batch_counters()
+
+    def _batch_counters(self) -> Iterator[Metric]:
+        batches = CounterMetricFamily("chatq_batches", "Batches that ended, by status.",
+                                      labels=["status"])
+        lines = CounterMetricFamily("chatq_batch_lines", "Batch lines written, by outcome "
+                                    "(completed, failed, expired, cancelled).",
+                                    labels=["outcome"])
+        for name, value in sorted(self.batch_stats.items()):
+            kind, _, label = name.partition(":")
+            family = batches if kind == "batches" else lines if kind == "lines" else None
+            if family is not None:
+                family.add_metric([label], int(value))
+        yield from (batches, lines)
 
     def _queue_gauges(self) -> Iterator[Metric]:
         labels = ["queue", "model"]

@@ -6,13 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 
 from redis.exceptions import RedisError
 
 from api.services import Services
 from shared.errors import Unavailable, UnsafeWebhook
 from shared.schemas import WebhookDelivery
-from shared.webhooks import addresses_of, check_addresses, deliveries, new_secret, target
+from shared.webhooks import (
+    LUA_DIR,
+    addresses_of,
+    check_addresses,
+    deliveries,
+    new_secret,
+    registration,
+    target,
+)
 
 RESOLVE_TIMEOUT_S = 5.0
 
@@ -48,3 +57,15 @@ async def tenant_secret(svc: Services, tenant: str) -> str:
 async def job_deliveries(svc: Services, job_id: str) -> list[WebhookDelivery]:
     state: dict[str, str] = await svc.redis.hgetall(svc.keys.hooks(job_id))  # type: ignore[assignment]
     return deliveries(state)
+
+
+async def register_event(svc: Services, owner_id: str, tenant: str, url: str,  # noqa: PLR0917
+                         event: str, body: str) -> bool:
+    """A delivery of ``event`` (a batch's end) to ``url``, signed with the tenant's secret
+    and sent by the webhook worker like a job's (``register.lua``: once per owner and
+    event)."""
+    await tenant_secret(svc, tenant)
+    keys, args = registration(svc.keys, svc.settings.webhooks, svc.settings.jobs.retention_s,
+                              owner_id, tenant, url, event, body, time.time())
+    script = svc.redis.register_script((LUA_DIR / "register.lua").read_text())
+    return bool(await script(keys=list(keys), args=list(args)))

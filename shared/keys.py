@@ -154,6 +154,12 @@ class Keys:
         and the job it made (empty while that submit is in progress); lives 24 h."""
         return f"{self.prefix}:idem:{tenant}:{key_digest}"
 
+    def batch_stats(self) -> str:
+        """Hash: Batch API counters, each raised once by the process whose MongoDB update
+        won the change: ``batches:{status}`` (batches that ended so) and
+        ``lines:{outcome}`` (lines written: completed, failed, expired, cancelled)."""
+        return f"{self.prefix}:batch-stats"
+
     # --- conversations (MongoDB) ----------------------------------------------
 
     def outbox(self) -> str:

@@ -338,6 +338,43 @@ def is_placeholder(secret: str) -> bool:
     return plain in PLACEHOLDERS or "changeme" in plain or "replaceme" in plain
 
 
+class BatchSettings(BaseModel):
+    """OpenAI's Batch API (``/v1/files``, ``/v1/batches``): files in MongoDB GridFS, lines
+    fed into the queues as they drain by a feeder in every API process."""
+
+    max_file_bytes: int = Field(
+        200 * 1024 * 1024, gt=0, description="Largest file `POST /v1/files` takes (OpenAI's "
+                                             "200 MB).")
+    max_lines: int = Field(50_000, gt=0, description="Most requests in one batch input file.")
+    window_s: float = Field(
+        86400, gt=0,
+        description="How long the `completion_window` `24h` lasts here (seconds): lines not "
+                    "finished by then end `batch_expired` (tests shorten it).")
+    max_waiting: int = Field(
+        16, ge=1,
+        description="Lines of one batch queued or running at once: the feeder adds more as "
+                    "they finish, so a batch never floods its queue.")
+    queue_share: float = Field(
+        0.5, gt=0, le=1,
+        description="Batches feed a queue only while it holds fewer waiting jobs than this "
+                    "share of CHATQ_API__MAX_QUEUE_DEPTH: the rest is interactive callers' "
+                    "room (no 429 because of a batch).")
+    feed_interval_s: float = Field(0.5, gt=0, description="How often the batch feeder runs.")
+    lease_s: float = Field(
+        30, gt=0,
+        description="A feeder works on a batch under a lease this long (renewed each round): "
+                    "two API processes never feed one batch; a dead one's batch is taken "
+                    "over when its lease lapses.")
+    output_expires_after_s: int = Field(
+        30 * 86400, ge=3600,
+        description="Output and error files are kept this long after they are made (a "
+                    "batch's `output_expires_after` overrides it), then answer 404.")
+    file_expires_after_s: int = Field(
+        30 * 86400, ge=3600,
+        description="An uploaded file is kept this long (OpenAI's default for `batch` "
+                    "files; its `expires_after` overrides it), then answers 404.")
+
+
 class Settings(BaseSettings):
     """All of chatq's configuration. See README for the variables."""
 
@@ -363,6 +400,7 @@ class Settings(BaseSettings):
     conversations: ConversationSettings = ConversationSettings()
     webhooks: WebhookSettings = WebhookSettings()
     limits: LimitSettings = LimitSettings()
+    batches: BatchSettings = BatchSettings()
 
     @model_validator(mode="after")
     def _safe_outside_development(self) -> Self:

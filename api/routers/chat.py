@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from functools import partial
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -174,19 +175,25 @@ async def chat_completions(
         usage = wire.include_usage(body.stream_options)
         return wire.stream_response(svc, record, _stream(svc, record, tenant, created, usage))
 
-    async def answer(record: JobRecord, output: str) -> dict[str, Any]:
-        calls = tool_calls(record, output)
-        message: dict[str, Any] = {"role": "assistant", "content": output, "refusal": None}
-        logprobs = await jobs.answer_logprobs(svc, record)
-        if calls:  # the logprobs are the content's: a call has none
-            message = {**message, "content": None, "tool_calls": calls}
-            logprobs = [] if logprobs is not None else None
-        choice = {"index": 0, "logprobs": _logprobs(logprobs), "message": message,
-                  "finish_reason": _finish(record, calls)}
-        return {**wire.envelope(record, created, "chat.completion", [choice]),
-                "usage": wire.usage(record)}
+    return await wire.respond(request, svc, record, tenant, partial(answer, svc, body))
 
-    return await wire.respond(request, svc, record, tenant, answer)
+
+async def answer(svc: Services, _: ChatCompletionRequest, record: JobRecord,
+                 output: str) -> dict[str, Any]:
+    """The ``chat.completion`` of a finished job."""
+    calls = tool_calls(record, output)
+    message: dict[str, Any] = {"role": "assistant", "content": output, "refusal": None}
+    logprobs = await jobs.answer_logprobs(svc, record)
+    if calls:  # the logprobs are the content's: a call has none
+        message = {**message, "content": None, "tool_calls": calls}
+        logprobs = [] if logprobs is not None else None
+    choice = {"index": 0, "logprobs": _logprobs(logprobs), "message": message,
+              "finish_reason": _finish(record, calls)}
+    return {**wire.envelope(record, int(record.created_at), "chat.completion", [choice]),
+            "usage": wire.usage(record)}
+
+
+BATCH = wire.BatchRoute("/v1/chat/completions", ChatCompletionRequest, answer)
 
 
 def _finish(record: JobRecord, calls: list[dict[str, Any]]) -> str:

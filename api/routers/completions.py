@@ -15,6 +15,7 @@ start of the prompt), from the answer's token events.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -182,17 +183,23 @@ async def completions(
                         offset, echo)
         return wire.stream_response(svc, record, lines)
 
-    async def answer(record: JobRecord, output: str) -> dict[str, Any]:
-        logprobs = None
-        if body.logprobs is not None:
-            entries = await jobs.answer_logprobs(svc, record) or []
-            logprobs = legacy_logprobs(entries, len(body.text()))
-        text = body.text() + output if body.echo else output
-        choice = _choice(text, wire.finish_reason(record), logprobs)
-        return {**wire.envelope(record, created, TEXT_COMPLETION, [choice]),
-                "usage": wire.usage(record)}
+    return await wire.respond(request, svc, record, tenant, partial(answer, svc, body))
 
-    return await wire.respond(request, svc, record, tenant, answer)
+
+async def answer(svc: Services, body: CompletionRequest, record: JobRecord,
+                 output: str) -> dict[str, Any]:
+    """The ``text_completion`` of a finished job."""
+    logprobs = None
+    if body.logprobs is not None:
+        entries = await jobs.answer_logprobs(svc, record) or []
+        logprobs = legacy_logprobs(entries, len(body.text()))
+    text = body.text() + output if body.echo else output
+    choice = _choice(text, wire.finish_reason(record), logprobs)
+    return {**wire.envelope(record, int(record.created_at), TEXT_COMPLETION, [choice]),
+            "usage": wire.usage(record)}
+
+
+BATCH = wire.BatchRoute("/v1/completions", CompletionRequest, answer)
 
 
 async def _stream(  # noqa: PLR0917 (the stream's whole context)

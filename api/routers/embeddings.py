@@ -13,6 +13,7 @@ Refused with 400 naming the field: token-id arrays as ``input``, an empty text,
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from api import openai_wire as wire
 from api.admission import Work, admit
 from api.deps import ServicesDep, TenantDep
+from api.services import Services
 from shared import vectors
 from shared.errors import JobFailed, UnsupportedParameter
 from shared.lifecycle import JobRecord
@@ -100,11 +102,17 @@ async def embeddings(
 ) -> JSONResponse:
     record = (await admit(svc, body.to_work(), tenant)).record
 
-    async def answer(record: JobRecord, _: str) -> dict[str, Any]:
-        if record.status is not JobStatus.succeeded or not record.result:
-            raise JobFailed(record.id, record.error or {
-                "code": record.status.value, "message": f"the job ended {record.status}"})
-        return response(record.model, record.result[vectors.RESULT_KEY], record.usage,
-                        body.encoding_format or "float")
+    return await wire.respond(request, svc, record, tenant, partial(answer, svc, body))
 
-    return await wire.respond(request, svc, record, tenant, answer)
+
+async def answer(_: Services, body: EmbeddingRequest, record: JobRecord,
+                 __: str) -> dict[str, Any]:
+    """The embeddings of a finished job (a failed one raises its error)."""
+    if record.status is not JobStatus.succeeded or not record.result:
+        raise JobFailed(record.id, record.error or {
+            "code": record.status.value, "message": f"the job ended {record.status}"})
+    return response(record.model, record.result[vectors.RESULT_KEY], record.usage,
+                    body.encoding_format or "float")
+
+
+BATCH = wire.BatchRoute("/v1/embeddings", EmbeddingRequest, answer)

@@ -11,6 +11,7 @@ import logging
 
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from redis.exceptions import RedisError
 
 from api import queues, telemetry
 from api.deps import ServicesDep, get_services
@@ -33,8 +34,11 @@ def require_operator(request: Request) -> None:
 @router.get("/metrics", include_in_schema=False, dependencies=[Depends(require_operator)])
 async def prometheus_metrics(request: Request, svc: ServicesDep) -> Response:
     try:
-        collector = telemetry.QueueCollector(await queues.overview(svc))
-    except Unavailable as exc:  # still serve the HTTP metrics, and say Redis is down
-        log.warning("metrics without queue data", extra={"error": exc.message})
+        views = await queues.overview(svc)
+        raw = await svc.redis.hgetall(svc.keys.batch_stats())
+        stats = {str(k): str(v) for k, v in raw.items()}
+        collector = telemetry.QueueCollector(views, batch_stats=stats)
+    except (Unavailable, RedisError) as exc:  # still serve the HTTP metrics, and say Redis is down
+        log.warning("metrics without queue data", extra={"error": str(exc)})
         collector = telemetry.QueueCollector([], redis_up=False)
     return Response(telemetry.render(request.app, collector), media_type=CONTENT_TYPE_LATEST)

@@ -11,9 +11,11 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
+from pymongo.errors import PyMongoError
 
 from api import queues
 from api.auth import Caller
+from api.batches import BatchStore
 from api.deps import CallerDep, ServicesDep
 from api.services import Services
 from shared.opstats import RECENT_MAX, summarize
@@ -56,6 +58,11 @@ class QueueInfo(BaseModel):
 class QueueList(BaseModel):
     object: str = "list"
     data: list[QueueInfo]
+    batches: dict[str, int] = Field(
+        default_factory=dict,
+        description="Batches (the Batch API) not yet ended, by status: every tenant's with "
+                    "an admin key, the caller's own with a tenant's (empty while MongoDB is "
+                    "unreachable).")
 
 
 def _info(view: queues.QueueView, workers: list[dict[str, Any]]) -> QueueInfo:
@@ -90,4 +97,14 @@ async def list_queues(
 ) -> QueueList:
     views = await queues.overview(svc, window)
     workers = await _workers(svc, caller, views)
-    return QueueList(data=[_info(v, w) for v, w in zip(views, workers, strict=True)])
+    tenant = None if caller.admin else caller.tenant
+    return QueueList(data=[_info(v, w) for v, w in zip(views, workers, strict=True)],
+                     batches=await batch_counts(svc, tenant))
+
+
+async def batch_counts(svc: Services, tenant: str | None) -> dict[str, int]:
+    """Batches not yet ended, by status (a tenant's own, or all)."""
+    try:
+        return await BatchStore(svc.mongo, svc.settings.mongo_db).active(tenant)
+    except PyMongoError:
+        return {}

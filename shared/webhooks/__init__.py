@@ -36,7 +36,14 @@ One package, one module per concern: :mod:`~shared.webhooks.signing`,
 what the API (``api/webhooks.py``) and the webhook worker (``workers/webhooks/``) use.
 """
 
-from shared.webhooks.deliveries import EVENTS, Attempt, Delivery, advance, deliveries
+from shared.webhooks.deliveries import (
+    BATCH_EVENTS,
+    EVENTS,
+    Attempt,
+    Delivery,
+    advance,
+    deliveries,
+)
 from shared.webhooks.signing import SECRET_PREFIX, new_secret, sign, webhook_id
 from shared.webhooks.store import (
     LUA_DIR,
@@ -44,6 +51,7 @@ from shared.webhooks.store import (
     WORKER_BEAT_TTL_S,
     HookStore,
     Pending,
+    registration,
     tenant_secret,
 )
 from shared.webhooks.targets import (
@@ -59,8 +67,30 @@ from shared.webhooks.targets import (
 )
 
 __all__ = [
-    "EVENTS", "LUA_DIR", "PICKUP_LEASE_S", "SECRET_PREFIX", "WORKER_BEAT_TTL_S", "Attempt",
-    "Delivery", "HookStore", "IPAddress", "IPNetwork", "Pending", "TargetPolicy", "addresses_of",
-    "advance", "check_addresses", "deliveries", "embedded_ipv4", "new_secret", "refused_address",
-    "resolve", "sign", "target", "tenant_secret", "webhook_id",
+    "BATCH_EVENTS",
+    "EVENTS",
+    "LUA_DIR",
+    "PICKUP_LEASE_S",
+    "SECRET_PREFIX",
+    "WORKER_BEAT_TTL_S",
+    "Attempt",
+    "Delivery",
+    "HookStore",
+    "IPAddress",
+    "IPNetwork",
+    "Pending",
+    "TargetPolicy",
+    "addresses_of",
+    "advance",
+    "check_addresses",
+    "deliveries",
+    "embedded_ipv4",
+    "new_secret",
+    "refused_address",
+    "registration",
+    "resolve",
+    "sign",
+    "target",
+    "tenant_secret",
+    "webhook_id",
 ]

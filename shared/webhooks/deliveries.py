@@ -10,7 +10,10 @@ from dataclasses import asdict, dataclass, replace
 from shared.schemas import WebhookDelivery, WebhookEvent, utc
 from shared.settings import WebhookSettings
 
-EVENTS = tuple(e.value for e in WebhookEvent)  # the order a job raises them in
+JOB_EVENTS = tuple(e.value for e in WebhookEvent)  # the order a job raises them in
+# A batch's end (OpenAI's event types); a batch raises one, under its own id.
+BATCH_EVENTS = ("batch.completed", "batch.failed", "batch.cancelled", "batch.expired")
+EVENTS = JOB_EVENTS + BATCH_EVENTS
 
 
 @dataclass(frozen=True)
@@ -74,4 +77,4 @@ def advance(d: Delivery, attempt: Attempt, now: float, hooks: WebhookSettings) -
 
 def deliveries(state: dict[str, str]) -> list[WebhookDelivery]:
     """A job's deliveries from its hooks hash, in event order."""
-    return [Delivery.load(state[f"ev:{e}"]).view() for e in EVENTS if f"ev:{e}" in state]
+    return [Delivery.load(state[f"ev:{e}"]).view() for e in JOB_EVENTS if f"ev:{e}" in state]

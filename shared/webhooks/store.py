@@ -52,13 +52,9 @@ class HookStore:
 
     def register(self, record: JobRecord, event: str, body: str, now: float) -> bool:
         assert record.webhook is not None
-        state = Delivery(event=event, webhook_id=webhook_id(record.id, event),
-                         registered_at=now)
-        ttl = int(self.hooks.retry_period_s + self.retention_s + PICKUP_LEASE_S)
-        return bool(self._scripts["register"](
-            keys=(self.keys.hooks(record.id), self.keys.hooks_due()),
-            args=(record.id, event, state.dump(), body, record.webhook, record.tenant, now,
-                  ttl)))
+        keys, args = registration(self.keys, self.hooks, self.retention_s, record.id,
+                                  record.tenant, record.webhook, event, body, now)
+        return bool(self._scripts["register"](keys=keys, args=args))
 
     def claim(self, now: float, limit: int = 100) -> list[tuple[str, str]]:
         flat = self._scripts["claim"](
@@ -91,6 +87,18 @@ class HookStore:
     def state(self, job_id: str) -> dict[str, str]:
         state: dict[str, str] = self.client.hgetall(self.keys.hooks(job_id))  # type: ignore[assignment]
         return state
+
+
+def registration(  # noqa: PLR0917 (the script's whole contract)
+    keys: Keys, hooks: WebhookSettings, retention_s: float, owner_id: str, tenant: str,
+    url: str, event: str, body: str, now: float,
+) -> tuple[tuple[str, str], tuple[Any, ...]]:
+    """KEYS and ARGV of ``register.lua`` for ``event`` of ``owner_id`` (a job, or a batch:
+    its end, registered by the API), delivered to ``url`` under the tenant's secret."""
+    state = Delivery(event=event, webhook_id=webhook_id(owner_id, event), registered_at=now)
+    ttl = int(hooks.retry_period_s + retention_s + PICKUP_LEASE_S)
+    return ((keys.hooks(owner_id), keys.hooks_due()),
+            (owner_id, event, state.dump(), body, url, tenant, now, ttl))
 
 
 def tenant_secret(client: redis.Redis, keys: Keys, tenant: str) -> str:
