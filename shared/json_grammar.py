@@ -678,7 +678,22 @@ def schema_grammar(schema: dict[str, Any], path: str, prop_order: list[str] | No
                    budget: GrammarBudget = DEFAULT_BUDGET) -> str:
     """The GBNF grammar (root rule ``root``) of a ref-inlined schema, checked first."""
     checked = check_schema(schema, path, budget)
+    _check_meta(schema, path)
     return _strict_strings(_converts(checked, path, prop_order, budget), path)
+
+
+def _check_meta(schema: dict[str, Any], path: str) -> None:
+    """A schema ``jsonschema`` (which validates the answer, :mod:`shared.answers`) reads:
+    refused now rather than failing every answer later."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in exc.path)
+        raise UnsupportedSchema(f"{path}{where}", f"not a valid JSON Schema: "
+                                                  f"{exc.message[:200]}") from exc
 
 
 # Quoted literals and character classes, whose brackets are not groups.

@@ -59,7 +59,7 @@ REFUSED: list[tuple[dict[str, Any], str]] = [
     ({"top_logprobs": 3}, "top_logprobs"),  # without logprobs
     ({"logit_bias": {"x": 5}}, "logit_bias"),
     ({"response_format": {"type": "json_schema", "json_schema": {
-        "name": "n", "schema": {"type": "integer", "minimum": 3}}}},
+        "name": "n", "schema": {"type": "number", "minimum": 0.5}}}},
      "response_format.json_schema.schema.minimum"),
 ]
 

@@ -237,6 +237,9 @@ def test_annotations_are_dropped_not_refused() -> None:
     ({"type": "string", "pattern": "^a{3,1}$"}, "p.pattern"),
     ({"type": "string", "pattern": "^[z-a]$"}, "p.pattern"),
     ({"type": "string", "pattern": "^*$"}, "p.pattern"),
+    # not a schema jsonschema reads (it validates the answer): refused now
+    ({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a", "a"]},
+     "p.required"),
     ({"type": "object", "required": "a", "properties": {"a": {}}}, "p.required"),
     # oneOf is read as anyOf: branches that a value could match both are refused
     ({"oneOf": [{"type": "number"}, {"type": "integer"}]}, "p.oneOf[1]"),
