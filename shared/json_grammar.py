@@ -22,7 +22,10 @@ What must always hold, and why:
 - ``oneOf`` is read by the converter as ``anyOf``: it passes only when no value
   can match two branches (:func:`_check_one_of`).
 - Local ``$ref`` s (``#/$defs/...``, ``#/definitions/...``) are inlined first
-  (:func:`inline_refs`); a recursive or remote one is refused.
+  (:func:`inline_refs`); a recursive one down to :data:`RECURSION` levels (below
+  that, an optional property, a list's items or an ``anyOf`` branch that would need
+  it again is left out; a required one refuses the schema, naming the ``$ref``);
+  a remote one is refused.
 - What the converter ignores, chatq writes itself (:mod:`shared.gbnf`, tried first
   at every node by :func:`_converter`): integer bounds of any range and sign,
   exclusive or not; number bounds that are whole numbers (a decimal bound is
@@ -193,9 +196,19 @@ def check_counts(schema: Any, path: str, budget: GrammarBudget = DEFAULT_BUDGET)
             todo.extend((v, f"{where}[{i}]") for i, v in enumerate(node))
 
 
+# A recursive $ref is expanded at most this many times inside itself; below that, what
+# would need it again is left out (an optional property, a list's items, an anyOf branch)
+# or, when required, the schema is refused naming the $ref.
+RECURSION = 3
+_NOTHING: Any = object()  # a schema cut off below RECURSION: no value matches it
+
+
 def inline_refs(schema: Any, path: str, budget: GrammarBudget = DEFAULT_BUDGET) -> Any:
-    """The schema with every local ``$ref`` replaced by what it points to."""
+    """The schema with every local ``$ref`` replaced by what it points to; a recursive
+    one down to :data:`RECURSION` levels (a tree three levels deep), pruned below."""
     size = _Size(budget)
+    active: list[str] = []  # the references being expanded, outermost first
+    cuts: list[str] = []  # where a recursive reference was cut off
 
     def walk(node: Any, where: str, depth: int) -> Any:
         size.add(node, where, depth)
@@ -204,16 +217,61 @@ def inline_refs(schema: Any, path: str, budget: GrammarBudget = DEFAULT_BUDGET) 
         if not isinstance(node, dict):
             return node
         if "$ref" in node:
-            target = _resolve(schema, str(node["$ref"]), f"{where}.$ref")
+            ref = str(node["$ref"])
+            if active.count(ref) >= RECURSION:
+                cuts.append(f"{where}.$ref")
+                return _NOTHING
+            target = _resolve(schema, ref, f"{where}.$ref")
             rest = {k: v for k, v in node.items() if k != "$ref"}
-            return walk({**target, **rest}, where, depth + 1)
-        return {k: v if k in _DEFS else walk(v, f"{where}.{k}", depth + 1)
-                for k, v in node.items()}
+            active.append(ref)
+            try:
+                return walk({**target, **rest}, where, depth + 1)
+            finally:
+                active.pop()
+        return _prune({k: v if k in _DEFS else walk(v, f"{where}.{k}", depth + 1)
+                       for k, v in node.items()})
 
     inlined = walk(schema, path, 0)
+    if inlined is _NOTHING:
+        raise UnsupportedSchema(cuts[0], f"a recursive $ref admits no value within "
+                                         f"{RECURSION} levels (each level requires the next)")
     if isinstance(inlined, dict):
         inlined = {k: v for k, v in inlined.items() if k not in _DEFS}
     return inlined
+
+
+def _has_nothing(value: Any) -> bool:
+    if isinstance(value, list):
+        return any(v is _NOTHING for v in value)
+    if isinstance(value, dict):
+        return any(v is _NOTHING for v in value.values())
+    return value is _NOTHING
+
+
+def _prune(node: dict[str, Any]) -> Any:
+    """``node`` without the parts cut off below :data:`RECURSION`: an array that may be
+    empty stays empty, an optional property or an ``anyOf`` branch is left out,
+    ``additionalProperties`` admits none; anything else cut makes ``node`` itself cut."""
+    if not any(_has_nothing(v) for v in node.values()):
+        return node
+    out = dict(node)
+    if out.get("items") is _NOTHING:
+        if out.get("minItems", 0) > 0:
+            return _NOTHING
+        out["items"], out["maxItems"] = {"type": "null"}, 0
+    if out.get("additionalProperties") is _NOTHING:
+        out["additionalProperties"] = False
+    props = out.get("properties")
+    if isinstance(props, dict) and _has_nothing(props):
+        if any(props.get(name) is _NOTHING for name in out.get("required") or []):
+            return _NOTHING
+        out["properties"] = {k: v for k, v in props.items() if v is not _NOTHING}
+    for key in ("anyOf", "oneOf"):
+        if isinstance(out.get(key), list) and _has_nothing(out[key]):
+            out[key] = [b for b in out[key] if b is not _NOTHING]
+            if not out[key]:
+                return _NOTHING
+    return _NOTHING if any(_has_nothing(v) for v in out.values()) else out
 
 
 def measure_schema(schema: Any, path: str, budget: GrammarBudget = DEFAULT_BUDGET) -> None:

@@ -405,3 +405,27 @@ def test_grammar_problem_names_size_and_nesting() -> None:
     assert "nests groups 2001 deep" in (grammar_problem(nested) or "")
     assert "over the limit of 10" in (
         grammar_problem('root ::= "abcdefghijkl"', GrammarBudget(max_grammar_chars=10)) or "")
+
+
+TREE = {"$defs": {"Node": {"type": "object", "required": ["v"], "properties": {
+    "v": {"type": "integer"},
+    "kids": {"type": "array", "items": {"$ref": "#/$defs/Node"}}}}},
+    "$ref": "#/$defs/Node"}
+
+
+def test_a_recursive_ref_is_expanded_three_levels_deep(vocab_llm: Llama) -> None:
+    gbnf = grammar(TREE)
+    three = '{"v": 1, "kids": [{"v": 2, "kids": [{"v": 3, "kids": []}]}]}'
+    four = '{"v": 1, "kids": [{"v": 2, "kids": [{"v": 3, "kids": [{"v": 4}]}]}]}'
+    assert accepts(vocab_llm, gbnf, three)
+    assert not accepts(vocab_llm, gbnf, four)
+
+
+def test_a_recursive_ref_each_level_requires_is_refused_naming_the_ref() -> None:
+    chain = {"$defs": {"C": {"type": "object", "required": ["next"],
+                             "properties": {"next": {"$ref": "#/$defs/C"}}}},
+             "$ref": "#/$defs/C"}
+    with pytest.raises(UnsupportedSchema) as refused:
+        grammar(chain)
+    assert refused.value.path.endswith(".properties.next.$ref")
+    assert "recursive $ref" in refused.value.message
