@@ -25,6 +25,8 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
+MAX_NESTING = 32  # groups inside groups in a pattern
+LLAMA_REPETITIONS = 2000  # llama.cpp's parser refuses an {m,...} with m over this
 MAX_DIGITS = 16  # an integer with no upper bound: at most this many digits (the converter's)
 MAX_BOUND_DIGITS = 30  # a bound with more digits is refused
 FRACTION = '("." [0-9]{1,15})'
@@ -252,9 +254,9 @@ def _set_rule(ranges: list[tuple[int, int]], negated: bool) -> str:
     if safe:
         parts.append("[" + "".join(_class_char(a) if a == b else
                                    f"{_class_char(a)}-{_class_char(b)}" for a, b in safe) + "]")
-    if not negated:
-        parts += [_char_literal(chr(c)) for low, high in ranges for c in range(low, high + 1)
-                  if any(a <= c <= b for a, b in _SAFE_EXCLUDED)]
+    if not negated:  # the few characters JSON escapes, never a walk over the whole range
+        parts += [_char_literal(chr(c)) for a, b in _SAFE_EXCLUDED for c in range(a, b + 1)
+                  if any(low <= c <= high for low, high in ranges)]
     if not parts:
         raise RuleError("a character class that admits no character")
     return parts[0] if len(parts) == 1 else _alts(parts)
@@ -270,11 +272,12 @@ class _Pattern:
     lazy ``?`` changes nothing for a whole-string match), ``^`` first and ``$`` last."""
 
     def __init__(self, pattern: str, check_repeat: Callable[[int, int | None], None]) -> None:
-        self.text, self.i = pattern, 0
+        self.text, self.i, self.depth = pattern, 0, 0
         self.check_repeat = check_repeat
 
     def fail(self, message: str) -> RuleError:
-        return RuleError(f"{message} (at {self.i} in /{self.text}/)")
+        shown = self.text if len(self.text) <= 60 else self.text[:57] + "..."
+        return RuleError(f"{message} (at {self.i} in /{shown}/)")
 
     def peek(self) -> str:
         return self.text[self.i:self.i + 1]
@@ -328,7 +331,11 @@ class _Pattern:
             self.i += 2
         elif self.peek() == "?":
             raise self.fail("lookarounds and named groups are not supported")
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise self.fail(f"groups nested deeper than {MAX_NESTING}")
         inner = self.alternatives()
+        self.depth -= 1
         if self.peek() != ")":
             raise self.fail("unbalanced (")
         self.i += 1
@@ -412,6 +419,8 @@ class _Pattern:
         low = int(parts[0])
         high = low if len(parts) == 1 else int(parts[1]) if parts[1] else None
         self.check_repeat(low, high)
+        if low > LLAMA_REPETITIONS:
+            raise self.fail(f"a quantifier's minimum over {LLAMA_REPETITIONS}")
         self.i = close + 1
         self.lazy()
         return f"{{{low}}}" if high == low else f"{{{low},{'' if high is None else high}}}"

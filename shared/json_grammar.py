@@ -126,6 +126,8 @@ class GrammarBudget:
     max_branches: int = 256  # anyOf / oneOf / prefixItems entries (a forced call: 1 per tool)
     max_depth: int = 32  # nesting, counted in JSON levels (properties.a is two)
     max_schema_chars: int = 100_000  # every name and value, after $ref inlining
+    max_pattern_chars: int = 1000  # one pattern (Python's re, which checks answers, is slow
+    # to compile long ones: 500 wide classes took 3 s)
     max_grammar_chars: int = 1_000_000  # the produced GBNF
 
 
@@ -660,6 +662,9 @@ def _check_pattern(pattern: Any, path: str, budget: GrammarBudget = DEFAULT_BUDG
     within the budget (the converter would spell them out like a length)."""
     if not isinstance(pattern, str) or not pattern:
         raise UnsupportedSchema(path, "a pattern must be a non-empty string")
+    if len(pattern) > budget.max_pattern_chars:
+        raise UnsupportedSchema(path, f"a pattern of {len(pattern)} characters, over the "
+                                      f"limit of {budget.max_pattern_chars}")
     try:
         pattern_string(pattern, budget)
     except RuleError as exc:

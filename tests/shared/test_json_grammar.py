@@ -237,6 +237,8 @@ def test_annotations_are_dropped_not_refused() -> None:
     ({"type": "string", "pattern": "^a{3,1}$"}, "p.pattern"),
     ({"type": "string", "pattern": "^[z-a]$"}, "p.pattern"),
     ({"type": "string", "pattern": "^*$"}, "p.pattern"),
+    ({"type": "string", "pattern": "^" + "(" * 400 + ")" * 400 + "$"}, "p.pattern"),
+    ({"type": "string", "pattern": "^a{2001}$"}, "p.pattern"),  # llama.cpp refuses it
     # not a schema jsonschema reads (it validates the answer): refused now
     ({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a", "a"]},
      "p.required"),
@@ -325,6 +327,16 @@ def test_hostile_schemas_are_refused_quickly_naming_keyword_and_path(
     refused = _refused(schema)
     assert refused.path == WHERE + path
     assert words in refused.message
+
+
+def test_a_long_pattern_is_refused_and_wide_classes_within_the_limit_are_quick() -> None:
+    with pytest.raises(UnsupportedSchema, match="over the limit of 1000"):
+        schema_grammar({"type": "string", "pattern": "^" + "a" * 1000 + "$"}, "p")
+    widest = "^" + "[\\x00-\\uffff]" * 70 + "$"
+    started = time.process_time()
+    schema_grammar({"type": "string", "pattern": widest}, "p")
+    # CPU time, not wall time: 0.1 s a class before (a walk over the whole range)
+    assert time.process_time() - started < 3
 
 
 def test_nesting_is_refused_without_recursing_through_it() -> None:
