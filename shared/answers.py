@@ -22,16 +22,40 @@ incomplete, as OpenAI's does.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError, best_match
 
 from shared.tools import ToolSet, parse_calls
 
 CODE = "schema_mismatch"
 _MAX_MESSAGE = 300
+
+
+def _formats() -> FormatChecker:
+    """Draft 2020-12's format checks, with ``date-time`` and ``time`` read by Python
+    (jsonschema checks them only with an optional package chatq does not need): a
+    date-time of 2024-02-31 passes the grammar's digits and fails here."""
+    checker = FormatChecker(list(Draft202012Validator.FORMAT_CHECKER.checkers))
+
+    @checker.checks("date-time", raises=ValueError)
+    def _date_time(value: object) -> bool:
+        if not isinstance(value, str):
+            return True
+        parsed = dt.datetime.fromisoformat(value)
+        return value[10:11] in "Tt" and parsed.tzinfo is not None
+
+    @checker.checks("time", raises=ValueError)
+    def _time(value: object) -> bool:
+        return not isinstance(value, str) or dt.time.fromisoformat(value).tzinfo is not None
+
+    return checker
+
+
+FORMATS = _formats()
 
 
 def _why(error: ValidationError) -> str:
@@ -44,7 +68,7 @@ def _why(error: ValidationError) -> str:
 
 def schema_problem(value: Any, schema: dict[str, Any]) -> str | None:
     """Why ``value`` does not validate against ``schema`` (keyword first), or None."""
-    validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+    validator = Draft202012Validator(schema, format_checker=FORMATS)
     try:
         error = best_match(validator.iter_errors(value))
     except Exception as exc:  # e.g. a regex Python reads differently: fail closed

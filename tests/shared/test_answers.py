@@ -57,3 +57,14 @@ def test_tool_call_arguments_are_checked_against_their_parameters() -> None:
 
 def test_free_text_and_json_object_answers_are_not_checked() -> None:
     assert mismatch("just words", None, None, "job_1") is None
+
+
+def test_date_times_and_times_are_checked_by_python() -> None:
+    schema = {"type": "object", "properties": {"at": {"type": "string", "format": "date-time"},
+                                               "t": {"type": "string", "format": "time"}}}
+    assert mismatch('{"at": "2024-02-29T12:30:00Z", "t": "07:30:00+02:00"}', schema, None,
+                    "job_1") is None
+    for bad in ('{"at": "2024-02-31T12:30:00Z"}', '{"at": "2024-02-28T12:30:00"}',
+                '{"t": "25:00:00Z"}'):
+        error = mismatch(bad, schema, None, "job_1")
+        assert error is not None and "`format`" in error["message"], bad
