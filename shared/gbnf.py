@@ -182,6 +182,16 @@ EMAIL = ('[A-Za-z0-9_%+-]{1,64} ("." [A-Za-z0-9_%+-]{1,64}){0,8} "@" '
          '([A-Za-z0-9] [A-Za-z0-9-]{0,62} "."){1,8} [A-Za-z]{2,24}')
 
 
+# --- dates and times ---------------------------------------------------------------------
+
+# RFC 3339 as JSON Schema's formats have it (a time needs its offset); the converter's
+# own rule takes exactly three fraction digits, pydantic writes six: here 1 to 9.
+DATE = ('[0-9]{4} "-" ("0" [1-9] | "1" [0-2]) "-" ("0" [1-9] | [1-2] [0-9] | "3" [0-1])')
+TIME = ('([01] [0-9] | "2" [0-3]) ":" [0-5] [0-9] ":" [0-5] [0-9] ("." [0-9]{1,9})? '
+        '("Z" | [+-] ([01] [0-9] | "2" [0-3]) ":" [0-5] [0-9])')
+FORMATS = {"date": DATE, "time": TIME, "date-time": f'{DATE} "T" {TIME}', "email": EMAIL}
+
+
 # --- patterns ----------------------------------------------------------------------------
 
 _SAFE_EXCLUDED = [(0x00, 0x1F), (0x22, 0x22), (0x5C, 0x5C), (0x7F, 0x7F)]

@@ -72,7 +72,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.gbnf import (
-    EMAIL,
+    FORMATS,
     Bound,
     RuleError,
     integer_multiples,
@@ -97,7 +97,7 @@ _ANNOTATIONS = frozenset({
     "deprecated", "readOnly", "writeOnly", "$defs", "definitions", "strict",
     "discriminator",  # OpenAPI's hint; the branches' own consts tell them apart
 })
-# String formats with a grammar (the converter's, and email: shared.gbnf.EMAIL).
+# String formats with a grammar (the converter's uuids, and shared.gbnf.FORMATS).
 _FORMATS = frozenset({"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3",
                       "uuid4", "uuid5", "email"})
 _TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
@@ -695,8 +695,8 @@ def _own_rule(schema: dict[str, Any], budget: GrammarBudget) -> str | None:
     kind = schema.get("type")
     if kind in (None, "string") and "pattern" in schema:
         return pattern_string(schema["pattern"], budget)
-    if kind in (None, "string") and schema.get("format") == "email":
-        return f'"\\"" {EMAIL} "\\"" space'
+    if kind in (None, "string") and schema.get("format") in FORMATS:
+        return f'"\\"" {FORMATS[schema["format"]]} "\\"" space'
     return numeric_rule(schema, "", budget)
 
 
