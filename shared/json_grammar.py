@@ -30,7 +30,8 @@ What must always hold, and why:
   at every node by :func:`_converter`): integer bounds of any range and sign,
   exclusive or not; number bounds that are whole numbers (a decimal bound is
   refused by name); ``multipleOf`` on integers (listed between two bounds, or by
-  the last two digits when it divides 100); the ``email`` format; and ``pattern``
+  the last two digits when it divides 100); the ``email``, ``date``, ``time`` and
+  ``date-time`` formats; and ``pattern``
   in the ECMA-262 subset :func:`shared.gbnf.pattern_rule` reads, written so that a
   ``"``, ``\\`` or control character is always escaped inside the JSON string.
 - Where the grammar is narrower than the schema's wording (``date`` admits
