@@ -159,6 +159,7 @@ class _Checked:
     toolset: ToolSet | None
     messages: list[dict[str, Any]]
     deadline: float | None
+    answer_schema: dict[str, Any] | None = None  # response_format's, checked at the end
     tokens: int = 0  # prompt tokens (when counted) plus max_tokens: what rate limits count
 
 
@@ -209,7 +210,7 @@ async def _check(svc: Services, work: Work, now: float, *, need_worker: bool = T
                                  work.parallel_tool_calls)
     params = spec.resolve_sampling(work.sampling, grammar=built.response_format,
                                    tool_grammar=built.tool_call)
-    checked = _Checked(spec, params, built.toolset, messages, deadline)
+    checked = _Checked(spec, params, built.toolset, messages, deadline, built.schema)
     await check_vocabulary(svc, spec, params)
     prompt_tokens = await _check_context(svc, work, checked)
     if need_worker:
@@ -270,6 +271,7 @@ def _record(work: Work, checked: _Checked, tenant: str, now: float) -> JobRecord
         webhook=work.webhook,
         webhook_events=[e.value for e in work.webhook_events or []] or None,
         tools=checked.toolset.to_json() if checked.toolset else None,
+        answer_schema=checked.answer_schema,
         response=work.response,
     )
 

@@ -37,6 +37,7 @@ class Grammars:
     toolset: ToolSet | None = None
     response_format: str | None = None  # enforces response_format (None: free text)
     tool_call: str | None = None  # forces one call of the tools (None: not forced)
+    schema: dict[str, Any] | None = None  # response_format's schema (the answer is checked)
 
 
 def _asks_for_grammar(fmt: ResponseFormat | None, tools: list[Any] | None) -> bool:
@@ -53,7 +54,8 @@ def build_now(fmt: ResponseFormat | None, tools: list[Any] | None, tool_choice: 
         tool_call = toolset.grammar() if toolset else None
     except UnsupportedSchema as exc:
         raise UnsupportedParameter.of_fields([(exc.path, exc.message)]) from exc
-    return Grammars(toolset, grammar, tool_call)
+    schema = fmt.json_schema.schema_ if fmt is not None and fmt.json_schema else None
+    return Grammars(toolset, grammar, tool_call, schema if grammar is not None else None)
 
 
 _limiters: dict[int, anyio.CapacityLimiter] = {}

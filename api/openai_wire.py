@@ -5,7 +5,9 @@ What must hold on these routes:
 
 - A blocking call waits for its job; if the client goes away first, the job is
   cancelled and nobody is answered (``499``): generating for nobody would hold a
-  slot (:func:`respond`).
+  slot (:func:`respond`). If the wait (:func:`wait_limit_s`) passes first, the job
+  is cancelled and the call fails ``timeout`` (``504``): never a half answer (or an
+  empty one, for a job still queued) reported as complete.
 - A stream (``stream: true``) is ``data:`` frames ending with ``data: [DONE]``; a
   client that goes away before the end cancels its job (:func:`stream_response`).
 - A failed job is an OpenAI error object: the status its error code maps to on a
@@ -75,11 +77,16 @@ def usage_chunk(record: JobRecord, created: int, kind: str) -> str:
     return data({**envelope(record, created, kind, []), "usage": usage(record)})
 
 
+def wait_limit_s(svc: Services) -> float:
+    """How long a blocking call waits for its job (queue wait included)."""
+    return float(svc.settings.celery.hard_time_limit_s + 60)
+
+
 async def wait_unless_disconnected(
     request: Request, svc: Services, record: JobRecord, tenant: str
 ) -> tuple[JobRecord, str] | None:
     """Wait for the job; cancel it (and return None) if the client disconnects first."""
-    timeout = svc.settings.celery.hard_time_limit_s + 60
+    timeout = wait_limit_s(svc)
     result: list[tuple[JobRecord, str]] = []
     async with anyio.create_task_group() as tg:
 
@@ -126,6 +133,11 @@ async def respond(request: Request, svc: Services, record: JobRecord, tenant: st
     if done is None:
         return JSONResponse({}, status_code=CLIENT_GONE)
     record, output = done
+    if not record.status.terminal:  # the wait passed: no half answer as a success
+        await jobs.cancel(svc, record)
+        raise JobFailed(record.id, {"code": "timeout", "message": (
+            f"the job did not finish within the {wait_limit_s(svc):g} s a blocking call "
+            "waits (it was still queued or running); it was cancelled")})
     if record.status is JobStatus.failed:
         raise JobFailed(record.id, record.error)
     return JSONResponse(await answer(record, output))

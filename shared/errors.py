@@ -172,7 +172,9 @@ class IdempotencyConflict(Conflict):
 
 
 # The HTTP status of a blocking call whose job failed with this code (else 500).
-FAILED_JOB_STATUS = {"timeout": 504, "upstream_error": 502, "upstream_rejected": 400}
+# schema_mismatch: the model's answer did not validate (422, so SDKs do not retry it blindly)
+FAILED_JOB_STATUS = {"timeout": 504, "upstream_error": 502, "upstream_rejected": 400,
+                     "schema_mismatch": 422}
 
 
 class JobFailed(ChatqError):

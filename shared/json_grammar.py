@@ -22,11 +22,21 @@ What must always hold, and why:
 - ``oneOf`` is read by the converter as ``anyOf``: it passes only when no value
   can match two branches (:func:`_check_one_of`).
 - Local ``$ref`` s (``#/$defs/...``, ``#/definitions/...``) are inlined first
-  (:func:`inline_refs`); a recursive or remote one is refused.
-- A ``pattern`` is enforced only in the subset whose grammar stays inside a JSON
-  string (:func:`_check_pattern`): the converter copies character classes and
-  ``.`` into the grammar as they are, which would let ``"``, ``\\`` or a raw
-  control character into the string and break the JSON.
+  (:func:`inline_refs`); a recursive one down to :data:`RECURSION` levels (below
+  that, an optional property, a list's items or an ``anyOf`` branch that would need
+  it again is left out; a required one refuses the schema, naming the ``$ref``);
+  a remote one is refused.
+- What the converter ignores, chatq writes itself (:mod:`shared.gbnf`, tried first
+  at every node by :func:`_converter`): integer bounds of any range and sign,
+  exclusive or not; number bounds that are whole numbers (a decimal bound is
+  refused by name); ``multipleOf`` on integers (listed between two bounds, or by
+  the last two digits when it divides 100); the ``email``, ``date``, ``time`` and
+  ``date-time`` formats; and ``pattern``
+  in the ECMA-262 subset :func:`shared.gbnf.pattern_rule` reads, written so that a
+  ``"``, ``\\`` or control character is always escaped inside the JSON string.
+- Where the grammar is narrower than the schema's wording (``date`` admits
+  2024-02-31), the worker validates the finished answer against the whole
+  schema (:mod:`shared.answers`): a mismatch fails the job naming the keyword.
 - The converter's string character admits raw control characters (a raw
   newline), which JSON parsers refuse: :func:`_strict_strings` tightens it.
 
@@ -57,17 +67,30 @@ for 40 s. So, before any expensive work:
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from shared.gbnf import (
+    FORMATS,
+    Bound,
+    RuleError,
+    integer_multiples,
+    integer_range,
+    number_range,
+    pattern_rule,
+)
 from shared.schemas import ResponseFormat
+
+# The numeric keywords (integer and number bounds, multipleOf): shared.gbnf's ranges.
+NUMERIC = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
 
 # Keywords the converter turns into grammar rules, exactly.
 _ENFORCED = frozenset({
     "type", "properties", "required", "additionalProperties", "items", "prefixItems",
     "minItems", "maxItems", "enum", "const", "anyOf", "oneOf", "pattern", "format",
-    "minLength", "maxLength",
+    "minLength", "maxLength", *NUMERIC,
 })
 # Keywords that constrain nothing (dropped before conversion).
 _ANNOTATIONS = frozenset({
@@ -75,9 +98,9 @@ _ANNOTATIONS = frozenset({
     "deprecated", "readOnly", "writeOnly", "$defs", "definitions", "strict",
     "discriminator",  # OpenAPI's hint; the branches' own consts tell them apart
 })
-# String formats the converter has a grammar for (others would be plain strings).
+# String formats with a grammar (the converter's uuids, and shared.gbnf.FORMATS).
 _FORMATS = frozenset({"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3",
-                      "uuid4", "uuid5"})
+                      "uuid4", "uuid5", "email"})
 _TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
 _DEFS = ("$defs", "definitions")
 _LENGTHS = ("minLength", "maxLength", "minItems", "maxItems")
@@ -104,6 +127,8 @@ class GrammarBudget:
     max_branches: int = 256  # anyOf / oneOf / prefixItems entries (a forced call: 1 per tool)
     max_depth: int = 32  # nesting, counted in JSON levels (properties.a is two)
     max_schema_chars: int = 100_000  # every name and value, after $ref inlining
+    max_pattern_chars: int = 1000  # one pattern (Python's re, which checks answers, is slow
+    # to compile long ones: 500 wide classes took 3 s)
     max_grammar_chars: int = 1_000_000  # the produced GBNF
 
 
@@ -174,9 +199,19 @@ def check_counts(schema: Any, path: str, budget: GrammarBudget = DEFAULT_BUDGET)
             todo.extend((v, f"{where}[{i}]") for i, v in enumerate(node))
 
 
+# A recursive $ref is expanded at most this many times inside itself; below that, what
+# would need it again is left out (an optional property, a list's items, an anyOf branch)
+# or, when required, the schema is refused naming the $ref.
+RECURSION = 3
+_NOTHING: Any = object()  # a schema cut off below RECURSION: no value matches it
+
+
 def inline_refs(schema: Any, path: str, budget: GrammarBudget = DEFAULT_BUDGET) -> Any:
-    """The schema with every local ``$ref`` replaced by what it points to."""
+    """The schema with every local ``$ref`` replaced by what it points to; a recursive
+    one down to :data:`RECURSION` levels (a tree three levels deep), pruned below."""
     size = _Size(budget)
+    active: list[str] = []  # the references being expanded, outermost first
+    cuts: list[str] = []  # where a recursive reference was cut off
 
     def walk(node: Any, where: str, depth: int) -> Any:
         size.add(node, where, depth)
@@ -185,16 +220,61 @@ def inline_refs(schema: Any, path: str, budget: GrammarBudget = DEFAULT_BUDGET) 
         if not isinstance(node, dict):
             return node
         if "$ref" in node:
-            target = _resolve(schema, str(node["$ref"]), f"{where}.$ref")
+            ref = str(node["$ref"])
+            if active.count(ref) >= RECURSION:
+                cuts.append(f"{where}.$ref")
+                return _NOTHING
+            target = _resolve(schema, ref, f"{where}.$ref")
             rest = {k: v for k, v in node.items() if k != "$ref"}
-            return walk({**target, **rest}, where, depth + 1)
-        return {k: v if k in _DEFS else walk(v, f"{where}.{k}", depth + 1)
-                for k, v in node.items()}
+            active.append(ref)
+            try:
+                return walk({**target, **rest}, where, depth + 1)
+            finally:
+                active.pop()
+        return _prune({k: v if k in _DEFS else walk(v, f"{where}.{k}", depth + 1)
+                       for k, v in node.items()})
 
     inlined = walk(schema, path, 0)
+    if inlined is _NOTHING:
+        raise UnsupportedSchema(cuts[0], f"a recursive $ref admits no value within "
+                                         f"{RECURSION} levels (each level requires the next)")
     if isinstance(inlined, dict):
         inlined = {k: v for k, v in inlined.items() if k not in _DEFS}
     return inlined
+
+
+def _has_nothing(value: Any) -> bool:
+    if isinstance(value, list):
+        return any(v is _NOTHING for v in value)
+    if isinstance(value, dict):
+        return any(v is _NOTHING for v in value.values())
+    return value is _NOTHING
+
+
+def _prune(node: dict[str, Any]) -> Any:
+    """``node`` without the parts cut off below :data:`RECURSION`: an array that may be
+    empty stays empty, an optional property or an ``anyOf`` branch is left out,
+    ``additionalProperties`` admits none; anything else cut makes ``node`` itself cut."""
+    if not any(_has_nothing(v) for v in node.values()):
+        return node
+    out = dict(node)
+    if out.get("items") is _NOTHING:
+        if out.get("minItems", 0) > 0:
+            return _NOTHING
+        out["items"], out["maxItems"] = {"type": "null"}, 0
+    if out.get("additionalProperties") is _NOTHING:
+        out["additionalProperties"] = False
+    props = out.get("properties")
+    if isinstance(props, dict) and _has_nothing(props):
+        if any(props.get(name) is _NOTHING for name in out.get("required") or []):
+            return _NOTHING
+        out["properties"] = {k: v for k, v in props.items() if v is not _NOTHING}
+    for key in ("anyOf", "oneOf"):
+        if isinstance(out.get(key), list) and _has_nothing(out[key]):
+            out[key] = [b for b in out[key] if b is not _NOTHING]
+            if not out[key]:
+                return _NOTHING
+    return _NOTHING if any(_has_nothing(v) for v in out.values()) else out
 
 
 def measure_schema(schema: Any, path: str, budget: GrammarBudget = DEFAULT_BUDGET) -> None:
@@ -240,6 +320,8 @@ def _check(schema: Any, path: str, budget: GrammarBudget) -> Any:
                                     f"`{key}` cannot be enforced alongside "
                                     f"{' / '.join(sorted(used & clean.keys()))}")
     _check_span(clean, path)
+    _check_prefix_items(clean, path)
+    numeric_rule(clean, path, budget)
     return clean or _any_value()
 
 
@@ -259,13 +341,14 @@ _BRANCHES: list[tuple[Any, frozenset[str]]] = [
     (lambda s, t: "enum" in s, frozenset({"enum", "type"})),
     (lambda s, t: t in (None, "object") and ("properties" in s or "additionalProperties" in s),
      frozenset({"type", "properties", "required", "additionalProperties"})),
+    (lambda s, t: t in (None, "array") and "prefixItems" in s,
+     frozenset({"type", "prefixItems", "items", "minItems", "maxItems"})),
     (lambda s, t: t in (None, "array") and "items" in s,
      frozenset({"type", "items", "minItems", "maxItems"})),
-    (lambda s, t: t in (None, "array") and "prefixItems" in s,
-     frozenset({"type", "prefixItems"})),
     (lambda s, t: t in (None, "string") and "pattern" in s, frozenset({"type", "pattern"})),
     (lambda s, t: t in (None, "string") and "format" in s, frozenset({"type", "format"})),
     (lambda s, t: t == "string", frozenset({"type", "minLength", "maxLength"})),
+    (lambda s, t: t in ("integer", "number"), frozenset({"type", *NUMERIC})),
 ]
 
 
@@ -285,10 +368,14 @@ def _check_keyword(key: str, value: Any, path: str, node: dict[str, Any],
         return {name: _check(sub, f"{path}.{name}", budget) for name, sub in value.items()}
     if key in _LISTS:
         return _check_list(key, value, path, budget)
+    if key == "items" and value is False and "prefixItems" in node:
+        return value  # no items past the prefix: what the grammar writes anyway
     if key == "items" or (key == "additionalProperties" and not isinstance(value, bool)):
         return _check(value, path, budget)
     if key in _LENGTHS:
         _check_length(key, value, path, budget)
+    elif key in NUMERIC:
+        _check_number(key, value, path)
     elif key == "enum":
         _check_enum(value, path)
     elif key == "pattern":
@@ -332,6 +419,86 @@ def _check_span(schema: dict[str, Any], path: str) -> None:
             raise UnsupportedSchema(f"{path}.{high_key}", (
                 f"{high_key} - {low_key} is {high - low}, over the limit of {OPTIONAL_SPAN} "
                 "(llama.cpp's grammar parser refuses more optional repetitions)"))
+
+
+def _check_prefix_items(schema: dict[str, Any], path: str) -> None:
+    """The grammar writes exactly one item per ``prefixItems`` entry: ``minItems`` and
+    ``maxItems`` must allow that many, and further items only as ``items: false``."""
+    prefix = schema.get("prefixItems")
+    if prefix is None:
+        return
+    if "items" in schema and schema["items"] is not False:
+        raise UnsupportedSchema(f"{path}.items", "items after prefixItems cannot be "
+                                                 "enforced (only items: false)")
+    if schema.get("minItems", 0) > len(prefix):
+        raise UnsupportedSchema(f"{path}.minItems", "minItems over the number of "
+                                                    "prefixItems cannot be enforced")
+    if schema.get("maxItems", len(prefix)) < len(prefix):
+        raise UnsupportedSchema(f"{path}.maxItems", "maxItems under the number of "
+                                                    "prefixItems cannot be enforced")
+
+
+def _check_number(key: str, value: Any, path: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UnsupportedSchema(path, f"{key} must be a number")
+
+
+# --- integer and number bounds ------------------------------------------------------------
+
+
+def _integer_bounds(schema: dict[str, Any]) -> tuple[int | None, int | None]:
+    """The inclusive integer bounds the schema's keywords set (None: unbounded)."""
+    lows = [math.ceil(schema["minimum"])] if "minimum" in schema else []
+    lows += [math.floor(schema["exclusiveMinimum"]) + 1] if "exclusiveMinimum" in schema else []
+    highs = [math.floor(schema["maximum"])] if "maximum" in schema else []
+    highs += [math.ceil(schema["exclusiveMaximum"]) - 1] if "exclusiveMaximum" in schema else []
+    return max(lows, default=None), min(highs, default=None)
+
+
+def _number_bound(schema: dict[str, Any], path: str, keys: tuple[str, str]) -> Bound | None:
+    """The tighter of an inclusive and an exclusive bound, each a whole number (a
+    decimal bound would need arithmetic a grammar cannot do: refused by name)."""
+    found = []
+    for key, is_open in zip(keys, (False, True), strict=True):
+        if key not in schema:
+            continue
+        value = schema[key]
+        if not float(value).is_integer():
+            raise UnsupportedSchema(f"{path}.{key}", (
+                f"JSON Schema keyword `{key}` {value} cannot be enforced by chatq's grammar "
+                "on a number: number bounds are enforced when they are whole numbers "
+                "(use an integer, or a whole-number bound)"))
+        found.append(Bound(int(value), is_open))
+    upper = keys[0] == "maximum"  # the tighter bound: the lowest maximum, highest minimum
+    return max(found, key=lambda b: ((-b.value if upper else b.value), b.open), default=None)
+
+
+def numeric_rule(schema: dict[str, Any], path: str, budget: GrammarBudget) -> str | None:
+    """The GBNF rule body of an integer or number with bounds or ``multipleOf`` (None:
+    neither, the converter's own rule applies), or :class:`UnsupportedSchema` naming
+    the keyword that cannot be enforced."""
+    kind = schema.get("type")
+    if kind not in ("integer", "number") or not any(k in schema for k in NUMERIC):
+        return None
+    try:
+        if kind == "integer":
+            low, high = _integer_bounds(schema)
+            if "multipleOf" in schema:
+                step = schema["multipleOf"]
+                if not float(step).is_integer():
+                    raise RuleError("a fractional multipleOf on an integer")
+                return integer_multiples(int(step), low, high, budget.max_enum) + " space"
+            return integer_range(low, high) + " space"
+        if "multipleOf" in schema:
+            raise UnsupportedSchema(f"{path}.multipleOf", (
+                "JSON Schema keyword `multipleOf` cannot be enforced by chatq's grammar on "
+                "a number (it is on an integer)"))
+        return number_range(_number_bound(schema, path, ("minimum", "exclusiveMinimum")),
+                            _number_bound(schema, path, ("maximum", "exclusiveMaximum"))
+                            ) + " space"
+    except RuleError as exc:
+        key = next(k for k in reversed(NUMERIC) if k in schema)
+        raise UnsupportedSchema(f"{path}.{key}", f"`{key}` cannot be enforced: {exc}") from exc
 
 
 def _check_enum(value: Any, path: str) -> None:
@@ -490,112 +657,77 @@ def _values(schema: Any) -> set[str] | None:
 
 # --- patterns ------------------------------------------------------------------------
 
-# What a backslash may escape outside a class: the metacharacters the converter
-# unescapes. It copies any other escape (\d, \s, even \.) into the grammar as is,
-# which llama.cpp's grammar parser rejects; inside a class nothing may be escaped.
-_ESCAPABLE = frozenset("[](){}*+?|")
-
-
-def _unsafe_char(code: int) -> bool:
-    """A character a JSON string cannot hold raw: ``"``, ``\\``, a control character."""
-    return code in (0x22, 0x5C, 0x7F) or code < 0x20
-
 
 def _check_pattern(pattern: Any, path: str, budget: GrammarBudget = DEFAULT_BUDGET) -> None:
-    """A pattern the converter reads and whose every match, written raw between quotes,
-    is a valid JSON string: anchored, no ``.``, no negated class, no class or
-    literal reaching ``"``, ``\\`` or a control character, no ``\\d``-style escape, no
-    ``|`` outside a group (the converter would put the quotes inside the alternatives)."""
-    if not isinstance(pattern, str) or len(pattern) < 2 or not (
-            pattern.startswith("^") and pattern.endswith("$")):
-        raise UnsupportedSchema(path, "a pattern must be anchored: ^...$")
-    body, i, depth = pattern[1:-1], 0, 0
-    while i < len(body):
-        i, depth = _pattern_unit(body, i, depth, path)
-    _check_quantifiers(body, path, budget)
-    _converts({"type": "string", "pattern": pattern}, path, budget=budget)
+    """A pattern in the subset :func:`shared.gbnf.pattern_rule` reads, its repetitions
+    within the budget (the converter would spell them out like a length)."""
+    if not isinstance(pattern, str) or not pattern:
+        raise UnsupportedSchema(path, "a pattern must be a non-empty string")
+    if len(pattern) > budget.max_pattern_chars:
+        raise UnsupportedSchema(path, f"a pattern of {len(pattern)} characters, over the "
+                                      f"limit of {budget.max_pattern_chars}")
+    try:
+        pattern_string(pattern, budget)
+    except RuleError as exc:
+        raise UnsupportedSchema(path, f"the pattern cannot be enforced: {exc}") from exc
 
 
-# A {m}, {m,} or {m,n} quantifier (the converter spells it out, like a length).
-_QUANTIFIER = re.compile(r"\{([^}]*)\}")
-_NOT_QUANTIFIED = re.compile(r"\\.|\[[^\]]*\]")  # escapes and classes (checked above)
+def pattern_string(pattern: str, budget: GrammarBudget = DEFAULT_BUDGET) -> str:
+    """The GBNF rule body of a JSON string matching ``pattern`` (or RuleError)."""
 
-
-def _check_quantifiers(body: str, path: str, budget: GrammarBudget) -> None:
-    for match in _QUANTIFIER.finditer(_NOT_QUANTIFIED.sub("", body)):
-        bounds = [part.strip() for part in match[1].split(",")]
-        if len(bounds) > 2 or not all(b.isdigit() and len(b) <= 9 for b in bounds if b):
-            raise UnsupportedSchema(path, f"invalid quantifier {match[0]} in the pattern")
-        low = int(bounds[0] or 0)
-        high = int(bounds[-1]) if bounds[-1] else None
+    def check_repeat(low: int, high: int | None) -> None:
         if max(low, high or 0) > budget.max_length:
-            raise UnsupportedSchema(path, f"quantifier {match[0]} repeats more than "
-                                          f"{budget.max_length} times")
+            raise RuleError(f"a quantifier repeats more than {budget.max_length} times")
         if high is not None and not 0 <= high - low <= OPTIONAL_SPAN:
-            raise UnsupportedSchema(path, f"quantifier {match[0]}: its maximum must be at "
-                                          f"least its minimum, by at most {OPTIONAL_SPAN}")
+            raise RuleError(f"a quantifier's maximum must be at least its minimum, by at "
+                            f"most {OPTIONAL_SPAN}")
 
-
-def _pattern_unit(body: str, i: int, depth: int, path: str) -> tuple[int, int]:
-    """Check the pattern's unit at ``body[i]``: the index past it, and the group depth."""
-    c = body[i]
-    if c == "\\":
-        _check_escape(body[i + 1:i + 2], path)
-        return i + 2, depth
-    if c == "[":
-        return _check_class(body, i + 1, path), depth
-    if c == "|" and depth == 0:
-        raise UnsupportedSchema(path, "alternatives must be in a group: ^(a|b)$")
-    if c in ".^$":
-        raise UnsupportedSchema(path, f"`{c}` in a pattern is not supported (write "
-                                      "[.] for a dot)")
-    if _unsafe_char(ord(c)):
-        raise UnsupportedSchema(path, f"a pattern cannot hold {c!r} unescaped in JSON")
-    return i + 1, depth + (c == "(") - (c == ")")
-
-
-def _check_escape(escaped: str, path: str, in_class: bool = False) -> None:
-    if in_class or escaped not in _ESCAPABLE or not escaped:
-        raise UnsupportedSchema(path, f"`\\{escaped}` in a pattern is not supported; "
-                                      "write the characters out ([0-9], [a-z], [.]...)")
-
-
-def _check_class(body: str, i: int, path: str) -> int:
-    """Check the character class starting at ``body[i]`` (after ``[``); the index past
-    its ``]``."""
-    if body[i:i + 1] == "^":
-        raise UnsupportedSchema(path, "a negated character class [^...] is not supported "
-                                      "(it admits characters a JSON string cannot hold raw)")
-    chars: list[str] = []
-    while i < len(body) and body[i] != "]":
-        if body[i] == "\\":
-            _check_escape(body[i + 1:i + 2], path, in_class=True)
-        chars.append(body[i])
-        i += 1
-    if i >= len(body):
-        raise UnsupportedSchema(path, "unbalanced [ in the pattern")
-    j = 0
-    while j < len(chars):
-        low = high = ord(chars[j])
-        if j + 2 < len(chars) and chars[j + 1] == "-":
-            high, j = ord(chars[j + 2]), j + 3
-        else:
-            j += 1
-        if low < 0x20 or any(low <= code <= high for code in (0x22, 0x5C, 0x7F)):
-            raise UnsupportedSchema(path, "a character class in the pattern reaches \", \\ "
-                                          "or a control character")
-    return i + 1
+    return '"\\"" ' + pattern_rule(pattern, check_repeat) + ' "\\"" space'
 
 
 # --- grammars ------------------------------------------------------------------------
 
 
+def _own_rule(schema: dict[str, Any], budget: GrammarBudget) -> str | None:
+    """chatq's rule for a (checked) schema the converter would not enforce: bounds,
+    ``multipleOf``, the email format, a pattern; None: the converter's own rule."""
+    if any(k in schema for k in ("oneOf", "anyOf", "const", "enum")):
+        return None
+    kind = schema.get("type")
+    if kind in (None, "string") and "pattern" in schema:
+        return pattern_string(schema["pattern"], budget)
+    if kind in (None, "string") and schema.get("format") in FORMATS:
+        return f'"\\"" {FORMATS[schema["format"]]} "\\"" space'
+    return numeric_rule(schema, "", budget)
+
+
+def _converter(prop_order: list[str] | None, budget: GrammarBudget) -> Any:
+    """llama-cpp-python's converter with :func:`_own_rule` tried first at every node."""
+    from llama_cpp.llama_grammar import RESERVED_NAMES, SchemaConverter
+
+    class Converter(SchemaConverter):
+        def visit(self, schema: dict[str, Any], name: str) -> str:
+            rule = _own_rule(schema, budget)
+            if rule is None:
+                return str(super().visit(schema, name))
+            return str(self._add_rule(name + "-" if name in RESERVED_NAMES else name or "root",
+                                      rule))
+
+    order = {key: i for i, key in enumerate(prop_order or [])}
+    return Converter(prop_order=order, allow_fetch=False, dotall=False, raw_pattern=False)
+
+
+def _to_gbnf(schema: dict[str, Any], prop_order: list[str] | None,
+             budget: GrammarBudget) -> str:
+    converter = _converter(prop_order, budget)
+    converter.visit(converter.resolve_refs(schema, "stdin"), "")
+    return str(converter.format_grammar())
+
+
 def _converts(schema: dict[str, Any], path: str, prop_order: list[str] | None = None,
               budget: GrammarBudget = DEFAULT_BUDGET) -> str:
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
-
     try:
-        grammar = str(json_schema_to_gbnf(json.dumps(schema), prop_order))
+        grammar = _to_gbnf(schema, prop_order, budget)
     except (ValueError, AssertionError, KeyError, TypeError, AttributeError,
             RecursionError) as exc:
         # e.g. a `pattern` with regex syntax the converter does not know
@@ -610,7 +742,22 @@ def schema_grammar(schema: dict[str, Any], path: str, prop_order: list[str] | No
                    budget: GrammarBudget = DEFAULT_BUDGET) -> str:
     """The GBNF grammar (root rule ``root``) of a ref-inlined schema, checked first."""
     checked = check_schema(schema, path, budget)
+    _check_meta(schema, path)
     return _strict_strings(_converts(checked, path, prop_order, budget), path)
+
+
+def _check_meta(schema: dict[str, Any], path: str) -> None:
+    """A schema ``jsonschema`` (which validates the answer, :mod:`shared.answers`) reads:
+    refused now rather than failing every answer later."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in exc.path)
+        raise UnsupportedSchema(f"{path}{where}", f"not a valid JSON Schema: "
+                                                  f"{exc.message[:200]}") from exc
 
 
 # Quoted literals and character classes, whose brackets are not groups.

@@ -56,7 +56,7 @@ LUA_DIR = Path(__file__).with_name("lua")
 # Fields stored as JSON inside the job hash; the rest are plain strings/numbers.
 _JSON_FIELDS = ("params", "messages", "persona", "metadata", "usage", "timings", "error",
                 "persisted", "webhook_events", "inputs", "result", "tools", "fresh_conversation",
-                "rate", "response")
+                "rate", "response", "answer_schema")
 _FLOAT_FIELDS = ("created_at", "started_at", "finished_at", "expires_at", "rank", "run_at",
                  "cancel_at")
 _INT_FIELDS = ("attempts", "seq", "completion_tokens", "prompt_tokens", "history_messages",
@@ -122,6 +122,8 @@ class JobRecord:
     webhook: str | None = None  # called on webhook_events (see shared.webhooks)
     webhook_events: list[str] | None = None
     tools: dict[str, Any] | None = None  # the request's functions and tool_choice (ToolSet)
+    # response_format's JSON schema: the finished answer is validated against it
+    answer_schema: dict[str, Any] | None = None
     dispatch: int = 1  # the broker message that may start it (bumped at each requeue)
     owner: str | None = None  # the worker running it
     lease: str | None = None  # the run holding it (a new one at each start)
@@ -188,7 +190,7 @@ class JobRecord:
         names = ("id", "status", "model", "queue", "tenant", "messages", "created_at",
                  "conversation_id", "persona", "metadata", "user_id", "priority",
                  "expires_at", "dispatch", "cancel_at", "webhook", "webhook_events", "kind",
-                 "inputs", "tools", "fresh_conversation", "rate", "response")
+                 "inputs", "tools", "fresh_conversation", "rate", "response", "answer_schema")
         fields = {name: getattr(self, name) for name in names}
         return {**fields, "params": self.params.model_dump(), "attempts": 0, "rank": self.rank,
                 "lane": LANES[self.priority]}

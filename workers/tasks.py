@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import redis
 
-from shared import vectors
+from shared import answers, vectors
 from shared.conversations import TurnWrite, WorkerConversationStore
 from shared.lifecycle import BlockingJobs, Emitted, JobRecord, new_lease
 from shared.prompting import PromptRenderer
@@ -120,13 +120,18 @@ def _generate(w: Worker, record: JobRecord, output: str, ctx: dict[str, Any]) ->
         return
     outcome = generation.outcome
     status, error = _status(outcome, record)
+    answer = _output(w, record) if status is JobStatus.succeeded else ""  # what clients saw
+    finish_reason = outcome.finish_reason
+    if status is JobStatus.succeeded:
+        error = _mismatch(record, answer, outcome, ctx)
+        status, finish_reason = ((JobStatus.failed, "error") if error else
+                                 (status, finish_reason))
     succeeded = status is JobStatus.succeeded
-    answer = _output(w, record) if succeeded else ""  # what the clients saw
     persisted = _persist(w, record, plan, answer) if succeeded else None
     prompt_tokens = outcome.prompt_tokens or plan.prompt_tokens
     finished = time.time()
     result = w.jobs(w.jobs.ops.finish(
-        record, status, lease, error=error, finish_reason=outcome.finish_reason,
+        record, status, lease, error=error, finish_reason=finish_reason,
         # Only true is written here: a parked write already set false, and the
         # outbox drainer may have flipped it to true since.
         persisted=True if persisted else None, history_messages=plan.history_used,
@@ -253,6 +258,20 @@ def _status(outcome: Outcome, record: JobRecord) -> tuple[JobStatus, dict[str, s
         return JobStatus.failed, {"code": outcome.error_code or "generation_error",
                                   "message": outcome.error or "generation failed"}
     return JobStatus.succeeded, None
+
+
+def _mismatch(record: JobRecord, answer: str, outcome: Outcome,
+              ctx: dict[str, Any]) -> dict[str, str] | None:
+    """The error of a finished answer that does not validate against the schema it was
+    asked to match (``response_format``, tool parameters; :mod:`shared.answers`), or
+    None. An answer cut short by ``max_tokens`` says so itself and is not checked."""
+    if outcome.finish_reason == "length":
+        return None
+    error = answers.mismatch(answer, record.answer_schema, record.tools, record.id)
+    if error is not None:
+        log.warning("answer does not match its schema",
+                    extra={**ctx, "code": error["code"], "detail": error["message"]})
+    return error
 
 
 def _plan(w: Worker, record: JobRecord, ctx: dict[str, Any]) -> PromptPlan | None:

@@ -56,7 +56,7 @@ def test_a_stop_with_response_format_is_refused() -> None:
 
 def test_an_unenforceable_schema_is_refused_naming_the_keyword() -> None:
     bad = {"type": "json_schema", "json_schema": {"name": "p", "schema": {
-        "type": "object", "properties": {"a": {"type": "integer", "maximum": 9}}}}}
+        "type": "object", "properties": {"a": {"type": "number", "maximum": 9.5}}}}}
     with pytest.raises(UnsupportedParameter) as refused:
         sampling(local_model(), job(response_format=bad))
     assert refused.value.details[0]["field"] == \

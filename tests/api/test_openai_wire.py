@@ -11,12 +11,13 @@ import anyio
 import pytest
 
 from api import openai_wire as wire
+from shared.errors import JobFailed
 from shared.lifecycle import JobRecord
 from shared.schemas import JobStatus, SamplingParams
 
 
-def record(**fields: Any) -> JobRecord:
-    return JobRecord(id="job_1", status=JobStatus.succeeded, model="m", queue="cpu",
+def record(status: JobStatus = JobStatus.succeeded, **fields: Any) -> JobRecord:
+    return JobRecord(id="job_1", status=status, model="m", queue="cpu",
                      tenant="t", params=SamplingParams(max_tokens=4, temperature=0, top_p=1),
                      messages=[], created_at=0.0, **fields)
 
@@ -59,3 +60,32 @@ def test_a_stream_left_before_its_end_cancels_its_job(
 
     anyio.run(main)
     assert calls == (["job_1"] if cancelled else [])
+
+
+def test_a_blocking_call_whose_wait_passes_fails_and_cancels_its_job(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A job still queued when the wait ends was once answered 200, empty, "stop"."""
+    cancelled: list[str] = []
+
+    async def waited(*_: Any) -> tuple[JobRecord, str]:
+        return record(status=JobStatus.queued), ""
+
+    async def cancel(svc: Any, job: JobRecord) -> None:
+        cancelled.append(job.id)
+
+    async def answer(job: JobRecord, output: str) -> dict[str, Any]:
+        raise AssertionError("a job that has not finished is not answered")
+
+    monkeypatch.setattr(wire, "wait_unless_disconnected", waited)
+    monkeypatch.setattr(wire, "wait_limit_s", lambda svc: 390.0)
+    monkeypatch.setattr(wire.jobs, "cancel", cancel)
+
+    async def main() -> None:
+        with pytest.raises(JobFailed) as failed:
+            await wire.respond(None, None, record(), "t", answer)  # type: ignore[arg-type]
+        assert (failed.value.code, failed.value.status) == ("timeout", 504)
+        assert "390 s" in str(failed.value)
+
+    anyio.run(main)
+    assert cancelled == ["job_1"]

@@ -143,7 +143,7 @@ def test_auto_answers_a_call_or_content(sdk: openai.OpenAI) -> None:
     ({"tools": TOOLS, "tool_choice": "sometimes"}, "tool_choice"),
     ({"messages": [*ASK, {"role": "tool", "content": "21"}]}, "messages[1].tool_call_id"),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
-        "type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}}}}],
+        "type": "object", "properties": {"n": {"type": "number", "minimum": 1.5}}}}}],
       "tool_choice": "required"},
      "tools[0].function.parameters.properties.n.minimum"),
 ])

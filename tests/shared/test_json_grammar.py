@@ -26,6 +26,7 @@ from shared.json_grammar import (
 from shared.registry import Registry
 from shared.schemas import ResponseFormat
 from shared.settings import DEFAULT_REGISTRY
+from tests.grammar_check import accepts, parses
 
 WHERE = "response_format.json_schema.schema"
 
@@ -111,6 +112,67 @@ def test_enforceable_schemas_become_grammars_llama_cpp_accepts(
     assert accepted_by_llama_cpp(vocab_llm, gbnf)
 
 
+# (schema, texts the grammar admits, texts it refuses): the keywords llama-cpp-python's
+# converter ignores, enforced by chatq's own rules (shared.gbnf).
+EXAMPLES: list[tuple[dict[str, Any], list[str], list[str]]] = [
+    ({"type": "integer", "minimum": 0, "maximum": 150}, ["0", "42", "99", "150"],
+     ["-1", "151", "1000", "007", "1.0"]),
+    ({"type": "integer", "exclusiveMinimum": -10, "exclusiveMaximum": 10},
+     ["-9", "0", "9"], ["-10", "10", "-100"]),
+    ({"type": "integer", "minimum": -273}, ["-273", "-1", "0", "123456789"], ["-274", "-1000"]),
+    ({"type": "integer", "maximum": -5}, ["-5", "-123456"], ["-4", "0", "5"]),
+    ({"type": "integer", "minimum": 1000, "maximum": 2999}, ["1000", "2024", "2999"],
+     ["999", "3000", "12000"]),
+    ({"type": "integer", "multipleOf": 5, "minimum": 0, "maximum": 20}, ["0", "15", "20"],
+     ["3", "25"]),
+    ({"type": "integer", "multipleOf": 10}, ["0", "-30", "12340"], ["5", "101"]),
+    ({"type": "number", "minimum": 0, "maximum": 1}, ["0", "0.25", "1", "1.000"],
+     ["1.5", "-0.1", "1.01", "2"]),
+    ({"type": "number", "exclusiveMinimum": 0}, ["0.001", "3", "12.5"], ["0", "0.000", "-1"]),
+    ({"type": "number", "minimum": -90, "maximum": 90}, ["-90", "-45.5", "0", "89.9", "90"],
+     ["-90.5", "90.1", "91"]),
+    ({"type": "number", "exclusiveMaximum": 0}, ["-0.5", "-12"], ["0", "0.5"]),
+    ({"type": "string", "minLength": 2, "maxLength": 4}, ['"ab"', '"abcd"'], ['"a"', '"abcde"']),
+    ({"type": "string", "format": "date"}, ['"2024-02-29"'], ['"2024-2-29"', '"yesterday"']),
+    ({"type": "string", "format": "time"},
+     ['"12:30:00Z"', '"23:59:59.123+02:00"', '"07:30:00.123456-05:00"'],
+     ['"24:00:00Z"', '"12:30:00"', '"12:30:00.1234567890Z"']),
+    ({"type": "string", "format": "date-time"},
+     ['"2024-02-29T12:30:00Z"', '"2024-05-01T09:30:05.123456+01:00"'],
+     ['"2024-02-29 12:30"', '"2024-02-29T12:30:00"']),
+    ({"type": "string", "format": "uuid"}, ['"123e4567-e89b-12d3-a456-426614174000"'],
+     ['"123e4567"']),
+    ({"type": "string", "format": "email"}, ['"ada.lovelace+x@example.co.uk"'],
+     ['"ada"', '"@example.com"', '"a@b"']),
+    ({"type": "string", "pattern": "^\\d{3}-\\d{4}$"}, ['"555-1234"'], ['"5551234"']),
+    ({"type": "string", "pattern": "^\\w+@\\w+\\.com$"}, ['"bob_1@site.com"'],
+     ['"bob@site.org"']),
+    ({"type": "string", "pattern": "^[^,]+$"}, ['"a b"'], ['"a,b"', '""']),
+    ({"type": "string", "pattern": "^.{2}$"}, ['"ab"', '"é!"'], ['"a"', '"abc"']),
+    ({"type": "string", "pattern": "^[A-Z]{2}(?:-[0-9]+)?$"}, ['"AB"', '"AB-12"'], ['"AB-"']),
+    ({"type": "string", "pattern": "^(cat|dog)s?$"}, ['"cats"', '"dog"'], ['"cow"']),
+    ({"type": "string", "pattern": "ab"}, ['"ab"', '"xaby"'], ['"ba"']),  # unanchored
+    ({"type": "string", "pattern": "^[ -~]{1,3}$"}, ['"a\\"b"', '"\\\\"'], ['"abcd"']),
+    ({"type": "string", "pattern": '^a"b$'}, ['"a\\"b"'], ['"ab"']),
+    ({"type": "array", "prefixItems": [{"type": "integer"}, {"type": "string"}],
+      "minItems": 2, "maxItems": 2}, ['[1, "a"]'], ['[1]', '["a", 1]']),
+    ({"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
+     ['{"a": 1, "b": 2}'], ['{"a": -1}']),
+    ({"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}]}, ["1", "null"], ["0"]),
+    ({"enum": [1, "a", None, True]}, ["1", '"a"', "null", "true"], ["2", "false"]),
+]
+
+
+@pytest.mark.parametrize(("schema", "good", "bad"), EXAMPLES)
+def test_bounds_formats_and_patterns_are_enforced_by_the_grammar(
+    schema: dict[str, Any], good: list[str], bad: list[str], vocab_llm: Llama
+) -> None:
+    gbnf = grammar(schema)
+    assert parses(vocab_llm, gbnf)
+    assert [t for t in good if not accepts(vocab_llm, gbnf, t)] == []
+    assert [t for t in bad if accepts(vocab_llm, gbnf, t)] == []
+
+
 def test_json_object_is_the_generic_json_grammar_and_text_none() -> None:
     assert "root   ::= object" in (
         response_format_grammar(ResponseFormat(type="json_object"), WHERE) or "")
@@ -138,34 +200,50 @@ def test_annotations_are_dropped_not_refused() -> None:
 
 
 @pytest.mark.parametrize(("schema", "path"), [
-    ({"type": "integer", "minimum": 0}, "p.minimum"),
-    ({"type": "integer", "maximum": 3}, "p.maximum"),
-    ({"type": "string", "format": "email"}, "p.format"),
-    ({"type": "object", "properties": {"a": {"type": "string", "format": "email"}}},
+    ({"type": "number", "maximum": 0.5}, "p.maximum"),  # a decimal bound
+    ({"type": "number", "exclusiveMinimum": 1.25}, "p.exclusiveMinimum"),
+    ({"type": "number", "multipleOf": 0.01}, "p.multipleOf"),
+    ({"type": "integer", "multipleOf": 3}, "p.multipleOf"),  # unbounded, 3 does not divide 100
+    ({"type": "integer", "multipleOf": 7, "minimum": 0}, "p.multipleOf"),  # one bound
+    ({"type": "integer", "minimum": 5, "maximum": 4}, "p.maximum"),  # admits nothing
+    ({"type": "integer", "minimum": True}, "p.minimum"),
+    ({"type": "integer", "maximum": 10 ** 40}, "p.maximum"),
+    ({"type": ["integer", "null"], "minimum": 0}, "p.minimum"),
+    ({"type": "string", "format": "uri"}, "p.format"),
+    ({"type": "object", "properties": {"a": {"type": "string", "format": "duration"}}},
      "p.properties.a.format"),
+    ({"type": "array", "prefixItems": [{"type": "string"}], "items": {"type": "integer"}},
+     "p.items"),
+    ({"type": "array", "prefixItems": [{"type": "string"}], "minItems": 2}, "p.minItems"),
     ({"not": {"type": "string"}}, "p.not"),
     ({"allOf": [{"type": "string"}]}, "p.allOf"),
     ({"type": "object", "properties": {"a": {"type": "string"}}, "minProperties": 1},
      "p.minProperties"),
     ({"type": "array", "items": {"type": "string"}, "uniqueItems": True}, "p.uniqueItems"),
     ({"type": ["string", "null"], "maxLength": 3}, "p.maxLength"),
+    ({"type": "string", "pattern": "^a+$", "maxLength": 3}, "p.maxLength"),
     ({"anyOf": [{"type": "string"}], "maxLength": 3}, "p.maxLength"),
     ({"anyOf": [{"type": "string"}], "properties": {}}, "p.properties"),
-    ({"anyOf": [{"type": "string"}, {"type": "integer", "minimum": 1}]}, "p.anyOf[1].minimum"),
+    ({"anyOf": [{"type": "string"}, {"type": "number", "minimum": 0.5}]},
+     "p.anyOf[1].minimum"),
     ({"type": "object", "required": ["a"]}, "p.required"),
     ({"type": "object", "required": ["x"], "properties": {}}, "p.required"),
     ({"type": "object", "properties": {"a": {"type": "thing"}}}, "p.properties.a.type"),
     ({"type": "strings"}, "p.type"),
-    ({"type": "string", "pattern": "a+"}, "p.pattern"),  # unanchored
-    ({"type": "string", "pattern": "^.+$"}, "p.pattern"),
-    ({"type": "string", "pattern": "^[^,]+$"}, "p.pattern"),
-    ({"type": "string", "pattern": "^\\d+$"}, "p.pattern"),
-    ({"type": "string", "pattern": "^[ -~]+$"}, "p.pattern"),  # reaches " and \
-    ({"type": "string", "pattern": '^a"b$'}, "p.pattern"),
-    ({"type": "string", "pattern": "^x(?=a)$"}, "p.pattern"),  # the converter refuses it
-    ({"type": "string", "pattern": "^x\\.y$"}, "p.pattern"),  # llama.cpp cannot parse it
-    ({"type": "string", "pattern": "^[a\\]]$"}, "p.pattern"),
-    ({"type": "string", "pattern": "^a|b$"}, "p.pattern"),  # quotes in the alternatives
+    ({"type": "string", "pattern": "^x(?=a)$"}, "p.pattern"),  # lookahead
+    ({"type": "string", "pattern": "^(a)\\1$"}, "p.pattern"),  # back-reference
+    ({"type": "string", "pattern": "^\\bx$"}, "p.pattern"),  # word boundary
+    ({"type": "string", "pattern": "^a^b$"}, "p.pattern"),  # ^ inside
+    ({"type": "string", "pattern": "^[a-$"}, "p.pattern"),  # unbalanced
+    ({"type": "string", "pattern": "^(ab$"}, "p.pattern"),
+    ({"type": "string", "pattern": "^a{3,1}$"}, "p.pattern"),
+    ({"type": "string", "pattern": "^[z-a]$"}, "p.pattern"),
+    ({"type": "string", "pattern": "^*$"}, "p.pattern"),
+    ({"type": "string", "pattern": "^" + "(" * 400 + ")" * 400 + "$"}, "p.pattern"),
+    ({"type": "string", "pattern": "^a{2001}$"}, "p.pattern"),  # llama.cpp refuses it
+    # not a schema jsonschema reads (it validates the answer): refused now
+    ({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a", "a"]},
+     "p.required"),
     ({"type": "object", "required": "a", "properties": {"a": {}}}, "p.required"),
     # oneOf is read as anyOf: branches that a value could match both are refused
     ({"oneOf": [{"type": "number"}, {"type": "integer"}]}, "p.oneOf[1]"),
@@ -185,8 +263,9 @@ def test_schemas_a_grammar_cannot_enforce_are_refused_naming_them(
 
 def test_refusals_are_named_under_the_callers_param() -> None:
     with pytest.raises(UnsupportedSchema) as caught:
-        grammar({"type": "object", "properties": {"a": {"type": "integer", "maximum": 9}}})
+        grammar({"type": "object", "properties": {"a": {"type": "number", "maximum": 9.5}}})
     assert caught.value.path == f"{WHERE}.properties.a.maximum"
+    assert "`maximum`" in caught.value.message
 
 
 def test_local_refs_are_inlined_and_others_refused() -> None:
@@ -250,6 +329,16 @@ def test_hostile_schemas_are_refused_quickly_naming_keyword_and_path(
     refused = _refused(schema)
     assert refused.path == WHERE + path
     assert words in refused.message
+
+
+def test_a_long_pattern_is_refused_and_wide_classes_within_the_limit_are_quick() -> None:
+    with pytest.raises(UnsupportedSchema, match="over the limit of 1000"):
+        schema_grammar({"type": "string", "pattern": "^" + "a" * 1000 + "$"}, "p")
+    widest = "^" + "[\\x00-\\uffff]" * 70 + "$"
+    started = time.process_time()
+    schema_grammar({"type": "string", "pattern": widest}, "p")
+    # CPU time, not wall time: 0.1 s a class before (a walk over the whole range)
+    assert time.process_time() - started < 3
 
 
 def test_nesting_is_refused_without_recursing_through_it() -> None:
@@ -330,3 +419,27 @@ def test_grammar_problem_names_size_and_nesting() -> None:
     assert "nests groups 2001 deep" in (grammar_problem(nested) or "")
     assert "over the limit of 10" in (
         grammar_problem('root ::= "abcdefghijkl"', GrammarBudget(max_grammar_chars=10)) or "")
+
+
+TREE = {"$defs": {"Node": {"type": "object", "required": ["v"], "properties": {
+    "v": {"type": "integer"},
+    "kids": {"type": "array", "items": {"$ref": "#/$defs/Node"}}}}},
+    "$ref": "#/$defs/Node"}
+
+
+def test_a_recursive_ref_is_expanded_three_levels_deep(vocab_llm: Llama) -> None:
+    gbnf = grammar(TREE)
+    three = '{"v": 1, "kids": [{"v": 2, "kids": [{"v": 3, "kids": []}]}]}'
+    four = '{"v": 1, "kids": [{"v": 2, "kids": [{"v": 3, "kids": [{"v": 4}]}]}]}'
+    assert accepts(vocab_llm, gbnf, three)
+    assert not accepts(vocab_llm, gbnf, four)
+
+
+def test_a_recursive_ref_each_level_requires_is_refused_naming_the_ref() -> None:
+    chain = {"$defs": {"C": {"type": "object", "required": ["next"],
+                             "properties": {"next": {"$ref": "#/$defs/C"}}}},
+             "$ref": "#/$defs/C"}
+    with pytest.raises(UnsupportedSchema) as refused:
+        grammar(chain)
+    assert refused.value.path.endswith(".properties.next.$ref")
+    assert "recursive $ref" in refused.value.message

@@ -76,7 +76,7 @@ def test_named_choice_forces_that_function() -> None:
     (TOOLS, {"type": "function", "function": {"name": "nope"}}, "tool_choice.function.name"),
     (TOOLS, {"type": "function"}, "tool_choice"),
     (None, "required", "tool_choice"),
-    ([fn("f", {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0}}})],
+    ([fn("f", {"type": "object", "properties": {"n": {"type": "number", "minimum": 0.5}}})],
      None, "tools[0].function.parameters.properties.n.minimum"),
 ])
 def test_bad_tools_name_the_param(tools: Any, choice: Any, param: str) -> None:

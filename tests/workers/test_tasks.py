@@ -286,3 +286,41 @@ def test_a_redelivered_job_continues_after_the_text_already_streamed(
     reasons = [Transition.from_fields(f).code for _, f in w.jobs.redis.xrange(
         CFG.keys.transitions())]
     assert "worker_lost" in reasons
+
+
+AGE_SCHEMA = {"type": "object", "properties": {
+    "age": {"type": "integer", "maximum": 150},
+    "born": {"type": "string", "format": "date"}}, "required": ["age"]}
+
+
+def test_an_answer_that_does_not_match_its_schema_fails_the_job_naming_the_keyword(
+    make_worker: Callable[..., FakeWorker],
+) -> None:
+    w = make_worker(lambda _: '{"age":30,"born":"2024-02-31"}')
+    rec = created(w.jobs, answer_schema=AGE_SCHEMA)
+    run_job(w, rec.id)
+    done, output = final(w, rec)
+    assert done.status is JobStatus.failed and done.error is not None
+    assert done.error["code"] == "schema_mismatch" and "`format`" in done.error["message"]
+    assert done.finish_reason == "error"
+    assert output == '{"age":30,"born":"2024-02-31"}'  # kept, as partial output is
+
+
+def test_an_answer_that_matches_its_schema_succeeds(
+    make_worker: Callable[..., FakeWorker],
+) -> None:
+    w = make_worker(lambda _: '{"age":30,"born":"2024-02-29"}')
+    rec = created(w.jobs, answer_schema=AGE_SCHEMA)
+    run_job(w, rec.id)
+    done, _ = final(w, rec)
+    assert (done.status, done.error) == (JobStatus.succeeded, None)
+
+
+def test_an_answer_cut_by_max_tokens_is_left_to_say_so(
+    make_worker: Callable[..., FakeWorker],
+) -> None:
+    w = make_worker(lambda _: " ".join(["{"] * 20))  # 20 pieces, max_tokens 8
+    rec = created(w.jobs, answer_schema=AGE_SCHEMA)
+    run_job(w, rec.id)
+    done, _ = final(w, rec)
+    assert (done.status, done.finish_reason) == (JobStatus.succeeded, "length")
