@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 _ticks = itertools.count(1)
+MIN_REUSE = 16  # a shorter match is not worth taking a slot's entry (or a restore) for
 
 
 def tick() -> int:
@@ -84,11 +85,13 @@ class Sharing:
     def usable(self, tokens: Sequence[int], scope: str, entry: Entry) -> int:
         """How many tokens a job of ``scope`` reading ``tokens`` may take from ``entry``:
         their common prefix (another tenant's: only up to a shared prefix), leaving at
-        least the last token to read (its logits start the answer)."""
+        least the last token to read (its logits start the answer); 0 under
+        ``MIN_REUSE``."""
         n = common_prefix(tokens, entry.tokens)
         if entry.scope != scope:
             n = min(n, self.limit(tokens))
-        return max(0, min(n, len(tokens) - 1))
+        n = min(n, len(tokens) - 1)
+        return n if n >= MIN_REUSE else 0
 
 
 class HostCache:
