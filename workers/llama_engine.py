@@ -21,9 +21,11 @@ What must always hold, and why:
   ``n_ctx = context_size * slots`` into one stream per sequence, so no job can
   take another's room), its own sampler chain (:mod:`workers.llama_sampling`),
   stop strings and text assembler, none of them shared. When it ends, for
-  whatever reason, its KV stream is cleared *before* its seq id goes back to
-  the free list (once), and its chain is freed, so nothing of one job can
-  reach the next one on that seq id.
+  whatever reason, its chain is freed and, *before* its seq id goes back to the
+  free list (once), its KV stream is either cleared or kept as a prompt cache
+  entry (below) that holds exactly the tokens decoded into it; a failed job's
+  stream is always cleared. A later job on that seq id starts from nothing or
+  from a prefix of that entry it is allowed to reuse, never from more.
 - **Order.** Waiting jobs start in submission order. A job's pieces are put
   by the one thread that generates them, in order; the end marker is put last,
   after the outcome is complete.
@@ -40,6 +42,29 @@ batch is laid out in seq-id order and a new job takes the lowest free id.
 Flash attention is left to llama.cpp ("auto": on for CPU, where it makes a
 4-sequence step ~15% cheaper than without).
 
+**The prompt cache** (registry ``prompt_cache``, on by default; bookkeeping in
+:mod:`workers.prompt_cache`). A job that ends (stop, length, cancel, timeout,
+``close``) leaves its KV in its stream, as an entry listing the tokens decoded
+(prompt and answer up to the last token fed back, never one only sampled) and
+tagged with its tenant and conversation. A new job takes the free seq id whose
+entry shares the longest *usable* prefix with its prompt (same tenant; another
+tenant's only up to a shared prefix: the template head or a registry
+``shared_prompts`` persona), drops the tail past the match
+(``llama_memory_seq_rm(mem, seq, n, -1)``) and reads only the rest, always at
+least its last token (its logits start the answer); a match under
+``MIN_REUSE`` tokens counts as none. A job with no such slot takes an empty free
+id (lowest first), else the least recently used one; the entry it evicts is saved
+first (``llama_state_seq_get_data``) into host memory (``prompt_cache_mib``, least
+recently used out first) if it holds more than a public prefix, and a job that
+matches a saved sequence better than any slot has it restored
+(``llama_state_seq_set_data``) into the slot it takes. ``forget_conversation``
+(a deleted conversation) drops that conversation's entries, in slots and host
+memory, and keeps a running job of it from leaving one. What a job reused is its
+``Outcome.cached_tokens``. Reuse gives the KV reading the tokens would give, but
+llama.cpp's CPU kernels round differently for batches of different sizes, so a
+greedy answer matches the cache-off one token for token except where two
+candidates are within rounding of each other (as with the template head below).
+
 **The template's head is read once.** Every chat prompt without a system message
 of its own opens with the same tokens: the chat template's default system prompt
 and the user turn's header (SmolLM2: 24 tokens of a typical 44-token prompt). The
@@ -48,13 +73,11 @@ whose prompt begins with exactly those tokens starts from a copy of that stream
 (``llama_memory_seq_cp``) instead of reading them again, as llama-cpp-python's
 ``Llama`` reuses the prefix its previous call shares. That stream holds the
 template's text only, never a job's, and is never written after load; the copy
-is the job's own stream, cleared like any other when the job ends. Any other
-prompt (a system message or persona, tools, a raw completion) is read whole.
-The registry's ``template_head = false`` turns it off (and saves the stream).
-
-Room for later: a job's token history (``_Seq.tokens``) is kept, so reusing a
-conversation's KV prefix across turns means keeping a finished sequence's
-stream and matching the next prompt against it instead of clearing it.
+is the job's own stream, ended like any other. With the cache off, any other
+prompt (a system message or persona, tools, a raw completion) is read whole; with
+it on, the head is the special case of a cached prefix that is always there and
+every tenant may reuse. The registry's ``template_head = false`` turns it off (and
+saves the stream).
 """
 
 from __future__ import annotations
