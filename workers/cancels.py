@@ -73,13 +73,13 @@ class CancelListener(Periodic):
             while not self.stopping.is_set():
                 message = pubsub.get_message(timeout=1.0)
                 if message is not None and message["type"] == "message":
-                    self._handle(_text(message["channel"]), _text(message["data"]))
+                    self._on_message(_text(message["channel"]), _text(message["data"]))
         finally:
             self.subscribed.clear()
             with contextlib.suppress(Exception):  # closing what already broke
                 pubsub.close()
 
-    def _handle(self, channel: str, text: str) -> None:
+    def _on_message(self, channel: str, text: str) -> None:
         if channel == self.channel:
             self.stop_job(text)
             return
