@@ -16,10 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
 from tests.conftest import Chatq, new_stack, start_chatq
+from tests.helpers import submit, wait_done
 
 KEYS = "key-alpha=alpha,key-beta=beta"
 ADMIN = "key-operator-0123456789"
@@ -125,35 +127,45 @@ def cache_tokens(stack: Chatq) -> int:
     return int(stack.heartbeat("cpu").get("prompt_cache_tokens") or 0)
 
 
+def turn(c: httpx.Client, messages: list[dict[str, str]], conversation: str) -> dict[str, Any]:
+    """One turn of a stored conversation through ``/v1/jobs``, waited for."""
+    job = submit(c, {"messages": messages, "conversation_id": conversation, "max_tokens": 32,
+                     "temperature": 0})
+    done = wait_done(c, job["id"], timeout=300)
+    assert done["status"] == "succeeded", done
+    return done
+
+
 def test_a_deleted_conversations_cache_is_gone(stack: Chatq, alpha: openai.OpenAI) -> None:
     conversation = f"cache-{uuid.uuid4().hex[:8]}"
     head = system()
-    turn1 = [*head, {"role": "user", "content": "Where is the coffee machine?"}]
-    answer1, _, _, prompt1 = ask(alpha, turn1, conversation_id=conversation)
+    question1 = {"role": "user", "content": "Where is the coffee machine?"}
     question2 = {"role": "user", "content": "Which room has a phone booth?"}
-    # the stored turn comes from the conversation; the system prompt from the request
-    answer2, cached2, job2, _ = ask(alpha, [*head, question2], conversation_id=conversation)
-    assert cached2 > prompt1  # the stored history, rebuilt by the worker, was cached
-    with stack.client(key="key-alpha") as c:
-        assert c.get(f"/v1/jobs/{job2}").json()["status"] == "succeeded"
-        before = _settled_cache_tokens(stack, job2)
+    with stack.client(key="key-alpha", timeout=120) as c:
+        first = turn(c, [*head, question1], conversation)
+        # the stored turn comes from the conversation; the system prompt from the request
+        second = turn(c, [*head, question2], conversation)
+        cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
+        assert cached > first["usage"]["prompt_tokens"]  # the stored history was cached
+        assert second["timings"]["cached_tokens"] == cached
+        before = _settled_cache_tokens(stack, second["id"])
         assert c.delete(f"/v1/conversations/{conversation}").status_code == 204
     deadline = time.monotonic() + 60
     while cache_tokens(stack) >= before:  # the worker drops its entries (next heartbeat)
         assert time.monotonic() < deadline, "the worker kept the deleted conversation"
         time.sleep(0.2)
-    resent = [*turn1, {"role": "assistant", "content": answer1}, question2,
-              {"role": "assistant", "content": answer2},
+    resent = [*head, question1, {"role": "assistant", "content": first["output"]}, question2,
+              {"role": "assistant", "content": second["output"]},
               {"role": "user", "content": "Thank you."}]
     assert ask(alpha, resent)[1] == 0
 
 
 def _settled_cache_tokens(stack: Chatq, job_id: str) -> int:
-    """The worker's cache size once its heartbeat counts the job as done."""
+    """The worker's cache size once its heartbeat no longer runs the job."""
     deadline = time.monotonic() + 60
     while True:
         beat = stack.heartbeat("cpu")
-        if job_id not in beat.get("running", "") and int(beat.get("slots_busy") or 0) == 0:
+        if job_id not in beat.get("running", ""):
             return int(beat.get("prompt_cache_tokens") or 0)
         assert time.monotonic() < deadline, beat
         time.sleep(0.2)
