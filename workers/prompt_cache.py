@@ -39,13 +39,20 @@ def tick() -> int:
     return next(_ticks)
 
 
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """How many tokens ``a`` and ``b`` share from their start."""
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many tokens ``a`` and ``b`` share from their start. A binary search on slice
+    comparisons (done in C): long prompts are compared on the scheduler thread."""
+    lo, hi = 0, min(len(a), len(b))
+    if a[:hi] == b[:hi]:
+        return hi
+    hi -= 1  # they differ within the first min(len) tokens
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 @dataclass
@@ -73,16 +80,15 @@ class Sharing:
     def __init__(self, prefixes: Sequence[Sequence[int]]) -> None:
         self.prefixes = [list(p) for p in prefixes if p]
 
-    def limit(self, tokens: Sequence[int]) -> int:
+    def limit(self, tokens: list[int]) -> int:
         """The longest shared prefix ``tokens`` begin with (0: none)."""
         best = 0
         for prefix in self.prefixes:
-            if len(prefix) > best and len(prefix) <= len(tokens) and \
-                    list(tokens[:len(prefix)]) == prefix:
+            if best < len(prefix) <= len(tokens) and tokens[:len(prefix)] == prefix:
                 best = len(prefix)
         return best
 
-    def usable(self, tokens: Sequence[int], scope: str, entry: Entry) -> int:
+    def usable(self, tokens: list[int], scope: str, entry: Entry) -> int:
         """How many tokens a job of ``scope`` reading ``tokens`` may take from ``entry``:
         their common prefix (another tenant's: only up to a shared prefix), leaving at
         least the last token to read (its logits start the answer); 0 under
@@ -135,7 +141,7 @@ class HostCache:
                 del self._entries[key]
                 self.bytes -= old.size
 
-    def best(self, tokens: Sequence[int], scope: str, sharing: Sharing) -> tuple[Entry | None, int]:
+    def best(self, tokens: list[int], scope: str, sharing: Sharing) -> tuple[Entry | None, int]:
         """The entry a job may take the most tokens from, and how many (0: none)."""
         found: Entry | None = None
         most = 0

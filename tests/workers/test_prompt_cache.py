@@ -19,6 +19,7 @@ import pytest
 
 from tests.workers.test_llama_engine import make_engine, request, run, wait_until
 from workers.llama_engine import LlamaEngine, template_head
+from workers.prompt_cache import Entry, HostCache, Sharing
 
 # A long system prompt, as an office assistant with its reference data would have.
 OFFICE = ("You are the assistant of the Lindqvist & Moreau office. Opening hours: Monday "
@@ -266,3 +267,41 @@ def test_forgetting_a_conversation_drops_its_entries_in_slots_and_host_memory() 
         assert chat(eng, office(QUESTION), tenant="acme").outcome.cached_tokens == 0
     finally:
         eng.close()
+
+
+# The bookkeeping alone
+
+
+def test_host_memory_drops_the_least_recently_used_first() -> None:
+    host = HostCache(budget=250)
+    sharing = Sharing([])
+    a, b, c = (Entry(list(range(k, k + 40)), "t", state=b"x" * 100) for k in (0, 100, 200))
+    assert host.put(a) and host.put(b)
+    assert host.put(c)  # over the budget: a, the oldest, goes
+    assert host.best(a.tokens, "t", sharing) == (None, 0)
+    assert host.best([*c.tokens, 7], "t", sharing) == (c, 40)
+    assert host.bytes == 200 and len(host) == 2
+    assert not host.put(Entry(list(range(40)), "t", state=b"x" * 251))  # never fits
+
+
+def test_a_longer_entry_replaces_the_one_it_begins_with() -> None:
+    host = HostCache(budget=1000)
+    turn1 = Entry(list(range(30)), "t", "c", state=b"x" * 10)
+    turn2 = Entry(list(range(60)), "t", "c", state=b"x" * 20)
+    other = Entry(list(range(30)), "u", state=b"x" * 10)  # another tenant's: kept
+    for entry in (turn1, other, turn2):
+        host.put(entry)
+    assert len(host) == 2 and host.bytes == 30
+    assert host.forget("t", "c") == 1 and len(host) == 1
+
+
+def test_another_tenant_may_reuse_only_a_shared_prefix() -> None:
+    shared = list(range(20))
+    sharing = Sharing([shared])
+    entry = Entry([*shared, *range(100, 140)], "owner")
+    mine = [*shared, *range(100, 130), 999]
+    assert sharing.usable(mine, "owner", entry) == 50
+    assert sharing.usable(mine, "stranger", entry) == 20
+    private = Entry([*range(500, 560)], "owner")
+    assert sharing.usable([*range(500, 550), 1], "stranger", private) == 0
+    assert sharing.usable([*range(500, 510), 1], "owner", private) == 0  # under MIN_REUSE
