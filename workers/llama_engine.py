@@ -308,6 +308,7 @@ class _Seq:
     out_idx: int = -1  # batch index of this step's output, -1 when none
     n_in: int = 0  # tokens it puts into this step's batch
     keep: bool = True  # its KV may stay cached when it ends (false: its conversation went)
+    exact: int = 0  # tokens read in whole prefill chunks from a chunk boundary (see _aligned)
 
 
 class _Model:
@@ -669,7 +670,7 @@ class _Scheduler(threading.Thread):
     def _start(self, job: _Job) -> None:
         tokens = job.prep.tokens
         seq_id, n_past, hit = self._place(tokens, job.request.tenant)
-        seq = _Seq(job, seq_id, self._admitted, list(tokens), n_past=n_past)
+        seq = _Seq(job, seq_id, self._admitted, list(tokens), n_past=n_past, exact=n_past)
         self.free_ids.remove(seq_id)
         heapq.heapify(self.free_ids)
         self._admitted += 1
@@ -697,7 +698,9 @@ class _Scheduler(threading.Thread):
         head_n = len(head) if head and len(tokens) > len(head) and \
             tokens[:len(head)] == head else 0
         slot, slot_n = self._best_kept(tokens, scope)
+        slot_n = self._aligned(slot_n, head_n)
         saved, saved_n = self.host.best(tokens, scope, self.sharing)
+        saved_n = self._aligned(saved_n, head_n)
         if slot is not None and slot_n > head_n and slot_n >= saved_n:
             kept = self._trim(slot, slot_n)
             if kept:
@@ -712,6 +715,14 @@ class _Scheduler(threading.Thread):
             # its stream becomes a copy of the head's (made before the next decode)
             llama_cpp.llama_memory_seq_cp(self.mem, self.head_seq, seq_id, -1, -1)
         return seq_id, head_n, False
+
+    def _aligned(self, n: int, start: int) -> int:
+        """The most of ``n`` usable cached tokens a job may take so that it reads the rest
+        as it would read its whole prompt: from ``start`` (the template head's end, or 0)
+        in whole ``prefill_chunk`` steps. 0 when that is nothing beyond ``start``."""
+        chunk = self.engine.prefill_chunk
+        aligned = start + (n - start) // chunk * chunk if n > start else 0
+        return aligned if aligned > start else 0
 
     def _best_kept(self, tokens: list[int], scope: str) -> tuple[int | None, int]:
         found, most = None, 0
@@ -803,13 +814,15 @@ class _Scheduler(threading.Thread):
             self._update_view()
 
     def _keep(self, seq: _Seq, reason: str) -> None:
-        """A job's stream when it ends: kept as a cache entry holding exactly the tokens
-        decoded into it, or emptied (cache off, a failed job, a deleted conversation)."""
+        """A job's stream when it ends: kept as a cache entry of the tokens it read in
+        whole prefill chunks (the rest of its KV, the answer included, is dropped), or
+        emptied (cache off, a failed job, a deleted conversation, nothing read so)."""
         req = seq.job.request
-        if self.caching and reason != "error" and seq.keep and seq.n_past > 0:
-            self.kept[seq.seq_id] = Entry(seq.tokens[:seq.n_past], req.tenant,
-                                          req.conversation_id, tick())
-            llama_cpp.llama_memory_seq_rm(self.mem, seq.seq_id, seq.n_past, -1)
+        n = min(seq.exact, seq.n_past)
+        if self.caching and reason != "error" and seq.keep and n > 0:
+            self.kept[seq.seq_id] = Entry(seq.tokens[:n], req.tenant, req.conversation_id,
+                                          tick())
+            llama_cpp.llama_memory_seq_rm(self.mem, seq.seq_id, n, -1)
         else:
             self.kept[seq.seq_id] = None
             llama_cpp.llama_memory_seq_rm(self.mem, seq.seq_id, -1, -1)
@@ -857,7 +870,10 @@ class _Scheduler(threading.Thread):
         if rc != 0:
             self._recover(step, rc)
             return
+        chunk = self.engine.prefill_chunk
         for seq in step:
+            if not seq.prefilled and seq.exact == seq.n_past and seq.n_in == chunk:
+                seq.exact += chunk  # a whole chunk, from a chunk boundary
             seq.n_past += seq.n_in
             if seq.out_idx >= 0:
                 seq.prefilled = True

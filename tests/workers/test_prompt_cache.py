@@ -1,8 +1,10 @@
 """The llama engine's prompt cache, in-process, with the real demo model (SmolLM2-135M).
 
-A finished job's KV stays in its slot; the next job of the same tenant whose prompt
-begins the same way reads only what follows (counted here from the batches that
-reach llama.cpp), and answers exactly as an engine without the cache does (greedy).
+A finished job's KV stays in its slot (what it read in whole prefill chunks); the next
+job of the same tenant whose prompt begins the same way reads only what follows
+(counted here from the batches that reach llama.cpp), and answers exactly as an
+engine without the cache does (greedy): it reads the rest in the chunks it would
+read its whole prompt in.
 Another tenant gets nothing of it unless the registry marks the prefix shared; a
 sequence evicted from its slot is saved in host memory and restored; a cancelled,
 timed-out or failed job leaves no entry that holds anything but what its KV holds.
@@ -26,7 +28,10 @@ OFFICE = ("You are the assistant of the Lindqvist & Moreau office. Opening hours
           "to Friday 8:00-17:30, Saturday 9:00-12:00. Rooms: Aster (12 seats, projector), "
           "Birch (6 seats), Cedar (4 seats, phone booth). Coffee machine on floor 2. "
           "Answer briefly and politely.")
-PERSONA = "You are Captain Mira, a cheerful pirate who answers every question in rhyme."
+PERSONA = ("You are Captain Mira, a cheerful pirate who answers every question in rhyme. "
+           "You sail the Seven Seas aboard the Gull, a three-masted ship with a crew of "
+           "forty, a parrot named Biscuit and a cook who only makes soup. You never reveal "
+           "where the treasure is buried.")
 QUESTION = "Which room has a projector?"
 FOLLOW_UP = "And how many seats does Birch have?"
 
@@ -61,6 +66,14 @@ def office(*turns: str) -> list[dict[str, str]]:
     for i, text in enumerate(turns):
         messages.append({"role": "user" if i % 2 == 0 else "assistant", "content": text})
     return messages
+
+
+def whole_chunks(engine: LlamaEngine, tokens: list[int]) -> int:
+    """What a later prompt beginning with ``tokens`` (and more) can take from the cache:
+    the tokens read in whole prefill chunks from the start (or the template head's end)."""
+    head = engine._scheduler.head
+    start = len(head) if head and tokens[:len(head)] == head else 0
+    return start + (len(tokens) - start) // engine.prefill_chunk * engine.prefill_chunk
 
 
 def record_reads(engine: LlamaEngine, monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -101,8 +114,9 @@ def test_a_second_turn_reads_only_the_new_tokens_and_answers_as_without_the_cach
     reads = record_reads(cached, monkeypatch)
     second = chat(cached, turn2, tenant="turns")
     cached_n = second.outcome.cached_tokens
-    # the first turn's prompt and answer, up to where the template renders them differently
-    assert cached_n > len(cached.prompter.render(office(QUESTION)).tokens)
+    # the first turn's prompt as it was read in whole chunks (the rest is read again)
+    assert cached_n == whole_chunks(cached, cached.prompter.render(office(QUESTION)).tokens)
+    assert cached_n > 0
     read = [p for p in reads if p < len(prompt)]
     assert read == list(range(cached_n, len(prompt)))  # only what follows, each token once
     assert second.outcome.prompt_tokens == len(prompt)
@@ -116,9 +130,11 @@ def test_the_same_prompt_again_reads_only_its_last_token(
     once = chat(cached, messages, tenant="again")
     reads = record_reads(cached, monkeypatch)
     again = chat(cached, messages, tenant="again")
-    n = len(cached.prompter.render(messages).tokens)
-    assert again.outcome.cached_tokens == n - 1  # the last one gives the answer's logits
-    assert [p for p in reads if p < n] == [n - 1]
+    tokens = cached.prompter.render(messages).tokens
+    n = len(tokens)
+    reused = again.outcome.cached_tokens
+    assert reused == whole_chunks(cached, tokens[:-1]) > 0  # the last one gives the logits
+    assert [p for p in reads if p < n] == list(range(reused, n))
     assert again.text == once.text == chat(plain, messages).text
 
 
@@ -153,11 +169,11 @@ def test_a_shared_prompt_is_reused_across_tenants_up_to_its_end(
              {"role": "user", "content": "What is the capital of France?"}]
     chat(cached, first, tenant="gamma")
     result = chat(cached, other, tenant="delta")
-    assert result.outcome.cached_tokens == len(shared)
+    assert result.outcome.cached_tokens == whole_chunks(cached, shared) > 0
     assert result.text == chat(plain, other).text
     # the same question too: not beyond the shared persona (gamma's question is gamma's)
     same = chat(cached, first, tenant="delta")
-    assert same.outcome.cached_tokens == len(shared)
+    assert same.outcome.cached_tokens == whole_chunks(cached, shared)
     assert same.text == chat(plain, first).text
 
 
@@ -185,7 +201,8 @@ def test_a_sequence_evicted_to_host_memory_is_restored_with_the_same_answer(
         turn2 = office(QUESTION, first.text, FOLLOW_UP)
         second = chat(eng, turn2, tenant="host")
         assert eng.cache_info()["prompt_cache_restored"] == 1
-        assert second.outcome.cached_tokens > len(eng.prompter.render(office(QUESTION)).tokens)
+        assert second.outcome.cached_tokens == whole_chunks(
+            eng, eng.prompter.render(office(QUESTION)).tokens) > 0
         assert second.text == chat(plain, turn2).text
         assert_entries_hold_their_kv(eng)
     finally:
@@ -256,7 +273,8 @@ def test_forgetting_a_conversation_drops_its_entries_in_slots_and_host_memory() 
     eng = cached_engine(slots=1)
     try:
         chat(eng, office(QUESTION), tenant="acme", conversation="c1")
-        chat(eng, office("Where is the coffee machine?"), tenant="acme", conversation="c2")
+        chat(eng, [{"role": "user", "content": "Where is the coffee machine?"}],
+             tenant="acme", conversation="c2")
         assert eng.cache_info()["prompt_cache_host_entries"] == 1  # c1, evicted by c2
         eng.forget_conversation("other-tenant", "c1")  # another tenant's c1: not this one
         eng.forget_conversation("acme", "c2")
