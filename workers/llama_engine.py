@@ -44,15 +44,16 @@ Flash attention is left to llama.cpp ("auto": on for CPU, where it makes a
 
 **The prompt cache** (registry ``prompt_cache``, on by default; bookkeeping in
 :mod:`workers.prompt_cache`). A job that ends (stop, length, cancel, timeout,
-``close``) leaves its KV in its stream, as an entry listing the tokens decoded
-(prompt and answer up to the last token fed back, never one only sampled) and
-tagged with its tenant and conversation. A new job takes the free seq id whose
+``close``) leaves its KV in its stream, as an entry listing the tokens it read in
+*whole prefill chunks* from the start of its reading (0, or the template head's
+end), tagged with its tenant and conversation; the rest (a last partial chunk,
+the answer) is dropped from the stream. A new job takes the free seq id whose
 entry shares the longest *usable* prefix with its prompt (same tenant; another
 tenant's only up to a shared prefix: the template head or a registry
 ``shared_prompts`` persona), drops the tail past the match
 (``llama_memory_seq_rm(mem, seq, n, -1)``) and reads only the rest, always at
-least its last token (its logits start the answer); a match under
-``MIN_REUSE`` tokens counts as none. A job with no such slot takes an empty free
+least its last token (its logits start the answer); the match is cut down to a
+chunk boundary (``_aligned``), and one under ``MIN_REUSE`` tokens counts as none. A job with no such slot takes an empty free
 id (lowest first), else the least recently used one; the entry it evicts is saved
 first (``llama_state_seq_get_data``) into host memory (``prompt_cache_mib``, least
 recently used out first) if it holds more than a public prefix, and a job that
@@ -60,10 +61,13 @@ matches a saved sequence better than any slot has it restored
 (``llama_state_seq_set_data``) into the slot it takes. ``forget_conversation``
 (a deleted conversation) drops that conversation's entries, in slots and host
 memory, and keeps a running job of it from leaving one. What a job reused is its
-``Outcome.cached_tokens``. Reuse gives the KV reading the tokens would give, but
-llama.cpp's CPU kernels round differently for batches of different sizes, so a
-greedy answer matches the cache-off one token for token except where two
-candidates are within rounding of each other (as with the template head below).
+``Outcome.cached_tokens``. **Why whole chunks:** llama.cpp's kernels round
+differently for batches of different sizes (a generated token is decoded alone, a
+prompt a chunk at a time), so KV read another way differs in the last bits and a
+greedy answer can flip at a near tie (full reuse changed 7 of 12 two-turn chats
+here). Reused that way, a job's KV is what reading its whole prompt alone gives,
+chunk for chunk, and its answer is the cache-off one; the price is re-reading up to
+one chunk and the previous answer each turn.
 
 **The template's head is read once.** Every chat prompt without a system message
 of its own opens with the same tokens: the chat template's default system prompt
