@@ -53,21 +53,22 @@ tenant's only up to a shared prefix: the template head or a registry
 ``shared_prompts`` persona), drops the tail past the match
 (``llama_memory_seq_rm(mem, seq, n, -1)``) and reads only the rest, always at
 least its last token (its logits start the answer); the match is cut down to a
-chunk boundary (``_aligned``), and one under ``MIN_REUSE`` tokens counts as none. A job with no such slot takes an empty free
-id (lowest first), else the least recently used one; the entry it evicts is saved
-first (``llama_state_seq_get_data``) into host memory (``prompt_cache_mib``, least
-recently used out first) if it holds more than a public prefix, and a job that
-matches a saved sequence better than any slot has it restored
-(``llama_state_seq_set_data``) into the slot it takes. ``forget_conversation``
+chunk boundary (``_aligned``), and one under ``MIN_REUSE`` tokens counts as none.
+A job with no such slot takes an empty free id (lowest first), else the least
+recently used one; the entry it evicts is saved first (``llama_state_seq_get_data``)
+into host memory (``prompt_cache_mib``, least recently used out first) if it holds
+more than a public prefix, and a job that matches a saved sequence better than any
+slot has it restored (``llama_state_seq_set_data``) into the slot it takes. ``forget_conversation``
 (a deleted conversation) drops that conversation's entries, in slots and host
 memory, and keeps a running job of it from leaving one. What a job reused is its
 ``Outcome.cached_tokens``. **Why whole chunks:** llama.cpp's kernels round
 differently for batches of different sizes (a generated token is decoded alone, a
 prompt a chunk at a time), so KV read another way differs in the last bits and a
 greedy answer can flip at a near tie (full reuse changed 7 of 12 two-turn chats
-here). Reused that way, a job's KV is what reading its whole prompt alone gives,
-chunk for chunk, and its answer is the cache-off one; the price is re-reading up to
-one chunk and the previous answer each turn.
+here). Reused that way, a job's KV is what reading its whole prompt gives, chunk
+for chunk (prompts are always read in whole chunks, see ``_plan``), and its answer
+is the cache-off one; the price is re-reading up to one chunk and the previous
+answer each turn.
 
 **The template's head is read once.** Every chat prompt without a system message
 of its own opens with the same tokens: the chat template's default system prompt
@@ -857,13 +858,21 @@ class _Scheduler(threading.Thread):
 
     def _plan(self) -> list[_Seq]:
         """Who puts how many tokens into this step: one each for the generating
-        sequences, the prefill chunk to the prompts being read, oldest first."""
-        budget = self.engine.prefill_chunk
+        sequences, the prefill chunk to the prompts being read, oldest first. A prompt
+        is read in whole chunks (its last one may be shorter): what is left of the
+        budget after an older prompt's last chunk waits for the next step rather than
+        start a part chunk, so every prompt is read in the same chunks however many
+        are read at once, and what it read is reusable (see the prompt cache)."""
+        chunk = self.engine.prefill_chunk
+        budget = chunk
         for seq in sorted(self.running, key=lambda s: s.order):
             if seq.prefilled:
                 seq.n_in = 1
             else:
-                seq.n_in = min(len(seq.tokens) - seq.n_past, budget)
+                left = len(seq.tokens) - seq.n_past
+                seq.n_in = min(left, budget)
+                if seq.n_in < min(left, chunk):
+                    seq.n_in = 0  # a part chunk: next step
                 budget -= seq.n_in
         return [seq for seq in self.running if seq.n_in > 0]
 
