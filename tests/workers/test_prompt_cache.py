@@ -138,6 +138,24 @@ def test_the_same_prompt_again_reads_only_its_last_token(
     assert again.text == once.text == chat(plain, messages).text
 
 
+def test_prompts_read_at_the_same_time_are_cached_as_if_read_alone(
+        cached: LlamaEngine, plain: LlamaEngine) -> None:
+    """Two prompts read at once share each step's prefill budget: each is still read
+    in whole chunks, so each is cached as far as when read alone."""
+    firsts = [office(f"{QUESTION} ({'first' if i == 0 else 'second'} caller)")
+              for i in range(2)]
+    reqs = [dataclasses.replace(request(cached, "", 8, messages=m), tenant=f"pair{i}")
+            for i, m in enumerate(firsts)]
+    gens = [cached.submit(r) for r in reqs]  # both waiting before either is read
+    for gen in gens:
+        list(gen.pieces(0.02))
+    for i, messages in enumerate(firsts):
+        tokens = cached.prompter.render(messages).tokens
+        again = chat(cached, messages, tenant=f"pair{i}")
+        assert again.outcome.cached_tokens == whole_chunks(cached, tokens[:-1])
+        assert again.text == chat(plain, messages).text
+
+
 def test_without_the_cache_only_the_template_head_is_reused(plain: LlamaEngine) -> None:
     messages = [{"role": "user", "content": QUESTION}]
     for _ in range(2):
