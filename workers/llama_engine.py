@@ -23,7 +23,7 @@ What must always hold, and why:
   stop strings and text assembler, none of them shared. When it ends, for
   whatever reason, its chain is freed and, *before* its seq id goes back to the
   free list (once), its KV stream is either cleared or kept as a prompt cache
-  entry (below) that holds exactly the tokens decoded into it; a failed job's
+  entry (below) whose KV is exactly that of the tokens it lists; a failed job's
   stream is always cleared. A later job on that seq id starts from nothing or
   from a prefix of that entry it is allowed to reuse, never from more.
 - **Order.** Waiting jobs start in submission order. A job's pieces are put
@@ -58,10 +58,10 @@ A job with no such slot takes an empty free id (lowest first), else the least
 recently used one; the entry it evicts is saved first (``llama_state_seq_get_data``)
 into host memory (``prompt_cache_mib``, least recently used out first) if it holds
 more than a public prefix, and a job that matches a saved sequence better than any
-slot has it restored (``llama_state_seq_set_data``) into the slot it takes. ``forget_conversation``
-(a deleted conversation) drops that conversation's entries, in slots and host
-memory, and keeps a running job of it from leaving one. What a job reused is its
-``Outcome.cached_tokens``. **Why whole chunks:** llama.cpp's kernels round
+slot has it restored (``llama_state_seq_set_data``) into the slot it takes.
+``forget_conversation`` (a deleted conversation) drops that conversation's entries,
+in slots and host memory, and keeps a running job of it from leaving one. What a job
+reused is its ``Outcome.cached_tokens``. **Why whole chunks:** llama.cpp's kernels round
 differently for batches of different sizes (a generated token is decoded alone, a
 prompt a chunk at a time), so KV read another way differs in the last bits and a
 greedy answer can flip at a near tie (full reuse changed 7 of 12 two-turn chats
