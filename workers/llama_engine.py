@@ -824,6 +824,8 @@ class _Scheduler(threading.Thread):
         emptied (cache off, a failed job, a deleted conversation, nothing read so)."""
         req = seq.job.request
         n = min(seq.exact, seq.n_past)
+        if n <= len(self.head) and seq.tokens[:len(self.head)] == self.head:
+            n = 0  # nothing beyond the template head, which has its own stream
         if self.caching and reason != "error" and seq.keep and n > 0:
             self.kept[seq.seq_id] = Entry(seq.tokens[:n], req.tenant, req.conversation_id,
                                           tick())

@@ -211,7 +211,9 @@ def test_a_sequence_evicted_to_host_memory_is_restored_with_the_same_answer(
     try:
         first = chat(eng, office(QUESTION), tenant="host")
         for text in ("Say hello in French.", "List five colours."):  # both slots taken
-            chat(eng, [{"role": "user", "content": text}], tenant="other", max_tokens=8)
+            alone = [{"role": "system", "content": f"{text} {PERSONA}"},  # nothing in common
+                     {"role": "user", "content": text}]
+            chat(eng, alone, tenant="other", max_tokens=8)
         info = eng.cache_info()
         assert info["prompt_cache_saved"] >= 1 and info["prompt_cache_host_entries"] >= 1
         assert info["prompt_cache_host_bytes"] > 0
@@ -231,7 +233,8 @@ def test_host_memory_keeps_to_its_budget(plain: LlamaEngine) -> None:
     eng = cached_engine(slots=1, prompt_cache_mib=1)  # less than one saved sequence
     try:
         chat(eng, office(QUESTION), tenant="tight")
-        chat(eng, [{"role": "user", "content": "Say hello."}], tenant="other", max_tokens=4)
+        chat(eng, [{"role": "system", "content": PERSONA}, {"role": "user", "content": "Hi."}],
+             tenant="other", max_tokens=4)
         info = eng.cache_info()
         assert info["prompt_cache_host_entries"] == 0 and info["prompt_cache_host_bytes"] == 0
         result = chat(eng, office(QUESTION), tenant="tight")  # read again, same answer
