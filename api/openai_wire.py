@@ -61,8 +61,13 @@ def finish_reason(record: JobRecord) -> str:
     return FINISH_REASONS.get(record.finish_reason or "stop", "stop")
 
 
-def usage(record: JobRecord) -> dict[str, int]:
-    return dict(record.usage or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0})
+def usage(record: JobRecord) -> dict[str, Any]:
+    """OpenAI's usage; ``prompt_tokens_details.cached_tokens``: prompt tokens the worker's
+    prompt cache held (0 for an engine without one)."""
+    found = dict(record.usage or {"prompt_tokens": 0, "completion_tokens": 0,
+                                  "total_tokens": 0})
+    found.setdefault("prompt_tokens_details", {"cached_tokens": 0})
+    return found
 
 
 def envelope(record: JobRecord, created: int, kind: str,

@@ -45,6 +45,10 @@ class QueueView:
     def slots_busy(self) -> int:
         return sum(int(w.get("slots_busy") or 0) for w in self.workers)
 
+    def cache_sum(self, name: str) -> int:
+        """A prompt cache gauge (``prompt_cache_{name}``) over the live workers."""
+        return sum(int(w.get(f"prompt_cache_{name}") or 0) for w in self.workers)
+
 
 async def _running(svc: Services, workers: list[dict[str, str]]) -> dict[str, int]:
     """Per queue, the running jobs of live workers (from the lifecycle's running list,
@@ -113,8 +117,18 @@ def worker_summary(beat: dict[str, str], now: float | None = None) -> dict[str, 
         "slots": int(beat.get("slots") or 1),
         "slots_busy": int(beat.get("slots_busy") or 0),
         "running": json.loads(beat.get("running") or "[]"),
+        "prompt_cache": _prompt_cache(beat),
         "seconds_since_beat": round(now - float(beat.get("last_beat") or now), 3),
     }
+
+
+def _prompt_cache(beat: dict[str, str]) -> dict[str, int] | None:
+    """The worker's prompt cache: sequences kept in its slots, tokens cached (slots and
+    host memory), sequences and bytes in host memory (None: an engine without one)."""
+    if "prompt_cache_tokens" not in beat:
+        return None
+    return {name: int(beat.get(f"prompt_cache_{name}") or 0)
+            for name in ("slots", "tokens", "host_entries", "host_bytes")}
 
 
 # What a tenant must not see of a worker: where it runs (host, pid, upstream server).

@@ -27,7 +27,7 @@ from prometheus_client.process_collector import ProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.queues import QueueView
-from shared.opstats import BATCH_SIZE, HISTOGRAMS
+from shared.opstats import BATCH_SIZE, CACHE_COUNTERS, HISTOGRAMS
 
 
 class HttpMetrics:
@@ -92,6 +92,7 @@ class QueueCollector:
                                 value=1 if self.redis_up else 0)
         yield from self._queue_gauges()
         yield from self._job_counters()
+        yield from self._cache_metrics()
         yield from self._histograms()
         yield from self._batch_counters()
 
@@ -145,6 +146,27 @@ class QueueCollector:
             for model, n in sorted(v.counters.prompt_tokens.items()):
                 prompt.add_metric([model, v.queue], n)
         yield from (jobs, generated, prompt)
+
+    def _cache_metrics(self) -> Iterator[Metric]:
+        """The workers' prompt caches: counters since start (by model) and what the live
+        workers hold now (by queue)."""
+        for name, text in CACHE_COUNTERS.items():
+            family = CounterMetricFamily(f"chatq_prompt_cache_{name}", text,
+                                         labels=["model", "queue"])
+            for v in self.views:
+                for (counter, model), n in sorted(v.counters.cache.items()):
+                    if counter == name:
+                        family.add_metric([model, v.queue], n)
+            yield family
+        labels = ["queue", "model"]
+        held = GaugeMetricFamily("chatq_prompt_cache_bytes", "Host memory the live workers' "
+                                 "prompt caches hold (saved sequences).", labels=labels)
+        tokens = GaugeMetricFamily("chatq_prompt_cache_tokens", "Tokens the live workers' "
+                                   "prompt caches hold (slots and host memory).", labels=labels)
+        for v in self.views:
+            held.add_metric([v.queue, v.model or ""], v.cache_sum("host_bytes"))
+            tokens.add_metric([v.queue, v.model or ""], v.cache_sum("tokens"))
+        yield from (held, tokens)
 
     def _histograms(self) -> Iterator[Metric]:
         named = [(f"chatq_job_{spec.name}", spec) for spec in HISTOGRAMS]

@@ -82,6 +82,12 @@ class Keys:
         (the cancel flag stays, read at each write of the job's tokens)."""
         return f"{self.prefix}:cancels"
 
+    def conversation_deletes(self) -> str:
+        """Pub/sub channel: conversations deleted through the API, as JSON
+        ``{"tenant": ..., "conversation_id": ...}``; workers drop what their prompt
+        cache holds of them."""
+        return f"{self.prefix}:conv-deleted"
+
     def tombstone(self, job_id: str) -> str:
         """String: left behind when a job record expires, so its id answers 410, not 404."""
         return f"{self.prefix}:gone:{job_id}"

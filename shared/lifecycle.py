@@ -131,7 +131,7 @@ class JobRecord:
     started_at: float | None = None
     finished_at: float | None = None
     finish_reason: str | None = None
-    usage: dict[str, int] | None = None
+    usage: dict[str, Any] | None = None  # OpenAI's usage (prompt_tokens_details included)
     timings: dict[str, float | None] = field(default_factory=dict)
     error: dict[str, str] | None = None
     attempts: int = 0

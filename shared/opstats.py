@@ -63,6 +63,15 @@ BATCH_SIZE = HistogramSpec("batch_size", "", 1.0, (1, 2, 3, 4, 6, 8, 12, 16, 24,
                            "Jobs advanced together by one decode step of a worker's engine.")
 
 
+# Recorded by the workers' heartbeats: the prompt cache's counters (see
+# workers.prompt_cache.CacheStats), stats-hash fields ``cache|{name}|{model}``.
+CACHE_COUNTERS = {
+    "hits": "Jobs that started from a prefix an earlier job cached (beyond the template head).",
+    "cached_tokens": "Prompt tokens taken from the prompt cache instead of being read.",
+    "read_tokens": "Prompt tokens read (decoded) by jobs.",
+}
+
+
 def lua_bound(value: float) -> str:
     """A bucket bound as text, the same in the Lua scripts and in Python."""
     return format(value, "g")
@@ -94,6 +103,7 @@ class QueueCounters:
     jobs: dict[tuple[str, str], int] = field(default_factory=dict)  # (model, status) -> n
     tokens: dict[str, int] = field(default_factory=dict)  # model -> generated tokens
     prompt_tokens: dict[str, int] = field(default_factory=dict)
+    cache: dict[tuple[str, str], int] = field(default_factory=dict)  # (counter, model) -> n
     histograms: dict[tuple[str, str], Histogram] = field(default_factory=dict)  # (name, model)
 
     @classmethod
@@ -107,6 +117,9 @@ class QueueCounters:
                 out.jobs[model, status] = int(value)
             elif kind in ("tokens", "prompt_tokens"):
                 getattr(out, kind)[rest] = int(value)
+            elif kind == "cache":
+                counter, _, model = rest.partition("|")
+                out.cache[counter, model] = int(value)
             elif kind == "hist":
                 metric, bound, model = rest.split("|", 2)
                 out._histogram(specs, metric, model).counts[bound] = int(value)
@@ -132,6 +145,17 @@ def batch_increments(model: str, delta: dict[int, int]) -> dict[str, int]:
         out[key] = out.get(key, 0) + steps
         out[f"hsum|{BATCH_SIZE.name}|{model}"] = (
             out.get(f"hsum|{BATCH_SIZE.name}|{model}", 0) + size * steps)
+    return out
+
+
+def cache_increments(model: str, now: dict[str, int], sent: dict[str, int]) -> dict[str, int]:
+    """Stats-hash increments (``cache|{name}|{model}``) for an engine's prompt cache
+    counters ``now`` (as ``cache_info()`` names them), given those already counted."""
+    out = {}
+    for name in CACHE_COUNTERS:
+        key = f"prompt_cache_{name}"
+        if key in now:
+            out[f"cache|{name}|{model}"] = now[key] - sent.get(key, 0)
     return out
 
 

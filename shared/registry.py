@@ -210,7 +210,8 @@ class LlamaOptions(BaseModel):
 GPU_OPTIONS = ("gpu_layers", "main_gpu", "split_mode", "tensor_split")
 # What only a local GGUF model may set: refused next to an `upstream`.
 LOCAL_KEYS = (*LlamaOptions.model_fields, "path", "package", "file", "assemble",
-              "chat_template", "template_head")
+              "chat_template", "template_head", "prompt_cache", "prompt_cache_mib",
+              "shared_prompts")
 
 
 @dataclass(frozen=True)
@@ -265,6 +266,19 @@ class ModelSpec(LlamaOptions):
                                 "at load, into one more KV stream of `context_size`, and "
                                 "start such prompts from a copy of it; false saves that "
                                 "stream's memory.")
+    prompt_cache: bool = Field(True, description="Keep a finished job's KV in its slot and "
+                               "start the next job from the cached sequence sharing the "
+                               "longest prefix with its prompt (same tenant, or a "
+                               "`shared_prompts` prefix); false reads every prompt whole "
+                               "(but the template head).")
+    prompt_cache_mib: int = Field(512, ge=0, le=1_048_576, description="Host memory (MiB) "
+                                  "for cached sequences evicted from the slots (llama.cpp's "
+                                  "saved sequence states, least recently used out first); "
+                                  "0: only the slots cache.")
+    shared_prompts: list[str] = Field([], max_length=64, description="System prompt texts "
+                                      "(personas) whose cached prefix every tenant may reuse; "
+                                      "any other cached prefix is reused only by the tenant "
+                                      "that wrote it.")
     defaults: SamplingDefaults = Field(default_factory=SamplingDefaults,
                                        description="Sampling defaults.")
     upstream: UpstreamOptions | None = Field(None, description="A remote OpenAI-compatible "

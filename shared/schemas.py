@@ -445,10 +445,16 @@ class JobRequest(SamplingFields):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = Field(0, description="Prompt tokens reused from the worker's "
+                               "prompt cache instead of being read again.")
+
+
 class Usage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class Timings(BaseModel):
@@ -456,6 +462,8 @@ class Timings(BaseModel):
     ttft_ms: float | None = None
     duration_ms: float | None = None
     tokens_per_s: float | None = None
+    cached_tokens: int | None = Field(None, description="Prompt tokens the last attempt "
+                                      "took from the prompt cache (not read again).")
 
 
 class JobError(BaseModel):

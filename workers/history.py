@@ -4,6 +4,15 @@ The history is trimmed oldest-first, by the model's real token count, until
 the rendered prompt plus ``max_tokens`` fits the model's context. The persona
 (system message, character greeting) and the request's own messages are
 always kept.
+
+It is trimmed in steps, so the prompt's beginning stays the same for many turns
+and the worker's prompt cache keeps matching it: the history may only start at
+fixed cut points, the first user turn after every further quarter of the context
+(in tokens, counted from the conversation's first stored message), and the prompt
+starts at the earliest cut point that fits. Dropping the fewest messages instead
+would change the prompt's beginning, and miss the cache, at every turn once the
+conversation outgrew the context; with steps, one turn in several re-reads its
+prompt, then the next ones reuse it again.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from shared.tools import ToolSet, prompt_messages
 log = logging.getLogger(__name__)
 
 Messages = list[dict[str, Any]]
+TRIM_STEPS = 4  # history is trimmed in steps of 1/TRIM_STEPS of the context (see above)
 
 
 @dataclass
@@ -40,8 +50,10 @@ class PromptPlan:
 
 
 def fit_history(renderer: PromptRenderer, head: Messages, history: Messages, tail: Messages,
-                budget: int) -> tuple[int, Prompt]:
-    """Drop the fewest oldest history messages so the prompt is at most ``budget`` tokens.
+                budget: int, *, step: int | None = None) -> tuple[int, Prompt]:
+    """Drop the oldest history messages so the prompt is at most ``budget`` tokens: the
+    fewest, or with ``step`` (tokens) the fewest among the cut points
+    (:func:`cut_points`), so the kept history starts at the same message turn after turn.
 
     Returns how many were dropped and the rendered prompt. Binary search: the
     token count only falls as messages are dropped, so O(log n) renders. When
@@ -55,17 +67,34 @@ def fit_history(renderer: PromptRenderer, head: Messages, history: Messages, tai
     full = render(0)
     if len(full.tokens) <= budget or not history:
         return 0, full
-    lo, hi = 1, len(history)
+    starts = cut_points(renderer, history, step) if step else list(range(len(history) + 1))
+    lo, hi = 1, len(starts) - 1
     while lo < hi:
         mid = (lo + hi) // 2
-        if len(render(mid).tokens) <= budget:
+        if len(render(starts[mid]).tokens) <= budget:
             hi = mid
         else:
             lo = mid + 1
+    dropped = starts[lo]
     # Start the kept history on a user turn, so roles keep alternating.
-    while lo < len(history) and history[lo]["role"] != "user":
-        lo += 1
-    return lo, render(lo)
+    while dropped < len(history) and history[dropped]["role"] != "user":
+        dropped += 1
+    return dropped, render(dropped)
+
+
+def cut_points(renderer: PromptRenderer, history: Messages, step: int) -> list[int]:
+    """Where a trimmed history may start: 0, the first user message after each further
+    ``step`` tokens of history (messages' contents, counted from the first), and the
+    end (nothing kept). Each depends only on the messages before it, so a growing
+    conversation keeps its cut points."""
+    points, total, mark = [0], 0, step
+    for i, message in enumerate(history):
+        if total >= mark and message["role"] == "user":
+            points.append(i)
+            while mark <= total:
+                mark += step
+        total += renderer.count_text(str(message.get("content") or ""))
+    return [*points, len(history)]
 
 
 def compatible_head(renderer: PromptRenderer, head: Messages) -> Messages:
@@ -117,7 +146,8 @@ def plan_prompt(store: WorkerConversationStore, renderer: PromptRenderer | None,
     renderer = renderer.for_tools(toolset)
     head = compatible_head(renderer, persona_turns(persona, system))
     budget = context_size - record.params.max_tokens
-    dropped, prompt = fit_history(renderer, head, history, turn, budget)
+    dropped, prompt = fit_history(renderer, head, history, turn, budget,
+                                  step=max(context_size // TRIM_STEPS, 1))
     if dropped:
         log.info("history trimmed to fit the context",
                  extra={**ctx, "dropped": dropped, "kept": len(history) - dropped})

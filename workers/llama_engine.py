@@ -21,9 +21,11 @@ What must always hold, and why:
   ``n_ctx = context_size * slots`` into one stream per sequence, so no job can
   take another's room), its own sampler chain (:mod:`workers.llama_sampling`),
   stop strings and text assembler, none of them shared. When it ends, for
-  whatever reason, its KV stream is cleared *before* its seq id goes back to
-  the free list (once), and its chain is freed, so nothing of one job can
-  reach the next one on that seq id.
+  whatever reason, its chain is freed and, *before* its seq id goes back to the
+  free list (once), its KV stream is either cleared or kept as a prompt cache
+  entry (below) whose KV is exactly that of the tokens it lists; a failed job's
+  stream is always cleared. A later job on that seq id starts from nothing or
+  from a prefix of that entry it is allowed to reuse, never from more.
 - **Order.** Waiting jobs start in submission order. A job's pieces are put
   by the one thread that generates them, in order; the end marker is put last,
   after the outcome is complete.
@@ -40,6 +42,34 @@ batch is laid out in seq-id order and a new job takes the lowest free id.
 Flash attention is left to llama.cpp ("auto": on for CPU, where it makes a
 4-sequence step ~15% cheaper than without).
 
+**The prompt cache** (registry ``prompt_cache``, on by default; bookkeeping in
+:mod:`workers.prompt_cache`). A job that ends (stop, length, cancel, timeout,
+``close``) leaves its KV in its stream, as an entry listing the tokens it read in
+*whole prefill chunks* from the start of its reading (0, or the template head's
+end), tagged with its tenant and conversation; the rest (a last partial chunk,
+the answer) is dropped from the stream. A new job takes the free seq id whose
+entry shares the longest *usable* prefix with its prompt (same tenant; another
+tenant's only up to a shared prefix: the template head or a registry
+``shared_prompts`` persona), drops the tail past the match
+(``llama_memory_seq_rm(mem, seq, n, -1)``) and reads only the rest, always at
+least its last token (its logits start the answer); the match is cut down to a
+chunk boundary (``_aligned``), and one under ``MIN_REUSE`` tokens counts as none.
+A job with no such slot takes an empty free id (lowest first), else the least
+recently used one; the entry it evicts is saved first (``llama_state_seq_get_data``)
+into host memory (``prompt_cache_mib``, least recently used out first) if it holds
+more than a public prefix, and a job that matches a saved sequence better than any
+slot has it restored (``llama_state_seq_set_data``) into the slot it takes.
+``forget_conversation`` (a deleted conversation) drops that conversation's entries,
+in slots and host memory, and keeps a running job of it from leaving one. What a job
+reused is its ``Outcome.cached_tokens``. **Why whole chunks:** llama.cpp's kernels round
+differently for batches of different sizes (a generated token is decoded alone, a
+prompt a chunk at a time), so KV read another way differs in the last bits and a
+greedy answer can flip at a near tie (full reuse changed 7 of 12 two-turn chats
+here). Reused that way, a job's KV is what reading its whole prompt gives, chunk
+for chunk (prompts are always read in whole chunks, see ``_plan``), and its answer
+is the cache-off one; the price is re-reading up to one chunk and the previous
+answer each turn.
+
 **The template's head is read once.** Every chat prompt without a system message
 of its own opens with the same tokens: the chat template's default system prompt
 and the user turn's header (SmolLM2: 24 tokens of a typical 44-token prompt). The
@@ -48,13 +78,11 @@ whose prompt begins with exactly those tokens starts from a copy of that stream
 (``llama_memory_seq_cp``) instead of reading them again, as llama-cpp-python's
 ``Llama`` reuses the prefix its previous call shares. That stream holds the
 template's text only, never a job's, and is never written after load; the copy
-is the job's own stream, cleared like any other when the job ends. Any other
-prompt (a system message or persona, tools, a raw completion) is read whole.
-The registry's ``template_head = false`` turns it off (and saves the stream).
-
-Room for later: a job's token history (``_Seq.tokens``) is kept, so reusing a
-conversation's KV prefix across turns means keeping a finished sequence's
-stream and matching the next prompt against it instead of clearing it.
+is the job's own stream, ended like any other. With the cache off, any other
+prompt (a system message or persona, tools, a raw completion) is read whole; with
+it on, the head is the special case of a cached prefix that is always there and
+every tenant may reuse. The registry's ``template_head = false`` turns it off (and
+saves the stream).
 """
 
 from __future__ import annotations
@@ -93,6 +121,7 @@ from workers.engine import (
 from workers.llama_embed import Embedder
 from workers.llama_params import context_params, llama_threads, model_params
 from workers.llama_sampling import SamplerChain, chain_seed, logprobs
+from workers.prompt_cache import CacheStats, Entry, HostCache, Sharing, tick
 from workers.text import TextAssembler
 
 log = logging.getLogger(__name__)
@@ -100,6 +129,9 @@ log = logging.getLogger(__name__)
 _END = object()  # the last item of a job's output queue
 _MAX_TOP_LOGPROBS = 20
 _MIN_HEAD = 4  # a shorter template head is not worth a KV stream
+_MIN_SAVE = 16  # a cached sequence with fewer tokens than this beyond a public prefix is
+#                 not worth saving to host memory when its slot is taken
+_MIB = 1024 * 1024
 
 
 class _Logprobs:
@@ -280,6 +312,8 @@ class _Seq:
     prefilled: bool = False  # the prompt is read; one token per step from now on
     out_idx: int = -1  # batch index of this step's output, -1 when none
     n_in: int = 0  # tokens it puts into this step's batch
+    keep: bool = True  # its KV may stay cached when it ends (false: its conversation went)
+    exact: int = 0  # tokens read in whole prefill chunks from a chunk boundary (see _aligned)
 
 
 class _Model:
@@ -335,9 +369,13 @@ class LlamaEngine(Engine):
         self._weights = _Model(spec, path)
         self.llm = self._weights.tokenizer
         self.prompter = PromptRenderer(self.llm, spec.chat_template)
-        self.head = template_head(self.prompter) if spec.template_head else []
+        public_head = template_head(self.prompter)
+        self.head = public_head if spec.template_head else []
+        # what any tenant may reuse of another's cached sequence (see workers.prompt_cache)
+        self.shared = [public_head, *shared_prefixes(self.prompter, spec.shared_prompts)]
         self._cv = threading.Condition()
         self._pending: deque[_Job] = deque()
+        self._forgets: list[tuple[str, str]] = []  # deleted conversations (tenant, id)
         self._preparing = 0  # submit() calls building a job's tokens and sampler chain
         self._closing = False
         self._embedder: Embedder | None = None  # made by the first embed()
@@ -434,6 +472,14 @@ class LlamaEngine(Engine):
     def busy(self) -> int:
         return self._scheduler.running_count
 
+    def forget_conversation(self, tenant: str, conversation_id: str) -> None:
+        with self._cv:
+            self._forgets.append((tenant, conversation_id))
+            self._cv.notify_all()
+
+    def cache_info(self) -> dict[str, int]:
+        return dict(self._scheduler.cache_view)
+
     def batch_sizes(self) -> dict[int, int]:
         return dict(self._scheduler.batch_sizes)
 
@@ -471,14 +517,15 @@ class LlamaEngine(Engine):
         self._weights.close()
 
 
-def template_head(prompter: PromptRenderer) -> list[int]:
-    """The tokens every chat prompt without a system message begins with: what two
-    one-message prompts share. Empty when they share under ``_MIN_HEAD`` tokens or
-    the template cannot render. (A user's text that merges with the header's last
-    token into another token gives a prompt that does not begin with the head: it
-    is read whole.)"""
+def template_head(prompter: PromptRenderer, system: str | None = None) -> list[int]:
+    """The tokens every chat prompt without a system message (or with ``system`` as
+    its system message) begins with: what two one-turn prompts share. Empty when they
+    share under ``_MIN_HEAD`` tokens or the template cannot render. (A user's text that
+    merges with the header's last token into another token gives a prompt that does
+    not begin with the head: it is read whole.)"""
+    opening = [] if system is None else [{"role": "system", "content": system}]
     try:
-        a, b = (prompter.render([{"role": "user", "content": text}]).tokens
+        a, b = (prompter.render([*opening, {"role": "user", "content": text}]).tokens
                 for text in ("a", "b"))
     except Exception:
         log.warning("chat template did not render; no template head", exc_info=True)
@@ -487,6 +534,12 @@ def template_head(prompter: PromptRenderer) -> list[int]:
     while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1
     return list(a[:n]) if n >= _MIN_HEAD else []
+
+
+def shared_prefixes(prompter: PromptRenderer, texts: list[str]) -> list[list[int]]:
+    """The registry's shared system prompts as the token prefixes they open a chat
+    prompt with (system message and the user turn's header)."""
+    return [head for head in (template_head(prompter, text) for text in texts) if head]
 
 
 class _Scheduler(threading.Thread):
@@ -516,6 +569,15 @@ class _Scheduler(threading.Thread):
         self.batch_sizes: Counter[int] = Counter()  # sequences per decode -> decodes
         self._admitted = 0
         self.head: list[int] = []  # the template head as read (run() reads it)
+        spec = engine.spec
+        self.caching = spec.prompt_cache
+        # what each free slot's KV stream holds (None: empty); a running slot's is its job's
+        self.kept: list[Entry | None] = [None] * engine.slots
+        self.host = HostCache(spec.prompt_cache_mib * _MIB if self.caching else 0)
+        self.sharing = Sharing(engine.shared)
+        self.stats = CacheStats()
+        self.cache_view: dict[str, int] = {}  # what cache_info() shows (set on this thread)
+        self._update_view()
 
     def _context(self, engine: LlamaEngine, sequences: int) -> Any:
         params = context_params(engine.spec, sequences, self.n_batch, engine.n_threads)
@@ -570,6 +632,7 @@ class _Scheduler(threading.Thread):
         if not self._wait_for_work():
             return False
         try:
+            self._forget()
             self._expire_waiting()
             self._admit()
             self._expire_running()
@@ -584,7 +647,8 @@ class _Scheduler(threading.Thread):
     def _wait_for_work(self) -> bool:
         engine = self.engine
         with engine._cv:
-            while not engine._closing and not engine._pending and not self.running:
+            while not (engine._closing or engine._pending or engine._forgets
+                       or self.running):
                 engine._cv.wait()
             return not engine._closing
 
@@ -609,19 +673,181 @@ class _Scheduler(threading.Thread):
                     job.finish("error", f"could not start: {exc}")
 
     def _start(self, job: _Job) -> None:
-        seq = _Seq(job, self.free_ids[0], self._admitted, list(job.prep.tokens))
-        head = self.head
-        if head and len(seq.tokens) > len(head) and seq.tokens[:len(head)] == head:
-            # its stream becomes a copy of the head's (made before the next decode)
-            llama_cpp.llama_memory_seq_cp(self.mem, self.head_seq, seq.seq_id, -1, -1)
-            seq.n_past = len(head)
-        heapq.heappop(self.free_ids)
+        tokens = job.prep.tokens
+        seq_id, n_past, hit = self._place(tokens, job.request.tenant)
+        seq = _Seq(job, seq_id, self._admitted, list(tokens), n_past=n_past, exact=n_past)
+        self.free_ids.remove(seq_id)
+        heapq.heapify(self.free_ids)
         self._admitted += 1
         self.running.append(seq)
         self.running.sort(key=lambda s: s.seq_id)
         self.running_count = len(self.running)
-        log.debug("sequence started", extra={**job.log_extra, "seq_id": seq.seq_id,
-                                             "prompt_tokens": len(seq.tokens)})
+        job.outcome.cached_tokens = min(n_past, job.outcome.prompt_tokens or n_past)
+        self.stats.hits += hit
+        self.stats.cached_tokens += n_past
+        self.stats.read_tokens += len(tokens) - n_past
+        self._update_view()
+        log.debug("sequence started", extra={**job.log_extra, "seq_id": seq_id,
+                                             "prompt_tokens": len(tokens),
+                                             "cached_tokens": n_past})
+
+    # The prompt cache (see workers.prompt_cache and the module's notes)
+
+    def _place(self, tokens: list[int], scope: str) -> tuple[int, int, bool]:
+        """The free seq id a job starts on, how many of its tokens that stream holds
+        already, and whether they came from an earlier job's cache (not only the head).
+        Picks the cached sequence sharing the longest usable prefix: a free slot's
+        (its tail past the match dropped), else one saved in host memory (restored into
+        the slot it evicts), else the template head's copy, else nothing."""
+        head = self.head
+        head_n = len(head) if head and len(tokens) > len(head) and \
+            tokens[:len(head)] == head else 0
+        slot, slot_n = self._best_kept(tokens, scope)
+        slot_n = self._aligned(slot_n, head_n)
+        saved, saved_n = self.host.best(tokens, scope, self.sharing)
+        saved_n = self._aligned(saved_n, head_n)
+        if slot is not None and slot_n > head_n and slot_n >= saved_n:
+            kept = self._trim(slot, slot_n)
+            if kept:
+                return slot, kept, True
+        seq_id = self._victim()
+        self._evict(seq_id)
+        if saved is not None and saved_n > head_n and self._restore(saved, seq_id):
+            kept = self._trim(seq_id, saved_n)
+            if kept:
+                return seq_id, kept, True
+        if head_n:
+            # its stream becomes a copy of the head's (made before the next decode)
+            llama_cpp.llama_memory_seq_cp(self.mem, self.head_seq, seq_id, -1, -1)
+        return seq_id, head_n, False
+
+    def _aligned(self, n: int, start: int) -> int:
+        """The most of ``n`` usable cached tokens a job may take so that it reads the rest
+        as it would read its whole prompt: from ``start`` (the template head's end, or 0)
+        in whole ``prefill_chunk`` steps. 0 when that is nothing beyond ``start``."""
+        chunk = self.engine.prefill_chunk
+        aligned = start + (n - start) // chunk * chunk if n > start else 0
+        return aligned if aligned > start else 0
+
+    def _best_kept(self, tokens: list[int], scope: str) -> tuple[int | None, int]:
+        found, most = None, 0
+        for seq_id in sorted(self.free_ids):
+            entry = self.kept[seq_id]
+            if entry is not None:
+                n = self.sharing.usable(tokens, scope, entry)
+                if n > most:
+                    found, most = seq_id, n
+        return found, most
+
+    def _victim(self) -> int:
+        """The free seq id whose cached sequence is worth least: an empty one (lowest id,
+        which keeps the batch's seq ids together), else the least recently used."""
+        empty = [i for i in self.free_ids if self.kept[i] is None]
+        if empty:
+            return min(empty)
+        return min(self.free_ids, key=lambda i: self.kept[i].used)  # type: ignore[union-attr]
+
+    def _trim(self, seq_id: int, n: int) -> int:
+        """Keep the first ``n`` tokens of the slot's cached sequence for a new job (the
+        rest saved to host memory first when worth it); the tokens kept (0: it failed
+        and the stream is empty)."""
+        entry = self.kept[seq_id]
+        if entry is not None and len(entry.tokens) - n >= _MIN_SAVE:
+            self._save(seq_id, entry)
+        self.kept[seq_id] = None
+        if llama_cpp.llama_memory_seq_rm(self.mem, seq_id, n, -1):
+            return n
+        llama_cpp.llama_memory_seq_rm(self.mem, seq_id, -1, -1)
+        return 0
+
+    def _evict(self, seq_id: int) -> None:
+        """Empty a free slot's stream, its cached sequence saved to host memory first."""
+        entry = self.kept[seq_id]
+        if entry is not None:
+            self._save(seq_id, entry)
+            self.kept[seq_id] = None
+        llama_cpp.llama_memory_seq_rm(self.mem, seq_id, -1, -1)
+
+    def _save(self, seq_id: int, entry: Entry) -> None:
+        """Copy a cached sequence into host memory, if it holds more than a public prefix
+        and fits the budget."""
+        if len(entry.tokens) - self.sharing.limit(entry.tokens) < _MIN_SAVE:
+            return
+        size = int(llama_cpp.llama_state_seq_get_size(self.ctx, seq_id))
+        if not self.host.fits(size):
+            return
+        buf = (ctypes.c_uint8 * size)()
+        written = int(llama_cpp.llama_state_seq_get_data(self.ctx, buf, size, seq_id))
+        if written <= 0:
+            return
+        saved = Entry(list(entry.tokens), entry.scope, entry.conversation, entry.used,
+                      state=bytes(buf)[:written])
+        if self.host.put(saved):
+            self.stats.saved += 1
+
+    def _restore(self, entry: Entry, seq_id: int) -> bool:
+        """Load a saved sequence into the (empty) slot; it leaves host memory."""
+        self.host.take(entry)
+        state = entry.state or b""
+        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if llama_cpp.llama_state_seq_set_data(self.ctx, buf, len(state), seq_id) <= 0:
+            log.warning("a saved sequence could not be restored; the prompt is read",
+                        extra={"model": self.engine.model, "seq_id": seq_id})
+            llama_cpp.llama_memory_seq_rm(self.mem, seq_id, -1, -1)
+            return False
+        self.kept[seq_id] = Entry(entry.tokens, entry.scope, entry.conversation)
+        self.stats.restored += 1
+        return True
+
+    def _forget(self) -> None:
+        """Drop what is cached of deleted conversations: free slots, host memory, and
+        the running jobs of those conversations (their KV is not kept when they end)."""
+        with self.engine._cv:
+            gone, self.engine._forgets = self.engine._forgets, []
+        for scope, conversation in gone:
+            for seq_id in self.free_ids:
+                entry = self.kept[seq_id]
+                if entry is not None and entry.of(scope, conversation):
+                    llama_cpp.llama_memory_seq_rm(self.mem, seq_id, -1, -1)
+                    self.kept[seq_id] = None
+            self.host.forget(scope, conversation)
+            for seq in self.running:
+                req = seq.job.request
+                if req.tenant == scope and req.conversation_id == conversation:
+                    seq.keep = False
+        if gone:
+            self._update_view()
+
+    def _keep(self, seq: _Seq, reason: str) -> None:
+        """A job's stream when it ends: kept as a cache entry of the tokens it read in
+        whole prefill chunks (the rest of its KV, the answer included, is dropped), or
+        emptied (cache off, a failed job, a deleted conversation, nothing read so)."""
+        req = seq.job.request
+        n = min(seq.exact, seq.n_past)
+        if n <= len(self.head) and seq.tokens[:len(self.head)] == self.head:
+            n = 0  # nothing beyond the template head, which has its own stream
+        if self.caching and reason != "error" and seq.keep and n > 0:
+            self.kept[seq.seq_id] = Entry(seq.tokens[:n], req.tenant, req.conversation_id,
+                                          tick())
+            llama_cpp.llama_memory_seq_rm(self.mem, seq.seq_id, n, -1)
+        else:
+            self.kept[seq.seq_id] = None
+            llama_cpp.llama_memory_seq_rm(self.mem, seq.seq_id, -1, -1)
+
+    def _update_view(self) -> None:
+        slots = [e for e in self.kept if e is not None]
+        stats = self.stats
+        self.cache_view = {
+            "prompt_cache_slots": len(slots),
+            "prompt_cache_tokens": sum(len(e.tokens) for e in slots) + self.host.tokens,
+            "prompt_cache_host_entries": len(self.host),
+            "prompt_cache_host_bytes": self.host.bytes,
+            "prompt_cache_hits": stats.hits,
+            "prompt_cache_cached_tokens": stats.cached_tokens,
+            "prompt_cache_read_tokens": stats.read_tokens,
+            "prompt_cache_saved": stats.saved,
+            "prompt_cache_restored": stats.restored,
+        }
 
     def _expire_running(self) -> None:
         now = time.monotonic()
@@ -634,13 +860,21 @@ class _Scheduler(threading.Thread):
 
     def _plan(self) -> list[_Seq]:
         """Who puts how many tokens into this step: one each for the generating
-        sequences, the prefill chunk to the prompts being read, oldest first."""
-        budget = self.engine.prefill_chunk
+        sequences, the prefill chunk to the prompts being read, oldest first. A prompt
+        is read in whole chunks (its last one may be shorter): what is left of the
+        budget after an older prompt's last chunk waits for the next step rather than
+        start a part chunk, so every prompt is read in the same chunks however many
+        are read at once, and what it read is reusable (see the prompt cache)."""
+        chunk = self.engine.prefill_chunk
+        budget = chunk
         for seq in sorted(self.running, key=lambda s: s.order):
             if seq.prefilled:
                 seq.n_in = 1
             else:
-                seq.n_in = min(len(seq.tokens) - seq.n_past, budget)
+                left = len(seq.tokens) - seq.n_past
+                seq.n_in = min(left, budget)
+                if seq.n_in < min(left, chunk):
+                    seq.n_in = 0  # a part chunk: next step
                 budget -= seq.n_in
         return [seq for seq in self.running if seq.n_in > 0]
 
@@ -651,7 +885,10 @@ class _Scheduler(threading.Thread):
         if rc != 0:
             self._recover(step, rc)
             return
+        chunk = self.engine.prefill_chunk
         for seq in step:
+            if not seq.prefilled and seq.exact == seq.n_past and seq.n_in == chunk:
+                seq.exact += chunk  # a whole chunk, from a chunk boundary
             seq.n_past += seq.n_in
             if seq.out_idx >= 0:
                 seq.prefilled = True
@@ -730,14 +967,16 @@ class _Scheduler(threading.Thread):
         return self._piece(token).decode("utf-8", errors="replace")
 
     def _end(self, seq: _Seq, reason: str, error: str | None = None) -> None:
-        """Clear the sequence's KV stream, then free its seq id (once: an id is never
-        shared, and never reused before its stream is empty) and end its job."""
+        """Keep the sequence's KV stream as a cache entry or clear it, then free its seq
+        id (once: an id is never shared, and never given to a job before its stream
+        holds nothing but that entry) and end its job."""
         try:
             if seq in self.running:
                 self.running.remove(seq)
                 self.running_count = len(self.running)
-                llama_cpp.llama_memory_seq_rm(self.mem, seq.seq_id, -1, -1)
+                self._keep(seq, reason)
                 heapq.heappush(self.free_ids, seq.seq_id)
+                self._update_view()
         finally:
             seq.job.finish(reason, error)
         log.debug("sequence ended", extra={**seq.job.log_extra, "seq_id": seq.seq_id,

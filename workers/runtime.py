@@ -27,7 +27,7 @@ from shared.dispatch import Dispatcher
 from shared.keys import Keys
 from shared.lifecycle import BlockingJobs, store_config
 from shared.mongo import make_sync_mongo_client
-from shared.opstats import batch_increments
+from shared.opstats import batch_increments, cache_increments
 from shared.periodic import Periodic
 from shared.recovery import Sweeper, SweeperThread
 from shared.redis_conn import blocking_client
@@ -44,8 +44,10 @@ log = logging.getLogger(__name__)
 
 class Heartbeat(Periodic):
     """Keeps ``chatq:worker:{id}`` fresh: queue, model, slots (total, busy), the jobs it
-    runs, jobs done, and what the engine reports (context and batch size; for an
-    upstream its kind, URL and model, never its key)."""
+    runs, jobs done, and what the engine reports (context and batch size, its prompt
+    cache's size; for an upstream its kind, URL and model, never its key). Adds the
+    engine's batch sizes and prompt cache counters since the last beat to the queue's
+    stats (see :mod:`shared.opstats`)."""
 
     def __init__(self, client: redis.Redis, keys: Keys, settings: Settings,
                  info: dict[str, str], engine: Engine) -> None:
@@ -60,6 +62,7 @@ class Heartbeat(Periodic):
         self.worker_id = info["worker_id"]
         self.jobs_done = 0
         self._batches_sent: dict[int, int] = {}  # the engine's batch sizes already counted
+        self._cache_sent: dict[str, int] = {}  # the engine's cache counters already counted
         self._running: set[str] = set()
         self._lock = threading.Lock()
 
@@ -81,17 +84,22 @@ class Heartbeat(Periodic):
             "slots_busy": len(running), "running": json.dumps(running),
             "jobs_done": self.jobs_done, "last_beat": now,
         }
+        cache = self.engine.cache_info()  # the prompt cache's size and counters
+        fields.update(cache)
         batches = self.engine.batch_sizes()
         delta = {size: n - self._batches_sent.get(size, 0) for size, n in batches.items()}
+        increments = {**batch_increments(self.info["model"], delta),
+                      **cache_increments(self.info["model"], cache, self._cache_sent)}
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(self.keys.worker(self.worker_id), mapping=fields)
             pipe.expire(self.keys.worker(self.worker_id), int(self.ttl) + 1)
             pipe.zadd(self.keys.workers(), {self.worker_id: now})
-            for key, n in batch_increments(self.info["model"], delta).items():
+            for key, n in increments.items():
                 if n:
                     pipe.hincrby(self.keys.queue_stats(self.info["queue"]), key, n)
             pipe.execute()
         self._batches_sent = batches
+        self._cache_sent = cache
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop beating and say so: the sweeper requeues what this worker still held."""
@@ -133,7 +141,9 @@ class Runtime:
         self.heartbeat = Heartbeat(self.redis, self.jobs.keys, settings, info, self.engine)
         self.heartbeat.beat()
         self.heartbeat.start()
-        self.cancels = CancelListener(self.redis, self.jobs.keys.cancels())
+        self.cancels = CancelListener(
+            self.redis, self.jobs.keys.cancels(),
+            others={self.jobs.keys.conversation_deletes(): self._conversation_deleted})
         self.cancels.start()
         conv = settings.conversations
         self.mongo = make_sync_mongo_client(settings, conv.mongo_timeout_ms)
@@ -145,6 +155,13 @@ class Runtime:
         self.sweeper = SweeperThread(Sweeper(self.jobs, self.dispatcher, settings),
                                      settings.jobs.sweep_interval_s)
         self.sweeper.start()
+
+    def _conversation_deleted(self, message: str) -> None:
+        """A deleted conversation (the API's message): the engine's cache drops it."""
+        body = json.loads(message)
+        self.engine.forget_conversation(str(body["tenant"]), str(body["conversation_id"]))
+        log.info("conversation deleted: dropped from the prompt cache",
+                 extra={"conversation_id": body["conversation_id"]})
 
     def close(self) -> None:
         self.cancels.stop()

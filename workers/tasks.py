@@ -129,6 +129,7 @@ def _generate(w: Worker, record: JobRecord, output: str, ctx: dict[str, Any]) ->
     succeeded = status is JobStatus.succeeded
     persisted = _persist(w, record, plan, answer) if succeeded else None
     prompt_tokens = outcome.prompt_tokens or plan.prompt_tokens
+    cached = outcome.cached_tokens
     finished = time.time()
     result = w.jobs(w.jobs.ops.finish(
         record, status, lease, error=error, finish_reason=finish_reason,
@@ -137,11 +138,14 @@ def _generate(w: Worker, record: JobRecord, output: str, ctx: dict[str, Any]) ->
         persisted=True if persisted else None, history_messages=plan.history_used,
         history_trimmed=plan.history_trimmed, prompt_tokens=prompt_tokens,
         usage={"prompt_tokens": prompt_tokens, "completion_tokens": emitter.completion_tokens,
-               "total_tokens": prompt_tokens + emitter.completion_tokens},
-        timings=_timings(record, emitter, attempt_started, finished),
+               "total_tokens": prompt_tokens + emitter.completion_tokens,
+               "prompt_tokens_details": {"cached_tokens": cached}},
+        timings={**_timings(record, emitter, attempt_started, finished),
+                 "cached_tokens": cached},
     ))
     log.info("job finished", extra={**ctx, "status": status.value, "result": result,
                                     "finish_reason": outcome.finish_reason,
+                                    "cached_tokens": cached,
                                     "completion_tokens": emitter.completion_tokens})
 
 
@@ -206,7 +210,8 @@ def _request(w: Worker, record: JobRecord, plan: PromptPlan, output: str) -> Gen
         {**params.model_dump(), "max_tokens": max(params.max_tokens - record.completion_tokens, 0)}
     )
     return GenRequest(job_id=record.id, messages=plan.messages, prompt=plan.prompt,
-                      params=remaining, continuation=output, deadline=_deadline(w, record))
+                      params=remaining, continuation=output, deadline=_deadline(w, record),
+                      tenant=record.tenant, conversation_id=record.conversation_id)
 
 
 def _deadline(w: Worker, record: JobRecord) -> float:

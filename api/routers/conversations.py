@@ -75,4 +75,5 @@ async def delete_conversation(conversation_id: str, svc: ServicesDep,
                               tenant: TenantDep) -> Response:
     if not await conversations.store(svc).delete(conversation_id, tenant):
         raise NotFound(f"no conversation {conversation_id!r}")
+    await conversations.announce_deleted(svc, tenant, conversation_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

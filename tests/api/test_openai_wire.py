@@ -27,7 +27,8 @@ def test_envelope_usage_and_finish_reasons() -> None:
     assert wire.envelope(job, 7, "text_completion", []) == {
         "id": "job_1", "object": "text_completion", "created": 7, "model": "m",
         "system_fingerprint": None, "choices": []}
-    assert wire.usage(job) == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    assert wire.usage(job) == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
+                              "prompt_tokens_details": {"cached_tokens": 0}}
     assert wire.finish_reason(job) == "stop"
     assert wire.finish_reason(record(finish_reason="length")) == "length"
     assert wire.usage_chunk(record(usage={"prompt_tokens": 1}), 7, "x").startswith(

@@ -95,3 +95,22 @@ def test_percentiles_interpolate() -> None:
     assert percentile(values, 99) == pytest.approx(99.01)
     assert percentile([5.0], 90) == 5.0
     assert summarize([])["success_rate"] is None
+
+
+def test_prompt_cache_counters_are_added_once_per_beat(redis_client: redis.Redis) -> None:
+    """The heartbeat adds what the engine counted since its last beat (cache_increments)."""
+    from shared.opstats import cache_increments
+
+    key = CFG.keys.queue_stats("q")
+    sent: dict[str, int] = {}
+    for now in ({"prompt_cache_hits": 1, "prompt_cache_cached_tokens": 40,
+                 "prompt_cache_read_tokens": 9, "prompt_cache_tokens": 49},
+                {"prompt_cache_hits": 3, "prompt_cache_cached_tokens": 100,
+                 "prompt_cache_read_tokens": 20, "prompt_cache_tokens": 10}):
+        for field, n in cache_increments("m", now, sent).items():
+            redis_client.hincrby(key, field, n)
+        sent = now
+    parsed = QueueCounters.parse(redis_client.hgetall(key))  # type: ignore[arg-type]
+    assert parsed.cache == {("hits", "m"): 3, ("cached_tokens", "m"): 100,
+                            ("read_tokens", "m"): 20}  # the gauge (tokens) is not counted
+    assert cache_increments("m", {}, sent) == {}  # an engine without a cache adds nothing

@@ -216,3 +216,19 @@ def test_the_production_registrys_upstream_example_loads_when_uncommented(
     spec = registry.for_queue("upstream")
     assert spec.upstream is not None and spec.upstream.api_key_env == "UPSTREAM_API_KEY"
     assert registry.queues == ["gpu0", "gpu1", "upstream"]
+
+
+def test_the_prompt_cache_keys_are_a_local_models_only(tmp_path: Path) -> None:
+    message = refused(tmp_path, """
+        [models.a]
+        queue = "up"
+        prompt_cache = false
+        prompt_cache_mib = 64
+        shared_prompts = ["You are a pirate."]
+        upstream = { url = "http://vllm/v1", model = "m" }
+    """)
+    assert ("model 'a': `prompt_cache`, `prompt_cache_mib`, `shared_prompts`: GGUF and "
+            "llama.cpp load options make no sense with `upstream`") in message
+    negative = refused(tmp_path, '[models.b]\nqueue = "cpu"\npath = "b.gguf"\n'
+                                 'prompt_cache_mib = -1\n')
+    assert "model 'b': `prompt_cache_mib` = -1" in negative

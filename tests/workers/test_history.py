@@ -3,6 +3,7 @@ demo model's real tokenizer and chat template (a vocabulary-only load)."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import pytest
@@ -164,3 +165,31 @@ def test_a_conversation_the_api_made_for_the_job_is_not_read(renderer: PromptRen
     assert fresh.messages == [{"role": "user", "content": "Hi"}]
     given = plan_prompt(store, renderer, 2048, record("conv_old", False), {})  # type: ignore[arg-type]
     assert store.loads == ["conv_old"] and given.history_used == 2
+
+
+def test_trimming_in_steps_keeps_the_prompts_beginning_for_many_turns(
+        renderer: PromptRenderer) -> None:
+    """A conversation that outgrows the context, turn after turn (about 120 tokens
+    each): with steps (a third of the room here) its history starts at the same
+    message for several turns in a row, so the prompt cache keeps matching; dropping
+    the fewest messages moves the start at almost every turn."""
+    budget, step, turns = 1500, 500, 30
+
+    def starts(trim_step: int | None) -> list[int]:
+        past: list[dict[str, str]] = []
+        found = []
+        for i in range(turns):
+            tail = [{"role": "user", "content": f"question {i}: " + "lorem " * 20}]
+            dropped, prompt = fit_history(renderer, [], past, tail, budget, step=trim_step)
+            assert len(prompt.tokens) <= budget
+            assert dropped == 0 or past[dropped]["role"] == "user"
+            found.append(dropped)
+            past += [*tail, {"role": "assistant", "content": f"answer {i}: " + "ipsum " * 20}]
+        return found
+
+    def moves(found: list[int]) -> int:
+        return sum(1 for a, b in itertools.pairwise(found) if a != b)
+
+    stepped, fewest = starts(step), starts(None)
+    assert stepped == sorted(stepped) and stepped[-1] > 0
+    assert moves(fewest) >= 3 * moves(stepped) > 0

@@ -34,8 +34,12 @@ FOUR = [COUNT, BANANA, COLOURS, FRENCH]
 
 
 def make_engine(slots: int, **options: Any) -> LlamaEngine:
+    """The prompt cache is off unless a test turns it on: these tests count what a job
+    reads and that a finished job leaves nothing (tests/workers/test_prompt_cache.py
+    covers the cache)."""
     registry = Registry.load(DEFAULT_REGISTRY)
-    spec = registry.models[registry.default_name].model_copy(update=options)
+    spec = registry.models[registry.default_name].model_copy(
+        update={"prompt_cache": False, **options})
     return LlamaEngine(spec, registry.gguf_path(spec), n_threads=2, slots=slots)
 
 

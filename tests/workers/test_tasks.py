@@ -119,7 +119,8 @@ def test_a_job_runs_streams_and_finishes(make_worker: Callable[..., FakeWorker])
     done, output = final(w, rec)
     assert output == "hello there world"
     assert (done.status, done.finish_reason, done.attempts) == (JobStatus.succeeded, "stop", 1)
-    assert done.usage == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+    assert done.usage == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6,
+                          "prompt_tokens_details": {"cached_tokens": 0}}
     assert done.timings["ttft_ms"] is not None and done.timings["duration_ms"] is not None
     logged = parse_log(w.jobs.redis.lrange(CFG.keys.replay(rec.id), 0, -1))
     assert "".join(e.text for e in logged if isinstance(e, TokenEvent)) == output

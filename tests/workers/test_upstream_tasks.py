@@ -41,7 +41,8 @@ def test_a_job_streams_and_takes_the_upstreams_usage(
     done, output = final(worker, rec)  # type: ignore[arg-type]
     assert (done.status, done.finish_reason, output) == (JobStatus.succeeded, "stop",
                                                          "Hello world")
-    assert done.usage == {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
+    assert done.usage == {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12,
+                          "prompt_tokens_details": {"cached_tokens": 0}}
     assert done.timings["ttft_ms"] is not None
     logged = parse_log(worker.jobs.redis.lrange(CFG.keys.replay(rec.id), 0, -1))
     assert [e.text for e in logged if isinstance(e, TokenEvent)] == ["Hello", " world"]
