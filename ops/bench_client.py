@@ -54,7 +54,12 @@ class Stream:
 
 
 def client(base_url: str, timeout: float = 600) -> httpx.Client:
+    """A connection per request, on every side alike: llama-server's HTTP library closes a
+    keep-alive connection after its fifth request, and a client reusing it then fails
+    with "Server disconnected without sending a response" (seen in the 4-caller and
+    8-conversation rounds)."""
     return httpx.Client(base_url=base_url, timeout=timeout,
+                        limits=httpx.Limits(max_keepalive_connections=0),
                         headers={"Authorization": f"Bearer {DEV_API_KEY}"})
 
 
