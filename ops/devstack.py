@@ -121,10 +121,13 @@ class Stack:
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not installed: apt-get install redis-server")
         port = port or free_port()
-        persistence = (["--appendonly", "yes", "--appendfsync", "everysec",
-                        "--dir", str(self.data_dir)] if aof else ["--appendonly", "no"])
+        persistence = (["--appendonly", "yes", "--appendfsync", "everysec"] if aof
+                       else ["--appendonly", "no"])
+        # Its files in the stack's folder, never the working directory: a replica's full
+        # sync writes an RDB file even with --save "", and a dump.rdb left in the repository
+        # would be loaded by every later redis-server started there.
         proc = self.spawn("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                                    "--save", "", *persistence])
+                                    "--save", "", "--dir", str(self.data_dir), *persistence])
         url = f"redis://127.0.0.1:{port}/0"
         wait_for(lambda: redis_answers(url), 15, f"redis-server on port {port}", proc)
         return url

@@ -162,9 +162,15 @@ class KeyCache:
         return stored.tenant
 
     async def limits(self, tenant: str) -> RateLimits | None:
+        """The tenant's stored limits. MongoDB away: the last ones known (none if never
+        read), so an outage of the store never stops admission (limits from settings
+        still hold)."""
         now = time.monotonic()
         found = self._limits.get(tenant)
         if found is None or now - found[0] > self.ttl_s:
-            found = (now, await self.store.limits(tenant))
+            try:
+                found = (now, await self.store.limits(tenant))
+            except Unavailable:
+                found = (now, found[1] if found is not None else None)
             self._limits[tenant] = found
         return found[1]

@@ -40,6 +40,7 @@ def sentineled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Chatq
     replica = free_port()
     proc = stack.spawn("replica", ["redis-server", "--port", str(replica), "--bind",
                                    "127.0.0.1", "--save", "", "--appendonly", "no",
+                                   "--dir", str(stack.data_dir), "--dbfilename", "replica.rdb",
                                    "--replicaof", "127.0.0.1", str(first)])
     wait_for(lambda: redis.Redis(port=replica).info("replication").get(
         "master_link_status") == "up", 30, "the replica", proc)
