@@ -12,17 +12,14 @@ import pytest
 from llama_cpp import Llama
 from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-from shared.registry import Registry
 from shared.schemas import SamplingParams
-from shared.settings import DEFAULT_REGISTRY
+from tests.grammar_check import vocab_only
 from workers.llama_sampling import GrammarError, SamplerChain
 
 
 @pytest.fixture(scope="module")
 def vocab_llm() -> Llama:
-    registry = Registry.load(DEFAULT_REGISTRY)
-    path = registry.gguf_path(registry.models[registry.default_name])
-    return Llama(model_path=str(path), vocab_only=True, verbose=False)
+    return vocab_only()
 
 
 def chain(llm: Llama, grammar: str) -> SamplerChain:
