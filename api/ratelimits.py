@@ -12,7 +12,7 @@ What must hold:
   per tenant; one Lua script checks every limit and reserves at once), so replicas agree.
 - **Tokens as admitted, settled as used**: a job reserves its prompt tokens plus
   ``max_tokens`` in the current minute's window; when it ends, the lifecycle's finish
-  (``shared/lua/lib.lua``, ``settle_rate``) gives back what it did not use, if that window
+  (``shared/lua/lib.lua``, ``account_tenant``) gives back what it did not use, if that window
   is still current. A job refused after its reservation (queue full, broker down) gives
   everything back (:meth:`Limiter.release`).
 - **Concurrent jobs** are the tenant's unfinished jobs: a set of job ids that the finish

@@ -50,7 +50,7 @@ class Keys:
 
     def usage(self, tenant: str, day: int) -> str:
         """Hash: a tenant's usage on one day (days since 1970, UTC), written by the finish
-        script (``record_usage`` in shared/lua/lib.lua builds the same name):
+        script (``account_tenant`` in shared/lua/lib.lua builds the same name):
         ``requests|{model}``, ``prompt_tokens|{model}``, ``completion_tokens|{model}``."""
         return f"{self.prefix}:usage:{tenant}:{day}"
 

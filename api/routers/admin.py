@@ -34,7 +34,7 @@ class NewKey(BaseModel):
 
 
 def _store(svc: ServicesDep) -> KeyStore:
-    return KeyStore(svc.mongo, svc.settings.mongo_db)
+    return svc.key_cache.store
 
 
 @router.post("/keys", status_code=201)

@@ -1,6 +1,6 @@
 """``GET /v1/usage``: the tenant's own requests and tokens, per day and model.
 
-Counted by the lifecycle's finish script as each job ends (``record_usage`` in
+Counted by the lifecycle's finish script as each job ends (``account_tenant`` in
 shared/lua/lib.lua), so it adds up to the jobs' own ``usage`` and agrees across API
 processes; kept ``USAGE_TTL_S`` (400 days). Only the caller's tenant is shown.
 """

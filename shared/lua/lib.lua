@@ -72,34 +72,27 @@ local function record_finished(job_key, stats_key, recent_key, status, now)
   redis.call('LTRIM', recent_key, 0, RECENT_MAX - 1)
 end
 
--- Count a finished job in its tenant's usage of the day (GET /v1/usage; shared/keys.py
--- Keys.usage names the hash: the prefix of the job's key, then usage:{tenant}:{day}).
-local function record_usage(job_key, job_id, now)
-  local f = job_fields(job_key, 'tenant', 'model', 'usage')
+-- What a finished job's tenant is accounted (one read of the job for both):
+-- * its usage of the day (GET /v1/usage; shared/keys.py Keys.usage names the hash: the
+--   prefix of the job's key, then usage:{tenant}:{day});
+-- * its rate limits (api/ratelimits.py): the tokens it reserved and did not use go back
+--   to its window (if that window is still current), and it leaves the active jobs.
+local function account_tenant(job_key, job_id, now)
+  local f = job_fields(job_key, 'tenant', 'model', 'usage', 'rate')
   local u = f.usage and cjson.decode(f.usage) or {}
   if type(u) ~= 'table' then u = {} end
+  local prompt = tonumber(u['prompt_tokens']) or 0
+  local completion = tonumber(u['completion_tokens']) or 0
   local prefix = string.sub(job_key, 1, #job_key - #job_id - 5)  -- '{prefix}:job:{id}'
-  local day = math.floor(tonumber(now) / 86400)
-  local key = prefix .. ':usage:' .. (f.tenant or '') .. ':' .. day
+  local key = prefix .. ':usage:' .. (f.tenant or '') .. ':' .. math.floor(tonumber(now) / 86400)
   local model = f.model or ''
   redis.call('HINCRBY', key, 'requests|' .. model, 1)
-  redis.call('HINCRBY', key, 'prompt_tokens|' .. model, tonumber(u['prompt_tokens']) or 0)
-  redis.call('HINCRBY', key, 'completion_tokens|' .. model,
-             tonumber(u['completion_tokens']) or 0)
+  redis.call('HINCRBY', key, 'prompt_tokens|' .. model, prompt)
+  redis.call('HINCRBY', key, 'completion_tokens|' .. model, completion)
   redis.call('EXPIRE', key, USAGE_TTL_S)
-end
-
--- Give back the tokens a job reserved in its tenant's rate window and did not use (if
--- that window is still current), and take it off the tenant's active jobs (api/ratelimits.py).
-local function settle_rate(job_key, job_id)
-  local f = job_fields(job_key, 'rate', 'usage')
-  if not f.rate then return end
-  local r = cjson.decode(f.rate)
+  local r = f.rate and cjson.decode(f.rate)
   if type(r) ~= 'table' then return end
-  local u = f.usage and cjson.decode(f.usage) or {}
-  if type(u) ~= 'table' then u = {} end
-  local used = (tonumber(u['prompt_tokens']) or 0) + (tonumber(u['completion_tokens']) or 0)
-  local back = (tonumber(r.reserved) or 0) - used
+  local back = (tonumber(r.reserved) or 0) - prompt - completion
   if back > 0 and r.tokens_key and redis.call('EXISTS', r.tokens_key) == 1 then
     redis.call('DECRBY', r.tokens_key, back)
   end
@@ -125,8 +118,7 @@ local function finish_job(k, f)
     stream = k.transitions, stream_max = f.stream_max})
   for _, key in ipairs({k.job, k.out, k.log}) do redis.call('EXPIRE', key, f.retention) end
   record_finished(k.job, k.stats, k.recent, f.status, f.now)
-  settle_rate(k.job, f.job_id)
-  record_usage(k.job, f.job_id, f.now)
+  account_tenant(k.job, f.job_id, f.now)
 end
 
 -- KEYS of the scripts that can finish a job, by name (same order everywhere).
