@@ -58,7 +58,7 @@ from ops.bench_stats import Side, percentile, ratio, ratio_table, show, turns_la
 from ops.devstack import Stack, free_port, wait_worker
 from shared.registry import ModelSpec, Registry
 from shared.settings import load_settings
-from workers.llama_params import llama_threads
+from workers.llama.params import llama_threads
 
 WARM_UP = "Say hello."  # not one of PROMPTS: a warm-up shares only the template's head
 PROMPTS = [

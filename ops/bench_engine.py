@@ -4,7 +4,7 @@ Same prompts, greedy, same ``max_tokens`` (128), same threads (2), never
 overlapping (the engine in this process, llama-cpp-python in a child process):
 
 - 1 job: llama-cpp-python ``create_chat_completion(stream=True)`` and one job
-  through :class:`workers.llama_engine.LlamaEngine`: time to first token and
+  through :class:`workers.llama.LlamaEngine`: time to first token and
   per-stream decode tokens/s (tokens after the first / time since the first).
 - 4 jobs at once through the engine: the largest time to first token, per-stream
   decode tokens/s, and aggregate tokens/s (all tokens / wall time from submit to
@@ -40,7 +40,7 @@ from shared.registry import ModelSpec, Registry
 from shared.schemas import SamplingParams
 from shared.settings import load_settings
 from workers.engine import GenRequest
-from workers.llama_engine import LlamaEngine
+from workers.llama import LlamaEngine
 
 PROMPTS = [
     "Count from 1 to 200, separated by commas.",

@@ -67,7 +67,7 @@ def server_argv(binary: Path, spec: ModelSpec, model: Path, port: int, threads: 
 
 def load_mode(mmap: bool, mlock: bool) -> str:
     """llama-server's ``--load-mode`` for the registry's use_mmap / use_mlock (as the
-    engine's ``workers.llama_params`` maps them to llama.cpp's load modes)."""
+    engine's ``workers.llama.params`` maps them to llama.cpp's load modes)."""
     if mlock:
         return "mmap+mlock" if mmap else "mlock"
     return "mmap" if mmap else "none"

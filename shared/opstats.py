@@ -64,7 +64,7 @@ BATCH_SIZE = HistogramSpec("batch_size", "", 1.0, (1, 2, 3, 4, 6, 8, 12, 16, 24,
 
 
 # Recorded by the workers' heartbeats: the prompt cache's counters (see
-# workers.prompt_cache.CacheStats), stats-hash fields ``cache|{name}|{model}``.
+# workers.llama.cache.CacheStats), stats-hash fields ``cache|{name}|{model}``.
 CACHE_COUNTERS = {
     "hits": "Jobs that started from a prefix an earlier job cached (beyond the template head).",
     "cached_tokens": "Prompt tokens taken from the prompt cache instead of being read.",

@@ -1,5 +1,5 @@
 """Does a GBNF grammar accept a text? Asked of llama.cpp's own grammar sampler
-(:class:`workers.llama_sampling.SamplerChain`), token by token: each token is checked
+(:class:`workers.llama.sampling.SamplerChain`), token by token: each token is checked
 before it is accepted (llama.cpp aborts on a forbidden one), and the text is whole when
 the grammar then allows the end of generation."""
 
@@ -11,7 +11,7 @@ from llama_cpp import Llama
 from shared.registry import Registry
 from shared.schemas import SamplingParams
 from shared.settings import DEFAULT_REGISTRY
-from workers.llama_sampling import GrammarError, SamplerChain, _allows
+from workers.llama.sampling import GrammarError, SamplerChain, _allows
 
 
 def vocab_only() -> Llama:

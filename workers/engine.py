@@ -2,7 +2,7 @@
 
 The task layer (:mod:`workers.tasks`) starts a job, builds its prompt, hands it
 to an :class:`Engine` and relays what comes back; it never knows whether the
-engine is llama.cpp on a local GGUF (:mod:`workers.llama_engine`), a remote
+engine is llama.cpp on a local GGUF (:mod:`workers.llama`), a remote
 OpenAI-compatible server, or the fake engine of the unit tests.
 
 What must hold for every engine:
@@ -11,7 +11,7 @@ What must hold for every engine:
   once, and up to ``slots`` generations run at the same time, each isolated (its
   own sampling state, stop strings, cancel and deadline, all cleared when it
   ends, so nothing of one job can reach another). An engine may keep what a job
-  *read* (its KV, :mod:`workers.prompt_cache`) for a later job of the same tenant
+  *read* (its KV, :mod:`workers.llama.cache`) for a later job of the same tenant
   whose prompt begins the same way; that reuse never changes an answer.
 - A generation yields :class:`Piece` s of *final* text (never a partial UTF-8
   character, never text that may still turn into a stop string) in order, then

@@ -35,7 +35,7 @@ from shared.registry import ModelSpec, Registry
 from shared.settings import Settings
 from workers.cancels import CancelListener
 from workers.engine import Engine
-from workers.llama_engine import LlamaEngine
+from workers.llama import LlamaEngine
 from workers.persistence import OutboxDrainer, Persister
 from workers.upstream_engine import UpstreamEngine
 

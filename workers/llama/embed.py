@@ -1,7 +1,7 @@
 """Embeddings on the worker's resident GGUF model: a second llama.cpp context on the
 same weights.
 
-The generating context (:mod:`workers.llama_engine`) outputs logits, not
+The generating context (:mod:`workers.llama.scheduler`) outputs logits, not
 embeddings, and its sequences belong to the scheduler thread; so embedding jobs
 use a context of their own. What holds, and why:
 
@@ -39,7 +39,7 @@ import llama_cpp
 
 from shared.registry import ModelSpec
 from workers.engine import EmbeddingError
-from workers.llama_params import context_params
+from workers.llama.params import context_params
 
 log = logging.getLogger(__name__)
 

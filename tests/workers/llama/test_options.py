@@ -12,7 +12,7 @@ from llama_cpp import Llama
 
 from shared.prompting import PromptRenderer
 from shared.registry import Registry
-from workers.llama_engine import LlamaEngine
+from workers.llama import LlamaEngine
 
 # Every option this machine's llama.cpp can do on the CPU (the GPU ones need a GPU build).
 CPU_OPTIONS = """
@@ -58,7 +58,7 @@ def test_engine_reports_the_options_read_back_from_llama_cpp(tmp_path: Path) -> 
 
 
 def test_the_registrys_chat_template_renders_a_gguf_without_one() -> None:
-    registry = Registry.load(Path(__file__).resolve().parents[2] / "ops" / "models.two-queues.toml")
+    registry = Registry.load(Path(__file__).resolve().parents[3] / "ops" / "models.two-queues.toml")
     registry.assemble(["cpu2"])  # once, into ~/.cache/chatq/models
     spec = registry.for_queue("cpu2")
     llm = Llama(model_path=str(registry.gguf_path(spec)), vocab_only=True, verbose=False)

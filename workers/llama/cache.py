@@ -4,7 +4,7 @@ they are, and which of them a new job may start from.
 The KV itself lives in llama.cpp (a finished job's sequence stays in its slot) or,
 once evicted from its slot, as a saved sequence state in host memory
 (:class:`HostCache`). This module knows nothing of llama.cpp: it decides, the
-scheduler (:mod:`workers.llama_engine`) does the copying.
+scheduler (:mod:`workers.llama.scheduler`) does the copying.
 
 What must always hold, and why:
 

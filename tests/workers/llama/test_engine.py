@@ -24,7 +24,7 @@ from shared.registry import Registry
 from shared.schemas import SamplingParams
 from shared.settings import DEFAULT_REGISTRY
 from workers.engine import Generation, GenRequest, Outcome, Piece
-from workers.llama_engine import LlamaEngine
+from workers.llama import LlamaEngine
 
 COUNT = "Count from 1 to 20, separated by commas."
 BANANA = "Repeat the word 'banana' ten times."
@@ -35,7 +35,7 @@ FOUR = [COUNT, BANANA, COLOURS, FRENCH]
 
 def make_engine(slots: int, **options: Any) -> LlamaEngine:
     """The prompt cache is off unless a test turns it on: these tests count what a job
-    reads and that a finished job leaves nothing (tests/workers/test_prompt_cache.py
+    reads and that a finished job leaves nothing (tests/workers/llama/test_prompt_cache.py
     covers the cache)."""
     registry = Registry.load(DEFAULT_REGISTRY)
     spec = registry.models[registry.default_name].model_copy(

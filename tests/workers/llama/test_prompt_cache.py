@@ -19,9 +19,9 @@ from typing import Any
 import llama_cpp
 import pytest
 
-from tests.workers.test_llama_engine import make_engine, request, run, wait_until
-from workers.llama_engine import LlamaEngine, template_head
-from workers.prompt_cache import Entry, HostCache, Sharing
+from tests.workers.llama.test_engine import make_engine, request, run, wait_until
+from workers.llama import LlamaEngine, template_head
+from workers.llama.cache import Entry, HostCache, Sharing
 
 # A long system prompt, as an office assistant with its reference data would have.
 OFFICE = ("You are the assistant of the Lindqvist & Moreau office. Opening hours: Monday "

@@ -18,8 +18,8 @@ from shared.registry import Registry
 from shared.schemas import SamplingParams
 from shared.settings import DEFAULT_REGISTRY
 from workers.engine import EmbeddingError, GenRequest
-from workers.llama_embed import packs
-from workers.llama_engine import LlamaEngine
+from workers.llama import LlamaEngine
+from workers.llama.embed import packs
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from llama_cpp.llama_grammar import json_schema_to_gbnf
 
 from shared.schemas import SamplingParams
 from tests.grammar_check import vocab_only
-from workers.llama_sampling import GrammarError, SamplerChain
+from workers.llama.sampling import GrammarError, SamplerChain
 
 
 @pytest.fixture(scope="module")

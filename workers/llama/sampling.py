@@ -1,4 +1,4 @@
-"""One job's llama.cpp sampler chain, and the log probabilities of what it picked.
+"""One job's llama.cpp sampler chain.
 
 Each generation owns one chain (:class:`SamplerChain`): its penalties remember
 only that job's tokens, its grammar only that job's text, its random generator
@@ -133,19 +133,3 @@ def _allows(grammar: Any, token: int) -> bool:
         ctypes.cast(ctypes.pointer(data), llama_cpp.llama_token_data_p), 1, -1, False)
     llama_cpp.llama_sampler_apply(grammar, ctypes.byref(cur))
     return bool(np.isfinite(data.logit))
-
-
-def logprobs(
-    logits: Any, n_vocab: int, token: int, top: int
-) -> tuple[float, list[tuple[int, float]]]:
-    """Log-softmax of a logits row (a ctypes float pointer): the token's value and
-    the ``top`` most likely tokens with theirs, most likely first."""
-    row = np.ctypeslib.as_array(logits, shape=(n_vocab,)).astype(np.float64)
-    row -= row.max()
-    row -= np.log(np.exp(row).sum())
-    best: list[tuple[int, float]] = []
-    if top > 0:
-        ids = np.argpartition(row, -top)[-top:]
-        ids = ids[np.argsort(-row[ids], kind="stable")]
-        best = [(int(i), float(row[i])) for i in ids]
-    return float(row[token]), best
