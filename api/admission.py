@@ -37,6 +37,7 @@ from redis.exceptions import RedisError
 from api import budgets, grammars, jobs, webhooks
 from api.idempotency import body_hash
 from api.services import Services
+from shared import affinity
 from shared.conversations import new_conversation_id
 from shared.errors import (
     ContextOverflow,
@@ -369,11 +370,31 @@ async def _create(svc: Services, record: JobRecord) -> None:
                         headers={"Retry-After": str(RETRY_AFTER_FULL_S)})
 
 
+async def _route(svc: Services, record: JobRecord) -> str:
+    """The queue the job's message goes to: the own queue of the worker whose prompt
+    cache holds the conversation's last turn, while it beats and has a free slot; else
+    the shared queue (see shared.affinity)."""
+    worker_settings = svc.settings.worker
+    if record.kind is not JobKind.chat or not worker_settings.affinity_ttl_s:
+        return record.queue
+    turn = affinity.next_turn(record.messages, record.conversation_id,
+                              record.fresh_conversation)
+    if turn is None:
+        return record.queue
+    horizon = time.time() - worker_settings.heartbeat_ttl_s
+    try:
+        worker = await svc.jobs(svc.jobs.ops.route(record, turn, horizon))
+    except RedisError:
+        return record.queue  # a hint only: the shared queue always serves
+    return affinity.own_queue(record.queue, worker) if worker else record.queue
+
+
 async def _send(svc: Services, record: JobRecord) -> None:
     """Hand the job to the broker, then mark it sent. If this process dies in between,
     the recovery sweeper finds the job unsent and sends it."""
+    queue = await _route(svc, record)
     try:
-        await svc.send(record.id, record.queue, record.dispatch, record.lane)
+        await svc.send(record.id, queue, record.dispatch, record.lane)
     except Exception as exc:
         log.warning("broker refused the job; discarding it",
                     extra={"job_id": record.id, "error": type(exc).__name__})

@@ -115,6 +115,16 @@ class Keys:
         read by consumer groups with acknowledgement; capped (approximately)."""
         return f"{self.prefix}:transitions"
 
+    def affinity(self, queue: str, tenant: str, turn: str) -> str:
+        """String: the id of the worker whose prompt cache holds a conversation's last
+        turn (``turn`` from :func:`shared.affinity.next_turn`), with a TTL."""
+        return f"{self.prefix}:affinity:{queue}:{tenant}:{turn}"
+
+    def routed(self) -> str:
+        """Sorted set: queued jobs whose message went to one worker's own queue (for its
+        prompt cache), scored by when; the sweeper sends a dead worker's to the shared queue."""
+        return f"{self.prefix}:routed"
+
     def workers(self) -> str:
         """Sorted set: worker ids scored by their last heartbeat (unix seconds)."""
         return f"{self.prefix}:workers"

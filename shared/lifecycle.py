@@ -361,6 +361,32 @@ class Lifecycle:
 
         return Op("create", self._create_keys(record.id, record.queue), args, placed)
 
+    # prompt-cache affinity (shared.affinity)
+
+    def route(self, record: JobRecord, turn: str, horizon: float) -> Op[str]:
+        """Route the job's message of this dispatch to the worker noted under ``turn``
+        when it beat since ``horizon`` and has a free slot: that worker's id, or ''."""
+        k = self.keys
+        return Op("route", (k.job(record.id), k.affinity(record.queue, record.tenant, turn),
+                            k.routed(), k.workers()),
+                  (record.id, record.dispatch, time.time(), horizon, k.worker("")), _text)
+
+    def stranded(self, horizon: float, limit: int = 100) -> Op[list[tuple[str, str, str]]]:
+        """Routed jobs still waiting for a worker with no beat since ``horizon``:
+        (job id, queue, worker id)."""
+
+        def parse(flat: list[str]) -> list[tuple[str, str, str]]:
+            return [(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
+
+        return Op("stranded", (self.keys.routed(), self.keys.workers()),
+                  (horizon, self.keys.job(""), limit), parse)
+
+    def reroute(self, job_id: str, worker: str) -> Op[int]:
+        """A stranded job goes back to its shared queue under a new dispatch, listed
+        unsent: that dispatch, or 0 when it no longer waits for ``worker``."""
+        k = self.keys
+        return Op("reroute", (k.job(job_id), k.routed(), k.unsent()), (job_id, worker), int)
+
     def sent(self, job_id: str, dispatch: int) -> Op[bool]:
         """The broker took the job's message of this dispatch."""
         return Op("sent", (self.keys.job(job_id), self.keys.unsent()), (job_id, dispatch), bool)

@@ -1,6 +1,6 @@
 """The recovery sweeper: jobs that nobody would otherwise touch again.
 
-Three kinds, each found in Redis and fixed by one lifecycle script:
+Four kinds, each found in Redis and fixed by one lifecycle script:
 
 - a **running job whose worker is gone** (its heartbeat is older than the
   heartbeat TTL: the process, container or host died), or whose live worker
@@ -12,6 +12,9 @@ Three kinds, each found in Redis and fixed by one lifecycle script:
   jobs beside it down too): it comes back **suspect** and a worker runs it alone
   (``workers/solo.py``); if its worker dies again it fails ``worker_lost``, "the
   worker died twice while running this job", instead of being retried blindly;
+- a **queued job sent to a worker's own queue** (prompt-cache affinity, see
+  :mod:`shared.affinity`) **whose worker is gone** goes to its shared queue under a
+  new dispatch;
 - a **queued job whose message never reached the broker** (the API died between
   writing it and sending it, or the send failed) is sent after a grace period;
 - a **queued job past its start deadline** ends ``expired``.
@@ -27,12 +30,15 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 
 import redis
 from kombu.exceptions import KombuError
 
+from shared.affinity import own_queue
 from shared.dispatch import Dispatcher
+from shared.keys import celery_queue_lists
 from shared.lifecycle import BlockingJobs, JobRecord, Unsent
 from shared.periodic import Periodic
 from shared.settings import Settings
@@ -46,6 +52,7 @@ class SweepReport:
     failed: list[str] = field(default_factory=list)  # worker_lost: no attempts left
     sent: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
+    rerouted: list[str] = field(default_factory=list)  # from a gone worker's own queue
 
 
 class Sweeper:
@@ -60,6 +67,7 @@ class Sweeper:
     def sweep(self) -> SweepReport:
         report = SweepReport()
         self._recover_orphans(report)
+        self._reroute_stranded(report)
         self._send_unsent(report)
         self._expire_due(report)
         return report
@@ -97,6 +105,21 @@ class Sweeper:
         elif result.verdict == "failed":
             log.error("job's worker gone; job failed after its attempts", extra=ctx)
             report.failed.append(record.id)
+
+    def _reroute_stranded(self, report: SweepReport) -> None:
+        """Jobs sent to a worker's own queue (prompt-cache affinity) whose worker is gone
+        go to their shared queue under a new dispatch (sent by ``_send_unsent`` next);
+        the gone worker's own queue, stale from then on, is deleted."""
+        horizon = time.time() - self.heartbeat_ttl_s
+        gone: set[str] = set()
+        for job_id, queue, worker in self.jobs(self.ops.stranded(horizon)):
+            if self.jobs(self.ops.reroute(job_id, worker)):
+                log.warning("job's worker gone before it started; sent to its shared queue",
+                            extra={"job_id": job_id, "queue": queue, "worker_id": worker})
+                report.rerouted.append(job_id)
+            gone.add(own_queue(queue, worker))
+        for name in gone:
+            self.jobs.redis.delete(*celery_queue_lists(name))
 
     def _send_unsent(self, report: SweepReport) -> None:
         for unsent in self.jobs(self.ops.claim_unsent(self.grace_s)):

@@ -118,6 +118,9 @@ class WorkerSettings(BaseModel):
         description="How long the pool child may take to load its model at start.",
     )
     n_threads: int | None = Field(None, description="llama.cpp threads; default: all cores.")
+    affinity_ttl_s: float = Field(
+        3600.0, ge=0, description="How long a conversation's next turn is sent to the worker "
+        "whose prompt cache holds its last one (when it has a free slot); 0 turns it off.")
 
 
 DEV_API_KEY = "chatq-dev-key"  # development only; refused when env=production

@@ -15,13 +15,14 @@ from typing import Any
 
 from celery import signals
 
+from shared.affinity import own_queue
 from shared.celeryconf import make_celery
 from shared.errors import ConfigError
 from shared.keys import GENERATE_TASK
 from shared.logs import set_log_context, setup_logging
 from shared.registry import LlamaBuild, ModelSpec, Registry
 from shared.settings import load_settings
-from workers.runtime import Runtime
+from workers.runtime import Runtime, worker_identity
 from workers.solo import SoloGate, is_suspect
 from workers.tasks import run_job
 
@@ -70,6 +71,15 @@ _solo = SoloGate()  # a suspect job (its worker died running it) runs alone
 @signals.after_setup_logger.connect
 def _json_logs(**_: Any) -> None:
     setup_logging()
+
+
+@signals.celeryd_after_setup.connect
+def _consume_own_queue(instance: Any, **_: Any) -> None:
+    """Beside the shared queue, consume this worker's own: a conversation's next turn is
+    sent there while this worker's prompt cache holds its last one (shared.affinity)."""
+    if _spec.upstream is None and _spec.prompt_cache:
+        own = own_queue(settings.worker.queue, worker_identity(settings.worker.queue))
+        instance.app.amqp.queues.select_add(own)
 
 
 @signals.worker_init.connect

@@ -147,6 +147,9 @@ class Engine(abc.ABC):
     slots: int
     context_size: int | None  # tokens per job (None: the engine cannot tell)
     prompter: PromptRenderer | None
+    # A finished job's prompt stays cached for a later job (then a conversation's next
+    # turn is routed back to this worker: shared.affinity).
+    keeps_prompts: bool = False
 
     @abc.abstractmethod
     def submit(self, request: GenRequest) -> Generation:

@@ -111,6 +111,12 @@ class Heartbeat(Periodic):
             pass  # the entry expires by itself
 
 
+def worker_identity(queue: str) -> str:
+    """This process's worker id: its queue, host and pid (the heartbeat's key, the
+    running jobs' owner, and the name of its own queue: shared.affinity)."""
+    return f"{queue}@{socket.gethostname()}:{os.getpid()}"
+
+
 def load_engine(spec: ModelSpec, registry: Registry, settings: Settings) -> Engine:
     """The engine the model's spec asks for: its upstream server, or its GGUF file."""
     if spec.upstream is not None:
@@ -132,8 +138,8 @@ class Runtime:
             retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=20),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError])
         self.jobs = BlockingJobs(self.redis, store_config(settings))
+        self.worker_id = worker_identity(settings.worker.queue)
         hostname, pid = socket.gethostname(), os.getpid()
-        self.worker_id = f"{settings.worker.queue}@{hostname}:{pid}"
         info = {"worker_id": self.worker_id, "queue": settings.worker.queue,
                 "model": self.spec.name, "pid": str(pid), "hostname": hostname}
         if self.spec.upstream is None:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import redis
 
-from shared import answers, vectors
+from shared import affinity, answers, vectors
 from shared.conversations import TurnWrite, WorkerConversationStore
 from shared.lifecycle import BlockingJobs, Emitted, JobRecord, new_lease
 from shared.prompting import PromptRenderer
@@ -128,6 +128,8 @@ def _generate(w: Worker, record: JobRecord, output: str, ctx: dict[str, Any]) ->
                                  (status, finish_reason))
     succeeded = status is JobStatus.succeeded
     persisted = _persist(w, record, plan, answer) if succeeded else None
+    if succeeded and w.engine.keeps_prompts:
+        _note_affinity(w, record, answer)
     prompt_tokens = outcome.prompt_tokens or plan.prompt_tokens
     cached = outcome.cached_tokens
     finished = time.time()
@@ -147,6 +149,24 @@ def _generate(w: Worker, record: JobRecord, output: str, ctx: dict[str, Any]) ->
                                     "finish_reason": outcome.finish_reason,
                                     "cached_tokens": cached,
                                     "completion_tokens": emitter.completion_tokens})
+
+
+def _note_affinity(w: Worker, record: JobRecord, answer: str) -> None:
+    """Note this worker as the one whose prompt cache holds the conversation's turn, so
+    the API sends its next turn here while this worker has a free slot (shared.affinity)."""
+    ttl = w.settings.worker.affinity_ttl_s
+    if not ttl or record.kind is not JobKind.chat:
+        return
+    turns = affinity.after_turn(record.messages, record.conversation_id, answer,
+                                record.fresh_conversation)
+    try:
+        with w.jobs.redis.pipeline(transaction=False) as pipe:
+            for turn in turns:
+                pipe.set(w.jobs.keys.affinity(record.queue, record.tenant, turn),
+                         w.worker_id, ex=max(1, round(ttl)))
+            pipe.execute()
+    except redis.RedisError:
+        log.warning("could not note the prompt cache's affinity", extra={"job_id": record.id})
 
 
 def _embed(w: Worker, record: JobRecord, ctx: dict[str, Any]) -> None:

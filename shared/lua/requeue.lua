@@ -41,6 +41,7 @@ end
 local dispatch = redis.call('HINCRBY', k.job, 'dispatch', 1)
 if died then redis.call('HINCRBY', k.job, 'deaths', 1) end
 redis.call('HSET', k.job, 'status', 'queued', 'owner', '', 'lease', '')
+redis.call('HDEL', k.job, 'routed_to')  -- sent to the shared queue (route.lua)
 redis.call('HDEL', k.running, ARGV[1])
 redis.call('ZADD', k.waiting, f.rank or ARGV[3], ARGV[1])
 redis.call('ZADD', k.unsent, ARGV[3], ARGV[1])

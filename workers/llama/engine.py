@@ -54,6 +54,7 @@ class LlamaEngine(Engine):
         self.model = spec.name
         self.slots = slots or spec.slots
         self.context_size = spec.context_size
+        self.keeps_prompts = spec.prompt_cache
         # The registry's n_batch is llama.cpp's tokens per decode: here, one token of each
         # slot plus a chunk of prompt. Its threads win over the worker's.
         self.prefill_chunk = spec.n_batch - self.slots if spec.n_batch else prefill_chunk
