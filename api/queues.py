@@ -128,7 +128,8 @@ def _prompt_cache(beat: dict[str, str]) -> dict[str, int] | None:
     if "prompt_cache_tokens" not in beat:
         return None
     return {name: int(beat.get(f"prompt_cache_{name}") or 0)
-            for name in ("slots", "tokens", "host_entries", "host_bytes")}
+            for name in ("slots", "tokens", "host_entries", "host_bytes", "disk_entries",
+                         "disk_bytes")}
 
 
 # What a tenant must not see of a worker: where it runs (host, pid, upstream server).

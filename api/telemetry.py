@@ -163,10 +163,13 @@ class QueueCollector:
                                  "prompt caches hold (saved sequences).", labels=labels)
         tokens = GaugeMetricFamily("chatq_prompt_cache_tokens", "Tokens the live workers' "
                                    "prompt caches hold (slots and host memory).", labels=labels)
+        disk = GaugeMetricFamily("chatq_prompt_cache_disk_bytes", "Local disk the live "
+                                 "workers' prompt caches use (saved sequences).", labels=labels)
         for v in self.views:
             held.add_metric([v.queue, v.model or ""], v.cache_sum("host_bytes"))
             tokens.add_metric([v.queue, v.model or ""], v.cache_sum("tokens"))
-        yield from (held, tokens)
+            disk.add_metric([v.queue, v.model or ""], v.cache_sum("disk_bytes"))
+        yield from (held, tokens, disk)
 
     def _histograms(self) -> Iterator[Metric]:
         named = [(f"chatq_job_{spec.name}", spec) for spec in HISTOGRAMS]

@@ -211,7 +211,7 @@ GPU_OPTIONS = ("gpu_layers", "main_gpu", "split_mode", "tensor_split")
 # What only a local GGUF model may set: refused next to an `upstream`.
 LOCAL_KEYS = (*LlamaOptions.model_fields, "path", "package", "file", "assemble",
               "chat_template", "template_head", "prompt_cache", "prompt_cache_mib",
-              "shared_prompts")
+              "prompt_cache_disk_mib", "prompt_cache_dir", "shared_prompts")
 
 
 @dataclass(frozen=True)
@@ -275,6 +275,14 @@ class ModelSpec(LlamaOptions):
                                   "for cached sequences evicted from the slots (llama.cpp's "
                                   "saved sequence states, least recently used out first); "
                                   "0: only the slots cache.")
+    prompt_cache_disk_mib: int = Field(0, ge=0, le=16_777_216, description="Local disk "
+                                       "(MiB) for cached sequences evicted from host memory, "
+                                       "and all of them when the worker stops, so a restart "
+                                       "or a long-idle conversation resumes without reading "
+                                       "its history again; 0: off.")
+    prompt_cache_dir: str = Field("~/.cache/chatq/prompt-cache", description="Where the "
+                                  "disk tier keeps its files (a folder per model and KV "
+                                  "layout, private to the worker's user).")
     shared_prompts: list[str] = Field([], max_length=64, description="System prompt texts "
                                       "(personas) whose cached prefix every tenant may reuse; "
                                       "any other cached prefix is reused only by the tenant "

@@ -51,10 +51,11 @@ def jobs_done(chatq: Chatq) -> dict[str, int]:
 
 
 def test_each_turn_goes_to_the_worker_holding_the_last_and_to_the_other_when_it_dies(
-        two: tuple[Chatq, Proc, Proc]) -> None:
+        two: tuple[Chatq, Proc, Proc], request: pytest.FixtureRequest) -> None:
     chatq, first, second = two
     client = openai.OpenAI(base_url=f"{chatq.base_url}/v1", api_key="chatq-dev-key",
                            max_retries=0, timeout=300)
+    request.addfinalizer(client.close)
     messages = [*system(), {"role": "user", "content": QUESTIONS[0]}]
     before = jobs_done(chatq)
     answer, cached, _, _ = ask(client, messages)

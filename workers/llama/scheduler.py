@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import llama_cpp
@@ -22,6 +23,7 @@ import llama_cpp
 from shared.registry import ModelSpec
 from workers.engine import TopLogprob
 from workers.llama.cache import CacheStats, Entry, HostCache, Sharing, tick
+from workers.llama.disk_cache import DiskCache
 from workers.llama.job import Job
 from workers.llama.logprobs import logprobs
 from workers.llama.params import context_params
@@ -47,6 +49,7 @@ class Layout:
     n_threads: int
     head: list[int]
     shared: list[list[int]]
+    disk: Path | None = None  # the prompt cache's disk folder (None: no disk tier)
 
 
 @dataclass(eq=False)
@@ -98,7 +101,10 @@ class Scheduler(threading.Thread):
         self.caching = spec.prompt_cache
         # what each free slot's KV stream holds (None: empty); a running slot's is its job's
         self.kept: list[Entry | None] = [None] * layout.slots
-        self.host = HostCache(spec.prompt_cache_mib * _MIB if self.caching else 0)
+        disk = None
+        if self.caching and layout.disk is not None and spec.prompt_cache_disk_mib:
+            disk = DiskCache(layout.disk, spec.prompt_cache_disk_mib * _MIB)
+        self.host = HostCache(spec.prompt_cache_mib * _MIB if self.caching else 0, disk)
         self.sharing = Sharing(layout.shared)
         self.stats = CacheStats()
         self.cache_view: dict[str, int] = {}  # what cache_info() shows (set on this thread)
@@ -347,6 +353,8 @@ class Scheduler(threading.Thread):
             "prompt_cache_tokens": sum(len(e.tokens) for e in slots) + self.host.tokens,
             "prompt_cache_host_entries": len(self.host),
             "prompt_cache_host_bytes": self.host.bytes,
+            "prompt_cache_disk_entries": len(spill) if (spill := self.host.spill) else 0,
+            "prompt_cache_disk_bytes": spill.bytes if spill else 0,
             "prompt_cache_hits": stats.hits,
             "prompt_cache_cached_tokens": stats.cached_tokens,
             "prompt_cache_read_tokens": stats.read_tokens,
@@ -487,12 +495,28 @@ class Scheduler(threading.Thread):
         log.debug("sequence ended", extra={**seq.job.log_extra, "seq_id": seq.seq_id,
                                            "finish_reason": reason})
 
+    def _spill_all(self) -> None:
+        """The engine is closing: what the slots and host memory cache goes to disk, for
+        the next run of this worker."""
+        try:
+            for seq_id in sorted(self.free_ids):
+                entry = self.kept[seq_id]
+                if entry is not None:
+                    self._save(seq_id, entry)
+            moved = self.host.flush()
+        except Exception:
+            log.exception("could not keep the prompt cache on disk", extra={"model": self.model})
+            return
+        log.info("prompt cache kept on disk", extra={"model": self.model, "entries": moved})
+
     def _shutdown(self) -> None:
         """End every job (cancelled when closing, error otherwise) and free the context."""
         closing = self.pending.closing
         reason, error = ("cancelled", None) if closing else ("error", "the engine stopped")
         for seq in list(self.running):
             self._end(seq, reason, error)
+        if closing and self.host.spill is not None:
+            self._spill_all()
         for job in self.pending.drain():
             job.finish(reason, error)
         llama_cpp.llama_batch_free(self.batch)
