@@ -35,7 +35,8 @@ MODEL = "smollm2-135m"
 ASK = "Ada Lovelace is 36 years old. Give her name and age as JSON."
 # Unconstrained, the model would write 969: the grammar keeps it within the bound.
 ASK_OVER = "Methuselah is 969 years old. Give his name and age as JSON."
-INSTRUCTOR_MODES = [instructor.Mode.TOOLS, instructor.Mode.JSON_SCHEMA]
+INSTRUCTOR_MODES = [instructor.Mode.TOOLS, instructor.Mode.JSON_SCHEMA,
+                    instructor.Mode.RESPONSES_TOOLS]
 
 
 class Person(BaseModel):
@@ -65,7 +66,11 @@ def sdk(chatq: Chatq) -> Iterator[openai.OpenAI]:
 
 def _instructor(sdk: openai.OpenAI, mode: instructor.Mode, model: type[BaseModel],
                 ask: str) -> Any:
-    return instructor.from_openai(sdk, mode=mode).chat.completions.create(
+    client = instructor.from_openai(sdk, mode=mode)
+    if mode is instructor.Mode.RESPONSES_TOOLS:
+        return client.responses.create(model=MODEL, response_model=model, max_retries=0,
+                                       temperature=0, max_output_tokens=64, input=ask)
+    return client.chat.completions.create(
         model=MODEL, response_model=model, max_retries=0, temperature=0, max_tokens=64,
         messages=[{"role": "user", "content": ask}])
 
@@ -75,13 +80,15 @@ def _instructor(sdk: openai.OpenAI, mode: instructor.Mode, model: type[BaseModel
 def test_instructor_gets_a_validated_object(sdk: openai.OpenAI, mode: instructor.Mode,
                                             ask: str) -> None:
     """TOOLS: a named tool call, its parameters the model's schema; JSON_SCHEMA:
-    ``response_format`` json_schema."""
+    ``response_format`` json_schema; RESPONSES_TOOLS: ``/v1/responses`` with a named
+    call and ``text.format`` the same schema (taken: it is the call's own)."""
     _valid(_instructor(sdk, mode, Person, ask))
 
 
 @pytest.mark.parametrize(("mode", "param"), [
     (instructor.Mode.TOOLS, "tools[0].function.parameters.properties.score.maximum"),
     (instructor.Mode.JSON_SCHEMA, "response_format.json_schema.schema.properties.score.maximum"),
+    (instructor.Mode.RESPONSES_TOOLS, "tools[0].parameters.properties.score.maximum"),
 ])
 def test_instructor_gets_the_400_naming_the_keyword(sdk: openai.OpenAI, mode: instructor.Mode,
                                                     param: str) -> None:
