@@ -25,7 +25,7 @@ from instructor.core import InstructorRetryException
 from pydantic import BaseModel, Field
 from pydantic_ai import Agent, NativeOutput, ToolOutput
 from pydantic_ai.exceptions import ModelHTTPError
-from pydantic_ai.models.openai import OpenAIChatModel
+from pydantic_ai.models.openai import OpenAIChatModel, OpenAIResponsesModel
 from pydantic_ai.providers.openai import OpenAIProvider
 
 from shared.settings import DEV_API_KEY
@@ -99,23 +99,35 @@ def test_instructor_gets_the_400_naming_the_keyword(sdk: openai.OpenAI, mode: in
     assert cause.code == "unsupported_parameter" and cause.param == param
 
 
-def _pydantic_ai(chatq: Chatq, output: Any) -> Any:
+def _pydantic_ai(chatq: Chatq, output: Any, model_class: type = OpenAIChatModel,
+                 stream: bool = False) -> Any:
     async def run() -> Any:
         async with openai.AsyncOpenAI(base_url=f"{chatq.base_url}/v1", api_key=DEV_API_KEY,
                                       max_retries=0) as client:
-            model = OpenAIChatModel(MODEL, provider=OpenAIProvider(openai_client=client))
+            model = model_class(MODEL, provider=OpenAIProvider(openai_client=client))
             agent = Agent(model, output_type=output, retries=0,
                           model_settings={"temperature": 0, "max_tokens": 64})
-            return (await agent.run(ASK)).output
+            if not stream:
+                return (await agent.run(ASK)).output
+            async with agent.run_stream(ASK) as streamed:
+                return await streamed.get_output()
 
     return asyncio.run(run())
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["run", "run_stream"])
 @pytest.mark.parametrize("output", [ToolOutput, NativeOutput])
-def test_pydantic_ai_gets_a_validated_object(chatq: Chatq, output: type) -> None:
+def test_pydantic_ai_gets_a_validated_object(chatq: Chatq, output: type, stream: bool) -> None:
     """``ToolOutput`` (pydantic-ai's default: a forced ``final_result`` call) and
-    ``NativeOutput`` (``response_format`` json_schema)."""
-    _valid(_pydantic_ai(chatq, output(Person)))
+    ``NativeOutput`` (``response_format`` json_schema), whole and streamed."""
+    _valid(_pydantic_ai(chatq, output(Person), stream=stream))
+
+
+@pytest.mark.parametrize("output", [ToolOutput, NativeOutput])
+def test_pydantic_ai_on_the_responses_api_gets_a_validated_object(chatq: Chatq,
+                                                                  output: type) -> None:
+    """``OpenAIResponsesModel``: a forced function call / ``text.format`` json_schema."""
+    _valid(_pydantic_ai(chatq, output(Person), OpenAIResponsesModel))
 
 
 def test_pydantic_ai_gets_the_400_naming_the_keyword(chatq: Chatq) -> None:
@@ -199,3 +211,28 @@ def test_an_agents_sdk_agent_answers_after_its_tool(chatq: Chatq) -> None:
     assert last == [("message", None), ("function_call", call_id),
                     ("function_call_output", call_id)]
     assert inputs[1][2].output == f"Sunny in {asked[0]}."
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["run", "run_streamed"])
+def test_an_agents_sdk_agent_returns_a_validated_object(chatq: Chatq, stream: bool) -> None:
+    """``output_type=Person``: ``text.format`` json_schema (strict) on ``/v1/responses``;
+    streamed, through the typed events."""
+    agents.set_tracing_disabled(True)
+
+    async def run() -> Any:
+        async with openai.AsyncOpenAI(base_url=f"{chatq.base_url}/v1", api_key=DEV_API_KEY,
+                                      max_retries=0) as client:
+            agent = agents.Agent(
+                name="extract", instructions="Extract the person.", output_type=Person,
+                model=agents.OpenAIResponsesModel(model=MODEL, openai_client=client),
+                model_settings=agents.ModelSettings(max_tokens=64, temperature=0))
+            if not stream:
+                return (await agents.Runner.run(agent, ASK)).final_output
+            streamed = agents.Runner.run_streamed(agent, ASK)
+            kinds = {event.data.type async for event in streamed.stream_events()
+                     if event.type == "raw_response_event"}
+            assert {"response.created", "response.output_text.delta",
+                    "response.completed"} <= kinds
+            return streamed.final_output
+
+    _valid(asyncio.run(run()))
