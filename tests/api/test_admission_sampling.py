@@ -75,6 +75,41 @@ def test_a_forced_tool_call_with_response_format_is_refused_naming_it() -> None:
     assert params.grammar is not None and "root   ::= object" in params.grammar
 
 
+PERSON = {"type": "object", "properties": {"name": {"type": "string"},
+                                          "age": {"type": "integer", "minimum": 0,
+                                                  "maximum": 150}},
+          "required": ["name", "age"]}
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function",
+                                                 "function": {"name": "Person"}}])
+def test_a_forced_call_takes_a_response_format_that_is_its_own_parameters(
+    choice: object,
+) -> None:
+    """instructor's Responses mode: the call forced and ``text.format`` its parameters."""
+    tools = [{"type": "function", "function": {"name": "Person", "parameters": PERSON}}]
+    fmt = {"type": "json_schema", "json_schema": {"name": "Person", "schema": PERSON,
+                                                  "strict": True}}
+    req = job(response_format=fmt, tools=tools, tool_choice=choice)
+    built = build_now(req.response_format, req.tools, req.tool_choice, None)
+    assert built.response_format is None and built.schema is None  # the call's grammar
+    params = sampling(local_model(), req)
+    assert params.grammar == built.tool_call and params.grammar is not None
+
+
+@pytest.mark.parametrize("tools", [
+    [{"type": "function", "function": {"name": "Person", "parameters": {
+        **PERSON, "required": ["name"]}}}],  # other parameters
+    [{"type": "function", "function": {"name": "Person", "parameters": PERSON}},
+     {"type": "function", "function": {"name": "Other", "parameters": PERSON}}],  # two
+])
+def test_a_forced_call_refuses_any_other_response_format(tools: list[object]) -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "Person", "schema": PERSON}}
+    with pytest.raises(UnsupportedParameter) as refused:
+        sampling(local_model(), job(response_format=fmt, tools=tools, tool_choice="required"))
+    assert refused.value.details[0]["field"] == "response_format"
+
+
 def upstream_model(kind: str = "openai", stop: list[str] | None = None) -> ModelSpec:
     return ModelSpec.model_validate({
         "name": "up", "queue": "upstream",

@@ -79,6 +79,26 @@ def test_named_function_is_the_one_called(sdk: openai.OpenAI) -> None:
     assert set(_valid_call("get_time", calls[0].function.arguments)) == {"timezone"}
 
 
+def test_a_forced_call_takes_its_own_parameters_as_response_format(
+    sdk: openai.OpenAI
+) -> None:
+    """A format that is the called function's own parameters asks nothing more of the
+    answer (instructor's Responses mode sends both); any other is refused."""
+    own = {"type": "json_schema", "json_schema": {"name": "t", "schema": TIME_PARAMS}}
+    named = {"type": "function", "function": {"name": "get_time"}}
+    completion = sdk.chat.completions.create(
+        model=MODEL, messages=ASK, tools=TOOLS, max_tokens=64, temperature=0,
+        tool_choice=named, response_format=own)  # type: ignore[arg-type]
+    calls = completion.choices[0].message.tool_calls
+    assert calls and calls[0].function.name == "get_time"
+    _valid_call("get_time", calls[0].function.arguments)
+    other = {"type": "json_schema", "json_schema": {"name": "w", "schema": WEATHER_PARAMS}}
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.chat.completions.create(model=MODEL, messages=ASK, tools=TOOLS, max_tokens=64,
+                                    tool_choice=named, response_format=other)  # type: ignore[arg-type]
+    assert refused.value.param == "response_format"  # type: ignore[attr-defined]
+
+
 def test_streamed_call_assembles_to_the_same(sdk: openai.OpenAI) -> None:
     args: dict[str, Any] = {"model": MODEL, "messages": ASK, "tools": TOOLS, "max_tokens": 64,
                             "temperature": 0, "seed": 1,

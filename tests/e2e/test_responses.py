@@ -366,29 +366,3 @@ def test_a_killed_worker_finishes_the_background_response_once(
     with s.client() as c:
         job = c.get(f"/v1/jobs/{r.id.replace('resp_', 'job_', 1)}").json()
     assert job["attempts"] == 2
-
-
-def test_an_openai_agents_sdk_agent_calls_its_tool(request: pytest.FixtureRequest) -> None:
-    """A tiny agent with one function tool, through the OpenAI Agents SDK (run only
-    where ``openai-agents`` is installed: it is not in the requirements yet)."""
-    agents = pytest.importorskip("agents")
-    stack: Chatq = request.getfixturevalue("stack")
-    agents.set_tracing_disabled(True)  # no trace export: chatq runs offline
-    asked: list[str] = []
-
-    @agents.function_tool
-    def get_weather(city: str) -> str:
-        """The current weather in a city."""
-        asked.append(city)
-        return f"Sunny in {city}."
-
-    client = openai.AsyncOpenAI(base_url=f"{stack.base_url}/v1", api_key="key-alpha",
-                                max_retries=0)
-    agent = agents.Agent(
-        name="weather", instructions="Answer with the weather tool.", tools=[get_weather],
-        model=agents.OpenAIResponsesModel(model=MODEL, openai_client=client),
-        model_settings=agents.ModelSettings(tool_choice="required", max_tokens=64,
-                                            temperature=0),
-        tool_use_behavior="stop_on_first_tool")
-    result = agents.Runner.run_sync(agent, "What is the weather in Paris?")
-    assert asked and result.final_output == f"Sunny in {asked[0]}."
