@@ -2,7 +2,8 @@
 its input file's lines as chatq jobs at ``batch`` priority (:mod:`api.batches`,
 :mod:`api.batch_feeder`); creating one checks the request and queues nothing until
 every line has been validated. ``webhook`` (chatq's, in ``extra_body`` of the SDK)
-names where ``batch.completed`` / ``failed`` / ``cancelled`` / ``expired`` go."""
+names where ``batch.completed`` / ``failed`` / ``cancelled`` / ``expired`` go; a batch
+naming none gets its key's default webhook, if the key has one (``api.deps``)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api import budgets, webhooks
 from api import openai_wire as wire
 from api.batches import FINAL, BatchStore, batch_object, new_batch_id
-from api.deps import ServicesDep, TenantDep
+from api.deps import KeyWebhookDep, ServicesDep, TenantDep
 from api.services import Services
 from shared.errors import Conflict, InvalidRequest
 
@@ -45,7 +46,8 @@ class BatchRequest(BaseModel):
     metadata: dict[str, str] | None = None
     output_expires_after: OutputExpiresAfter | None = None
     webhook: str | None = Field(None, description="chatq: a URL that gets the batch's end "
-                                "(`batch.completed`...), signed as job webhooks are.")
+                                "(`batch.completed`...), signed as job webhooks are. None: "
+                                "the key's default webhook, if it has one.")
 
 
 def store(svc: Services) -> BatchStore:
@@ -65,19 +67,20 @@ def _check(body: BatchRequest, svc: Services, routes: dict[str, Any]) -> None:
 
 @router.post("", summary="Create a batch (OpenAI Batch API)")
 async def create_batch(body: BatchRequest, request: Request, svc: ServicesDep,
-                       tenant: TenantDep) -> JSONResponse:
+                       tenant: TenantDep, key_webhook: KeyWebhookDep) -> JSONResponse:
     _check(body, svc, request.app.state.batch_routes)
     source = await svc.files.get(tenant, body.input_file_id)
     if (source.get("metadata") or {}).get("purpose") != "batch":
         raise InvalidRequest.of_field("input_file_id", "the file's purpose is not `batch`")
-    if body.webhook is not None:
-        await webhooks.check_target(svc, body.webhook)
+    webhook = body.webhook or key_webhook
+    if webhook is not None:
+        await webhooks.check_target(svc, webhook)
     now = time.time()
     doc = {"_id": new_batch_id(), "tenant": tenant, "endpoint": body.endpoint,
            "input_file_id": body.input_file_id, "completion_window": "24h",
            "status": "validating", "created_at": now,
            "expires_at": now + svc.settings.batches.window_s, "metadata": body.metadata,
-           "webhook": body.webhook,
+           "webhook": webhook,
            "output_expires_after_s": (body.output_expires_after.seconds
                                       if body.output_expires_after
                                       else svc.settings.batches.output_expires_after_s),
