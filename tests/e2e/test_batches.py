@@ -354,6 +354,28 @@ def test_a_batch_output_file_answers_404_once_past_its_expiry(
     assert done.output_file_id not in [f.id for f in sdk.files.list()]
 
 
+def test_a_batch_interrupted_while_finalizing_is_finished_from_its_lines(
+        sdk: openai.OpenAI, chatq: Chatq) -> None:
+    lines = [chat_line(f"f{i}", PROMPTS[i], 2) for i in range(3)]
+    done = wait_batch(sdk, run(sdk, lines).id)
+    assert done.status == "completed" and done.output_file_id
+    before = results(sdk, done.output_file_id)
+    # What MongoDB holds when a process dies in `finalizing` halfway through the output
+    # file: the batch not ended, the file's first chunk written, the file not closed.
+    with pymongo.MongoClient(chatq.stack.env["CHATQ_MONGO_URL"]) as store:
+        db = store[chatq.stack.env.get("CHATQ_MONGO_DB", "chatq")]
+        db["files.files"].delete_one({"_id": done.output_file_id})
+        db["files.chunks"].delete_many({"files_id": done.output_file_id})
+        db["files.chunks"].insert_one({"files_id": done.output_file_id, "n": 0,
+                                       "data": b'{"custom_id": "f0", "respo'})
+        db["batches"].update_one({"_id": done.id}, {
+            "$set": {"status": "finalizing", "output_file_id": None, "completed_at": None,
+                     "lease_until": 0, "fed_at": 0}})
+    again = wait_batch(sdk, done.id)
+    assert again.status == "completed" and again.output_file_id == done.output_file_id
+    assert results(sdk, again.output_file_id) == before  # every line once, as written
+
+
 def _waiting(client: httpx.Client, queue: str = "cpu") -> int:
     [q] = [q for q in client.get("/v1/queues").json()["data"] if q["queue"] == queue]
     return int(q["depth"])
