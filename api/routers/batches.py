@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api import budgets, webhooks
 from api import openai_wire as wire
@@ -20,6 +20,7 @@ from api.batches import FINAL, BatchStore, batch_object, new_batch_id
 from api.deps import KeyWebhookDep, ServicesDep, TenantDep
 from api.services import Services
 from shared.errors import Conflict, InvalidRequest
+from shared.schemas import WEBHOOK_URL_MAX, check_webhook_url
 
 router = APIRouter(prefix="/v1/batches", tags=["batch"])
 
@@ -45,9 +46,15 @@ class BatchRequest(BaseModel):
     completion_window: str = Field(description="`24h`.")
     metadata: dict[str, str] | None = None
     output_expires_after: OutputExpiresAfter | None = None
-    webhook: str | None = Field(None, description="chatq: a URL that gets the batch's end "
+    webhook: str | None = Field(None, max_length=WEBHOOK_URL_MAX,
+                                description="chatq: a URL that gets the batch's end "
                                 "(`batch.completed`...), signed as job webhooks are. None: "
                                 "the key's default webhook, if it has one.")
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook(cls, value: str | None) -> str | None:
+        return None if value is None else check_webhook_url(value)
 
 
 def store(svc: Services) -> BatchStore:

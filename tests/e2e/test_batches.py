@@ -314,10 +314,11 @@ def test_the_end_of_a_batch_is_a_signed_webhook_and_counted(
 
 def test_a_batch_names_a_webhook_chatq_may_call(sdk: openai.OpenAI) -> None:
     file_id = upload(sdk, jsonl([chat_line("a", "Hi")]))
-    with pytest.raises(openai.BadRequestError) as caught:
-        sdk.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
-                           completion_window="24h", extra_body={"webhook": "not a url"})
-    assert caught.value.param == "webhook"
+    for url in ("not a url", "https://user:secret@example.com/hook"):  # as a job's webhook
+        with pytest.raises(openai.BadRequestError) as caught:
+            sdk.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
+                               completion_window="24h", extra_body={"webhook": url})
+        assert caught.value.param == "webhook"
 
 
 def test_a_batch_that_fails_validation_is_a_batch_failed_webhook_and_counted(
