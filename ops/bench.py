@@ -423,7 +423,8 @@ def parse_args() -> argparse.Namespace:
     single = parser.add_argument_group("single turn")
     single.add_argument("--runs", type=int, default=3, help="repetitions of the prompt set")
     single.add_argument("--max-tokens", type=int, default=128)
-    single.add_argument("--callers", type=int, default=4)
+    single.add_argument("--callers", type=int, default=4,
+                        help="callers at once (and the batch scenario's one by one)")
     multi = parser.add_argument_group("multi-turn")
     multi.add_argument("--turns", type=int, default=10)
     multi.add_argument("--conversations", type=int, nargs="+", default=[1, 8],
