@@ -446,7 +446,7 @@ def test_an_interactive_request_does_not_wait_behind_a_200_line_batch(
     assert overtaken  # batch lines that were waiting when it came started after it
 
 
-# --- tenants and expiry (a stack of their own: keys, a short window, no worker) -----
+# --- tenants and expiry (a stack of their own: keys, a short window, no GPU worker) -
 
 KEYS = "key-alice=alice,key-bob=bob"
 
@@ -454,9 +454,10 @@ KEYS = "key-alice=alice,key-bob=bob"
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chatq]:
     stack = new_stack(tmp_path_factory.mktemp("batches"), "keyed")
-    stack.env.update({"CHATQ_API__KEYS": KEYS, "CHATQ_BATCHES__WINDOW_S": "2"})
+    stack.env.update({"CHATQ_API__KEYS": KEYS, "CHATQ_BATCHES__WINDOW_S": "2",
+                      "CHATQ_WEBHOOKS__ALLOW_HOSTS": '["127.0.0.1"]'})  # the receiver
     try:
-        yield start_chatq(stack, with_worker=False)
+        yield start_chatq(stack, with_worker=False, with_webhooks=True)
     finally:
         stack.stop()
 
@@ -485,8 +486,13 @@ def test_another_tenant_cannot_see_the_file_or_the_batch(keyed: Chatq) -> None:
 def test_lines_not_run_by_the_windows_end_are_batch_expired(keyed: Chatq) -> None:
     alice = _as(keyed, "key-alice")
     lines = [chat_line(f"e{i}", "Hi") for i in range(3)]
-    batch = run(alice, lines)  # no worker: nothing can run before the 2 s window ends
-    done = wait_batch(alice, batch.id)
+    with Receiver() as hook:
+        # no worker: nothing can run before the 2 s window ends
+        batch = run(alice, lines, extra_body={"webhook": hook.url})
+        done = wait_batch(alice, batch.id)
+        [delivery] = hook.wait(1)
+    event = json.loads(delivery.body)
+    assert (event["type"], event["data"]["id"]) == ("batch.expired", batch.id)
     assert done.status == "expired" and done.expired_at and done.output_file_id is None
     assert done.request_counts is not None
     assert (done.request_counts.total, done.request_counts.failed) == (3, 3)
