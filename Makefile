@@ -55,7 +55,8 @@ test: lint typecheck pytest
 
 # The benchmark against its peers: llama-cpp-python direct and llama.cpp's llama-server
 # (built once from the same llama.cpp, cached in ~/.cache/chatq; about 10 minutes the
-# first time). SCENARIOS picks scenarios (default both: single multiturn); BENCH_ARGS
+# first time). SCENARIOS picks scenarios (default both: single multiturn; the Batch API's,
+# `batch`, on demand: make bench SCENARIOS=batch BENCH_ARGS="--lines 200"); BENCH_ARGS
 # passes options (python -m ops.bench --help), e.g. BENCH_ARGS="--turns 4 --conversations 1".
 SCENARIOS ?= single multiturn
 bench: install

@@ -50,6 +50,20 @@ async def get_tenant(request: Request) -> str:
 TenantDep = Annotated[str, Depends(get_tenant)]
 
 
+async def get_key_webhook(request: Request) -> str | None:
+    """The default webhook of the caller's key, for a batch or job that names none: a
+    key kept in MongoDB may have one (``PUT /v1/admin/keys/{id}/webhook``); a key of
+    the settings has none. Use after :data:`TenantDep` (which refuses a bad key)."""
+    key = bearer(request.headers.get("Authorization"))
+    if key is None or not key.startswith(KEY_PREFIX):
+        return None
+    stored = await get_services(request).key_cache.stored(key)
+    return stored.webhook if stored is not None else None
+
+
+KeyWebhookDep = Annotated[str | None, Depends(get_key_webhook)]
+
+
 async def get_caller(request: Request) -> Caller:
     """The caller of an operator view: a tenant, or an operator (an admin key)."""
     svc = get_services(request)

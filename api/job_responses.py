@@ -7,6 +7,7 @@ Shared by the routers that answer with a job, so that none imports another.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated
 
 from fastapi import Header
@@ -18,7 +19,7 @@ from api.idempotency import KEY_MAX
 from api.modes import Preference, preference
 from api.services import Services
 from shared.lifecycle import JobRecord
-from shared.schemas import Job, JobRequest
+from shared.schemas import Job, JobRequest, WebhookEvent
 
 PreferHeader = Annotated[
     str | None,
@@ -57,11 +58,15 @@ async def job_response(
 
 async def submit_response(
     svc: Services, body: JobRequest, tenant: str, prefer: str | None,
-    idempotency_key: str | None = None,
+    idempotency_key: str | None = None, *, key_webhook: str | None = None,
 ) -> JSONResponse:
-    """Admit a chat job and answer as ``Prefer`` asks."""
+    """Admit a chat job and answer as ``Prefer`` asks. A job naming no ``webhook`` gets
+    ``key_webhook`` (its key's default), called when it ends (``completed``)."""
     pref = preference(prefer, svc.settings.api)
-    admitted = await admit(svc, Work.chat(body, idempotency_key), tenant)
+    work = Work.chat(body, idempotency_key)
+    if work.webhook is None and key_webhook is not None:
+        work = replace(work, webhook=key_webhook, webhook_events=[WebhookEvent.completed])
+    admitted = await admit(svc, work, tenant)
     response = await job_response(svc, admitted.record, tenant, pref, admitted.output)
     if admitted.replayed:
         response.headers["Idempotent-Replayed"] = "true"

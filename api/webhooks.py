@@ -4,43 +4,21 @@ a job's deliveries for its view. Delivery itself is the webhook worker's
 
 from __future__ import annotations
 
-import asyncio
-import socket
 import time
 
 from redis.exceptions import RedisError
 
 from api.services import Services
-from shared.errors import Unavailable, UnsafeWebhook
+from shared import webhooks
+from shared.errors import Unavailable
 from shared.schemas import WebhookDelivery
-from shared.webhooks import (
-    LUA_DIR,
-    addresses_of,
-    check_addresses,
-    deliveries,
-    new_secret,
-    registration,
-    target,
-)
-
-RESOLVE_TIMEOUT_S = 5.0
+from shared.webhooks import LUA_DIR, deliveries, new_secret, registration
 
 
 async def check_target(svc: Services, url: str) -> None:
-    """422 (naming ``webhook``) for a target chatq must not call: http in production, or a
-    host resolving to a non-public address (in production, and in development with API
-    keys set), unless the allow-list names it (see ``shared.webhooks.TargetPolicy``)."""
-    policy = svc.webhook_policy
-    host, port = target(url, policy)
-    if policy.any_address or host in policy.hosts:
-        return
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await asyncio.wait_for(
-            loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT_S)
-    except (OSError, TimeoutError) as exc:
-        raise UnsafeWebhook(f"{host} could not be resolved ({exc or 'timed out'})") from exc
-    check_addresses(host, addresses_of(infos), policy)
+    """422 (naming ``webhook``) for a target chatq must not call (see
+    :func:`shared.webhooks.check_target`)."""
+    await webhooks.check_target(url, svc.webhook_policy)
 
 
 async def tenant_secret(svc: Services, tenant: str) -> str:

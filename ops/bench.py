@@ -26,6 +26,11 @@ Scenarios (``--scenario``, default both):
 - **multiturn**: conversations whose client resends the whole history each turn
   (:mod:`ops.bench_multiturn`), on chatq and llama-server.
 
+- **batch** (not run by default: ``--scenario batch``): ``--lines`` short chat requests
+  through chatq's Batch API against the same requests one by one by ``--callers``
+  callers (chatq, and llama-server), and an interactive caller's first-token latency
+  while the batch runs against an idle queue (:mod:`ops.bench_batch`).
+
 Per-stream tokens/s is (tokens - 1) / (last token - first token). Aggregate
 tokens/s is all tokens of a round over its time: for several callers the
 wall-clock time from the first request to the last answer of each pass; for one caller the
@@ -51,6 +56,7 @@ from pathlib import Path
 import httpx
 from llama_cpp import Llama
 
+from ops import bench_batch as batch
 from ops import bench_multiturn as multiturn
 from ops.bench_client import Stream, ask, client
 from ops.bench_peer import start_server
@@ -370,21 +376,55 @@ def multiturn_scenario(setup: Setup, urls: dict[str, str], args: argparse.Namesp
           "of the peer's at several)")
 
 
-SCENARIOS = {"single": single_turn, "multiturn": multiturn_scenario}
+def batch_scenario(setup: Setup, urls: dict[str, str], args: argparse.Namespace) -> None:
+    """The batch scenario (:mod:`ops.bench_batch`); prints its figures."""
+    chatq, tokens = urls["chatq"], args.line_tokens
+    for http_url in urls.values():
+        with client(http_url) as http:
+            ask(http, WARM_UP, 8)
+    progress(f"batch: {args.probes} interactive requests on an idle queue")
+    idle = batch.idle_probes(chatq, args.probes, tokens)
+    progress(f"batch: {args.lines} lines through the Batch API")
+    ran = batch.run_batch(chatq, batch.batch_file(args.lines, setup.spec.name, tokens), tokens)
+    one_by_one = {}
+    for name, url in urls.items():
+        progress(f"batch: the {args.lines} requests one by one, {args.callers} callers, {name}")
+        one_by_one[name] = batch.one_by_one(url, args.callers, args.lines, tokens)
+    print(f"\nbatch: {args.lines} chat requests of at most {tokens} tokens, greedy; chatq "
+          f"{setup.spec.slots} slots, {setup.peer}")
+    print(batch.rate_line(f"chatq Batch API ({ran.status})", ran.counts.get("completed", 0),
+                          ran.seconds))
+    for name, (seconds, answers) in one_by_one.items():
+        print(batch.rate_line(f"{name.replace('llama-server', setup.peer)}, one by one, "
+                              f"{args.callers} callers", answers, seconds))
+    seconds, answers = one_by_one["chatq"]
+    print(f"  Batch API / chatq one by one "
+          f"{show(ratio(ran.rate, batch.per_second(answers, seconds)))}")
+    print(batch.ttft_line("interactive, idle queue", idle))
+    print(batch.ttft_line("interactive, while the batch runs", ran.probes))
+    print("  (the batch's time: from the upload to the poll that sees it ended; one by one: "
+          "first request to last answer; interactive: one streaming caller, requests one "
+          "after the other)")
+
+
+SCENARIOS = {"single": single_turn, "multiturn": multiturn_scenario, "batch": batch_scenario}
+DEFAULT_SCENARIOS = ["single", "multiturn"]  # batch: a few minutes more, on demand
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", nargs="+", choices=list(SCENARIOS),
-                        default=list(SCENARIOS), help="scenarios to run, in order")
+                        default=DEFAULT_SCENARIOS,
+                        help="scenarios to run, in order (default: single multiturn)")
     parser.add_argument("--llama-server", type=Path, default=None,
                         help="llama-server binary (ops/install_llama_server.sh), the peer; "
                              "without it, chatq and llama-cpp-python direct only")
     single = parser.add_argument_group("single turn")
     single.add_argument("--runs", type=int, default=3, help="repetitions of the prompt set")
     single.add_argument("--max-tokens", type=int, default=128)
-    single.add_argument("--callers", type=int, default=4)
+    single.add_argument("--callers", type=int, default=4,
+                        help="callers at once (and the batch scenario's one by one)")
     multi = parser.add_argument_group("multi-turn")
     multi.add_argument("--turns", type=int, default=10)
     multi.add_argument("--conversations", type=int, nargs="+", default=[1, 8],
@@ -392,6 +432,12 @@ def parse_args() -> argparse.Namespace:
     multi.add_argument("--mt-passes", type=int, default=1,
                        help="runs of each conversation count on each side")
     multi.add_argument("--answer-tokens", type=int, default=48)
+    lines = parser.add_argument_group("batch")
+    lines.add_argument("--lines", type=int, default=200, help="requests in the batch")
+    lines.add_argument("--line-tokens", type=int, default=8,
+                       help="max_tokens of each request (and of the interactive ones)")
+    lines.add_argument("--probes", type=int, default=8,
+                       help="interactive requests on the idle queue")
     return parser.parse_args()
 
 

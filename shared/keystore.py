@@ -11,6 +11,11 @@ admin API (``/v1/admin/keys``) or the CLI (``python -m ops.keys``). What must ho
   every process by then, with no restart.
 - **Limits without a restart**: ``tenants`` documents hold a tenant's rate limits
   (``api.ratelimits``), which override ``CHATQ_API__RATE_LIMITS`` for that tenant.
+- **A key's default webhook**: a stored key may name a webhook URL (checked as a job's
+  ``webhook`` is, when it is set) that a batch, or a job of ``/v1/jobs`` or
+  ``/invocations``, made with that key and naming none gets. Only the URL is stored:
+  deliveries are signed with the tenant's secret, which stays in Redis
+  (:mod:`shared.webhooks`). A change reaches every API process within ``CACHE_S``.
 """
 
 from __future__ import annotations
@@ -47,13 +52,14 @@ class StoredKey:
     last_used_at: datetime | None = None
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
+    webhook: str | None = None  # the key's default webhook
 
     @classmethod
     def of(cls, doc: dict[str, Any]) -> StoredKey:
         return cls(id=doc["_id"], tenant=doc["tenant"], name=doc.get("name", ""),
                    hint=doc.get("hint", ""), created_at=doc["created_at"],
                    last_used_at=doc.get("last_used_at"), expires_at=doc.get("expires_at"),
-                   revoked_at=doc.get("revoked_at"))
+                   revoked_at=doc.get("revoked_at"), webhook=doc.get("webhook"))
 
     def usable(self, now: datetime) -> bool:
         expires = self.expires_at
@@ -71,7 +77,7 @@ class StoredKey:
         return {"id": self.id[:16], "object": "api_key", "tenant": self.tenant,
                 "name": self.name, "hint": self.hint, "created_at": ts(self.created_at),
                 "last_used_at": ts(self.last_used_at), "expires_at": ts(self.expires_at),
-                "revoked_at": ts(self.revoked_at)}
+                "revoked_at": ts(self.revoked_at), "webhook": self.webhook}
 
 
 class KeyStore:
@@ -98,18 +104,33 @@ class KeyStore:
         docs = await self._run(self.keys.find(query).sort("created_at", 1).to_list(None))
         return [StoredKey.of(d) for d in docs]
 
-    async def revoke(self, key_id: str) -> StoredKey | None:
-        """Revoke the key whose id (its digest, or the first 16 characters a listing
-        shows) is ``key_id``; None when there is none (or several match)."""
+    async def _match(self, key_id: str) -> dict[str, Any] | None:
+        """The one key whose id (its digest, or the first 16 characters a listing shows)
+        is ``key_id``; None when there is none (or several match)."""
         matches = await self._run(self.keys.find(
             {"_id": {"$regex": f"^{key_id}"}} if len(key_id) < 64 else {"_id": key_id}
         ).to_list(2)) if key_id.isalnum() and len(key_id) >= 8 else []
-        if len(matches) != 1:
+        return matches[0] if len(matches) == 1 else None
+
+    async def revoke(self, key_id: str) -> StoredKey | None:
+        """Revoke the key ``key_id`` names (see :meth:`_match`); None when none."""
+        match = await self._match(key_id)
+        if match is None:
             return None
         now = datetime.now(UTC)
-        await self._run(self.keys.update_one({"_id": matches[0]["_id"], "revoked_at": None},
+        await self._run(self.keys.update_one({"_id": match["_id"], "revoked_at": None},
                                              {"$set": {"revoked_at": now}}))
-        return StoredKey.of({**matches[0], "revoked_at": matches[0]["revoked_at"] or now})
+        return StoredKey.of({**match, "revoked_at": match["revoked_at"] or now})
+
+    async def set_webhook(self, key_id: str, url: str | None) -> StoredKey | None:
+        """The key's default webhook (None: no default), the URL already checked; None
+        when ``key_id`` names no key."""
+        match = await self._match(key_id)
+        if match is None:
+            return None
+        await self._run(self.keys.update_one({"_id": match["_id"]},
+                                             {"$set": {"webhook": url}}))
+        return StoredKey.of({**match, "webhook": url})
 
     async def touch(self, key_id: str) -> None:
         await self._run(self.keys.update_one({"_id": key_id},
@@ -143,18 +164,25 @@ class KeyCache:
         self._limits: dict[str, tuple[float, RateLimits | None]] = {}
         self._touched: dict[str, float] = {}
 
-    async def tenant(self, key: str) -> str | None:
-        """The tenant of a stored, usable key; None when there is no such key."""
+    async def stored(self, key: str) -> StoredKey | None:
+        """The stored, usable key; None when there is no such key."""
         now = time.monotonic()
         found = self._keys.get(digest(key))
         if found is None or now - found[0] > self.ttl_s:
-            stored = await self.store.find(key)
-            found = (now, stored)
+            found = (now, await self.store.find(key))
             if len(self._keys) > 10_000:  # unknown keys must not grow it without bound
                 self._keys.clear()
             self._keys[digest(key)] = found
         stored = found[1]
         if stored is None or not stored.usable(datetime.now(UTC)):
+            return None
+        return stored
+
+    async def tenant(self, key: str) -> str | None:
+        """The tenant of a stored, usable key; None when there is no such key."""
+        now = time.monotonic()
+        stored = await self.stored(key)
+        if stored is None:
             return None
         if now - self._touched.get(stored.id, -LAST_USED_EVERY_S) >= LAST_USED_EVERY_S:
             self._touched[stored.id] = now

@@ -1,4 +1,5 @@
-"""``/v1/admin``: operators manage API keys and tenants' rate limits without a restart.
+"""``/v1/admin``: operators manage API keys, their default webhooks and tenants' rate
+limits without a restart.
 
 Every route needs an operator's key (``CHATQ_API__ADMIN_KEYS``); the development key is
 never one. Keys are shown once, at creation, and stored only as digests
@@ -11,11 +12,13 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from api import webhooks
 from api.deps import ServicesDep, require_admin
 from shared.errors import NotFound
 from shared.keystore import KeyStore
+from shared.schemas import WEBHOOK_URL_MAX, check_webhook_url
 from shared.settings import RateLimits
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)])
@@ -31,6 +34,22 @@ class NewKey(BaseModel):
     tenant: TENANT
     name: str = Field("", max_length=128)
     expires_at: int | None = Field(None, description="Unix seconds; none: never expires.")
+
+
+class KeyWebhook(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    webhook: str | None = Field(
+        max_length=WEBHOOK_URL_MAX,
+        description="The key's default webhook: a batch (its end: `batch.completed`...) "
+                    "or a `/v1/jobs` / `/invocations` job (`completed`) made with this key "
+                    "and naming no `webhook` is signed and sent there. Checked as a job's "
+                    "`webhook` is. `null`: no default.")
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook(cls, value: str | None) -> str | None:
+        return None if value is None else check_webhook_url(value)
 
 
 def _store(svc: ServicesDep) -> KeyStore:
@@ -57,6 +76,18 @@ async def revoke_key(key_id: str, svc: ServicesDep) -> dict[str, Any]:
     """Revoke a key (by the id a listing shows): every API process refuses it within
     seconds."""
     stored = await _store(svc).revoke(key_id)
+    if stored is None:
+        raise NotFound(f"no key {key_id!r}")
+    return stored.view()
+
+
+@router.put("/keys/{key_id}/webhook")
+async def set_key_webhook(key_id: str, body: KeyWebhook, svc: ServicesDep) -> dict[str, Any]:
+    """The key's default webhook (``null`` removes it): ``422`` naming ``webhook`` for a
+    URL a job could not name (its shape, http in production, a private address...)."""
+    if body.webhook is not None:
+        await webhooks.check_target(svc, body.webhook)
+    stored = await _store(svc).set_webhook(key_id, body.webhook)
     if stored is None:
         raise NotFound(f"no key {key_id!r}")
     return stored.view()

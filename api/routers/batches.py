@@ -2,7 +2,8 @@
 its input file's lines as chatq jobs at ``batch`` priority (:mod:`api.batches`,
 :mod:`api.batch_feeder`); creating one checks the request and queues nothing until
 every line has been validated. ``webhook`` (chatq's, in ``extra_body`` of the SDK)
-names where ``batch.completed`` / ``failed`` / ``cancelled`` / ``expired`` go."""
+names where ``batch.completed`` / ``failed`` / ``cancelled`` / ``expired`` go; a batch
+naming none gets its key's default webhook, if the key has one (``api.deps``)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,15 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api import budgets, webhooks
 from api import openai_wire as wire
 from api.batches import FINAL, BatchStore, batch_object, new_batch_id
-from api.deps import ServicesDep, TenantDep
+from api.deps import KeyWebhookDep, ServicesDep, TenantDep
 from api.services import Services
 from shared.errors import Conflict, InvalidRequest
+from shared.schemas import WEBHOOK_URL_MAX, check_webhook_url
 
 router = APIRouter(prefix="/v1/batches", tags=["batch"])
 
@@ -44,8 +46,15 @@ class BatchRequest(BaseModel):
     completion_window: str = Field(description="`24h`.")
     metadata: dict[str, str] | None = None
     output_expires_after: OutputExpiresAfter | None = None
-    webhook: str | None = Field(None, description="chatq: a URL that gets the batch's end "
-                                "(`batch.completed`...), signed as job webhooks are.")
+    webhook: str | None = Field(None, max_length=WEBHOOK_URL_MAX,
+                                description="chatq: a URL that gets the batch's end "
+                                "(`batch.completed`...), signed as job webhooks are. None: "
+                                "the key's default webhook, if it has one.")
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook(cls, value: str | None) -> str | None:
+        return None if value is None else check_webhook_url(value)
 
 
 def store(svc: Services) -> BatchStore:
@@ -65,19 +74,20 @@ def _check(body: BatchRequest, svc: Services, routes: dict[str, Any]) -> None:
 
 @router.post("", summary="Create a batch (OpenAI Batch API)")
 async def create_batch(body: BatchRequest, request: Request, svc: ServicesDep,
-                       tenant: TenantDep) -> JSONResponse:
+                       tenant: TenantDep, key_webhook: KeyWebhookDep) -> JSONResponse:
     _check(body, svc, request.app.state.batch_routes)
     source = await svc.files.get(tenant, body.input_file_id)
     if (source.get("metadata") or {}).get("purpose") != "batch":
         raise InvalidRequest.of_field("input_file_id", "the file's purpose is not `batch`")
-    if body.webhook is not None:
-        await webhooks.check_target(svc, body.webhook)
+    webhook = body.webhook or key_webhook
+    if webhook is not None:
+        await webhooks.check_target(svc, webhook)
     now = time.time()
     doc = {"_id": new_batch_id(), "tenant": tenant, "endpoint": body.endpoint,
            "input_file_id": body.input_file_id, "completion_window": "24h",
            "status": "validating", "created_at": now,
            "expires_at": now + svc.settings.batches.window_s, "metadata": body.metadata,
-           "webhook": body.webhook,
+           "webhook": webhook,
            "output_expires_after_s": (body.output_expires_after.seconds
                                       if body.output_expires_after
                                       else svc.settings.batches.output_expires_after_s),

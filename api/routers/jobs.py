@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from api import jobs
-from api.deps import ServicesDep, TenantDep
+from api.deps import KeyWebhookDep, ServicesDep, TenantDep
 from api.job_responses import (
     RESPONSES,
     IdempotencyKeyHeader,
@@ -25,13 +25,15 @@ CANCEL_WAIT_S = 5.0  # how long cancel waits for a running job to stop before an
 
 @router.post("", response_model=Job, status_code=202, responses=RESPONSES)
 async def create_job(
-    body: JobRequest, svc: ServicesDep, tenant: TenantDep, prefer: PreferHeader = None,
+    body: JobRequest, svc: ServicesDep, tenant: TenantDep, *, key_webhook: KeyWebhookDep,
+    prefer: PreferHeader = None,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
     """Submit a chat job. Optional: `webhook` + `webhook_events` (signed calls when it
     starts / ends), `priority`, `cancel_after` (a deadline), and the `Idempotency-Key`
     header (safe retries)."""
-    return await submit_response(svc, body, tenant, prefer, idempotency_key)
+    return await submit_response(svc, body, tenant, prefer, idempotency_key,
+                                 key_webhook=key_webhook)
 
 
 @router.get("/{job_id}", response_model=Job, responses=RESPONSES)

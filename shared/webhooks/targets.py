@@ -4,6 +4,7 @@ resolution, on every address the host resolves to."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 from dataclasses import dataclass
@@ -111,6 +112,26 @@ def addresses_of(infos: list[Any]) -> list[IPAddress]:
         if address not in out:
             out.append(address)
     return out
+
+
+RESOLVE_TIMEOUT_S = 5.0
+
+
+async def check_target(url: str, policy: TargetPolicy) -> None:
+    """Refuse (:class:`UnsafeWebhook`, naming ``webhook``) a target chatq must not call:
+    http in production, or a host resolving to a non-public address (in production, and
+    in development with API keys set), unless the allow-list names it. What the API
+    checks at submit and ``python -m ops.keys set-webhook`` before it stores a default."""
+    host, port = target(url, policy)
+    if policy.any_address or host in policy.hosts:
+        return
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await asyncio.wait_for(
+            loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT_S)
+    except (OSError, TimeoutError) as exc:
+        raise UnsafeWebhook(f"{host} could not be resolved ({exc or 'timed out'})") from exc
+    check_addresses(host, addresses_of(infos), policy)
 
 
 def resolve(host: str, port: int) -> list[IPAddress]:

@@ -1,10 +1,12 @@
 """Keys managed without a restart (issue 26), through the HTTP API and ``python -m ops.keys``:
 an operator makes a key for a tenant (shown once, stored only as a digest), the key works
 as that tenant on every API process, a revoked key stops working on another API process
-without a restart, and a tenant's rate limits change while the API runs."""
+without a restart, and a tenant's rate limits change while the API runs. A key's default
+webhook (issue 24) gets the end of its batches and jobs that name none, signed."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -13,12 +15,14 @@ import time
 from collections.abc import Callable, Iterator
 
 import httpx
+import openai
 import pymongo
 import pytest
 
 from ops.devstack import free_port
+from shared.webhooks import sign
 from tests.conftest import Chatq, new_stack, start_chatq
-from tests.helpers import hi, submit
+from tests.helpers import Receiver, hi, submit
 
 ADMIN = "key-operator-0123456789"
 
@@ -28,8 +32,10 @@ def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chatq]:
     stack = new_stack(tmp_path_factory.mktemp("keys"), "stack")
     stack.env["CHATQ_API__KEYS"] = "ka=alpha"
     stack.env["CHATQ_API__ADMIN_KEYS"] = ADMIN
+    # Keys are set, so webhooks may not reach private addresses: but the tests' receiver.
+    stack.env["CHATQ_WEBHOOKS__ALLOW_HOSTS"] = '["127.0.0.1"]'
     try:
-        yield start_chatq(stack)
+        yield start_chatq(stack, with_webhooks=True)
     finally:
         stack.stop()
 
@@ -112,3 +118,65 @@ def test_the_cli_makes_keys_and_sets_limits_that_apply_at_once(keyed: Chatq) -> 
 
         until(refused, "the tenant's new limit did not apply")
     assert ops_keys(keyed, "revoke", "nope-not-a-key").returncode == 1
+
+
+# --- a key's default webhook ---------------------------------------------------------
+
+BAD_WEBHOOKS = ("not a url", "http://10.1.2.3/hook")  # no URL; a private address
+
+
+def test_a_keys_default_webhook_gets_the_end_of_its_batches_and_jobs_signed(
+        keyed: Chatq) -> None:
+    with keyed.client(key=ADMIN) as admin:
+        made = admin.post("/v1/admin/keys", json={"tenant": "hooked"}).json()
+        key, key_id = made["key"], made["id"]
+        assert made["webhook"] is None
+        for url in BAD_WEBHOOKS:
+            bad = admin.put(f"/v1/admin/keys/{key_id}/webhook", json={"webhook": url})
+            assert bad.status_code == 422, bad.text
+            assert bad.json()["error"]["details"][0]["field"] == "webhook"
+        unknown = admin.put("/v1/admin/keys/0123456789abcdef/webhook", json={"webhook": None})
+        assert unknown.status_code == 404
+        with Receiver() as hook:
+            done = admin.put(f"/v1/admin/keys/{key_id}/webhook", json={"webhook": hook.url})
+            assert done.status_code == 200 and done.json()["webhook"] == hook.url
+            listed = admin.get("/v1/admin/keys", params={"tenant": "hooked"}).json()["data"]
+            assert listed[0]["webhook"] == hook.url
+            sdk = openai.OpenAI(base_url=f"{keyed.base_url}/v1", api_key=key, max_retries=0)
+            line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
+                    "body": {"model": "smollm2-135m", "max_tokens": 2, "temperature": 0,
+                             "messages": [{"role": "user", "content": "Hi"}]}}
+            upload = sdk.files.create(file=("in.jsonl", io.BytesIO(json.dumps(line).encode())),
+                                      purpose="batch")
+            batch = sdk.batches.create(input_file_id=upload.id, completion_window="24h",
+                                       endpoint="/v1/chat/completions")  # no webhook named
+            with keyed.client(key=key) as hooked:
+                job = submit(hooked, hi(max_tokens=2))  # nor here
+            until(lambda: sdk.batches.retrieve(batch.id).status == "completed",
+                  "the batch did not complete", timeout=300)
+            deliveries = hook.wait(2, timeout=120)
+    secret = str(keyed.redis().get("chatq:webhook-secret:hooked"))
+    for delivery in deliveries:
+        headers = delivery.headers
+        assert headers["webhook-signature"] == sign(
+            secret, headers["webhook-id"], int(headers["webhook-timestamp"]), delivery.body)
+    bodies = [json.loads(d.body) for d in deliveries]
+    [event] = [b for b in bodies if b.get("object") == "event"]  # the batch's (OpenAI's)
+    [ended] = [b for b in bodies if b.get("object") != "event"]  # the job, as GET shows it
+    assert (event["type"], event["data"]["id"]) == ("batch.completed", batch.id)
+    assert (ended["id"], ended["status"]) == (job["id"], "succeeded")
+
+
+def test_the_cli_sets_and_clears_a_keys_default_webhook(keyed: Chatq) -> None:
+    made = ops_keys(keyed, "create", "tau")
+    assert made.returncode == 0, made.stderr
+    key_id = json.loads(made.stdout)["id"]
+    for url in BAD_WEBHOOKS:
+        refused = ops_keys(keyed, "set-webhook", key_id, url)
+        assert refused.returncode == 1 and "webhook" in refused.stderr, refused.stderr
+    url = "http://127.0.0.1:9/hook"
+    assert json.loads(ops_keys(keyed, "set-webhook", key_id, url).stdout)["webhook"] == url
+    assert json.loads(ops_keys(keyed, "list", "--tenant", "tau").stdout)["webhook"] == url
+    cleared = ops_keys(keyed, "set-webhook", key_id, "--clear")
+    assert cleared.returncode == 0 and json.loads(cleared.stdout)["webhook"] is None
+    assert ops_keys(keyed, "set-webhook", "0123456789abcdef", "--clear").returncode == 1

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import openai
+import pymongo
 import pytest
 
 from ops.devstack import free_port
@@ -287,6 +288,9 @@ def test_cancel_mid_batch_stops_its_jobs_and_reports_what_it_finished(
     assert (event["type"], event["data"]["id"], event["object"]) == (
         "batch.cancelled", batch.id, "event")
     assert sdk.batches.cancel(batch.id).status == "cancelled"  # cancelling again: as it is
+    metrics = client.get("/metrics").text
+    assert 'chatq_batches_total{status="cancelled"}' in metrics
+    assert 'chatq_batch_lines_total{outcome="cancelled"}' in metrics
 
 
 def test_the_end_of_a_batch_is_a_signed_webhook_and_counted(
@@ -310,10 +314,88 @@ def test_the_end_of_a_batch_is_a_signed_webhook_and_counted(
 
 def test_a_batch_names_a_webhook_chatq_may_call(sdk: openai.OpenAI) -> None:
     file_id = upload(sdk, jsonl([chat_line("a", "Hi")]))
-    with pytest.raises(openai.BadRequestError) as caught:
-        sdk.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
-                           completion_window="24h", extra_body={"webhook": "not a url"})
-    assert caught.value.param == "webhook"
+    for url in ("not a url", "https://user:secret@example.com/hook"):  # as a job's webhook
+        with pytest.raises(openai.BadRequestError) as caught:
+            sdk.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
+                               completion_window="24h", extra_body={"webhook": url})
+        assert caught.value.param == "webhook"
+
+
+def test_a_batch_that_fails_validation_is_a_batch_failed_webhook_and_counted(
+        sdk: openai.OpenAI, client: httpx.Client) -> None:
+    with Receiver() as hook:
+        batch = run(sdk, [chat_line("d", "Hi"), chat_line("d", "Hi")],  # a duplicate id
+                    extra_body={"webhook": hook.url})
+        assert wait_batch(sdk, batch.id).status == "failed"
+        [delivery] = hook.wait(1)
+    event = json.loads(delivery.body)
+    assert (event["type"], event["data"]["id"]) == ("batch.failed", batch.id)
+    assert 'chatq_batches_total{status="failed"}' in client.get("/metrics").text
+
+
+def test_a_batch_output_file_answers_404_once_past_its_expiry(
+        sdk: openai.OpenAI, chatq: Chatq) -> None:
+    batch = run(sdk, [chat_line("x", "Hi", 2)],
+                output_expires_after={"anchor": "created_at", "seconds": 3600})
+    done = wait_batch(sdk, batch.id)
+    assert done.status == "completed" and done.output_file_id and done.completed_at
+    output = sdk.files.retrieve(done.output_file_id)
+    assert output.expires_at is not None
+    assert done.completed_at - 5 <= output.expires_at - 3600 <= done.completed_at + 5
+    # The hour passes (its deadline moved into the past, as the clock would).
+    with pymongo.MongoClient(chatq.stack.env["CHATQ_MONGO_URL"]) as store:
+        files = store[chatq.stack.env.get("CHATQ_MONGO_DB", "chatq")]["files.files"]
+        moved = files.update_one({"_id": done.output_file_id},
+                                 {"$set": {"metadata.expires_at": time.time() - 1}})
+        assert moved.modified_count == 1
+    with pytest.raises(openai.NotFoundError):
+        sdk.files.retrieve(done.output_file_id)
+    with pytest.raises(openai.NotFoundError):
+        sdk.files.content(done.output_file_id)
+    assert done.output_file_id not in [f.id for f in sdk.files.list()]
+
+
+def test_a_batch_interrupted_while_finalizing_is_finished_from_its_lines(
+        sdk: openai.OpenAI, chatq: Chatq) -> None:
+    lines = [chat_line(f"f{i}", PROMPTS[i], 2) for i in range(3)]
+    done = wait_batch(sdk, run(sdk, lines).id)
+    assert done.status == "completed" and done.output_file_id
+    before = results(sdk, done.output_file_id)
+    # What MongoDB holds when a process dies in `finalizing` halfway through the output
+    # file: the batch not ended, the file's first chunk written, the file not closed.
+    with pymongo.MongoClient(chatq.stack.env["CHATQ_MONGO_URL"]) as store:
+        db = store[chatq.stack.env.get("CHATQ_MONGO_DB", "chatq")]
+        db["files.files"].delete_one({"_id": done.output_file_id})
+        db["files.chunks"].delete_many({"files_id": done.output_file_id})
+        db["files.chunks"].insert_one({"files_id": done.output_file_id, "n": 0,
+                                       "data": b'{"custom_id": "f0", "respo'})
+        db["batches"].update_one({"_id": done.id}, {
+            "$set": {"status": "finalizing", "output_file_id": None, "completed_at": None,
+                     "lease_until": 0, "fed_at": 0}})
+    again = wait_batch(sdk, done.id)
+    assert again.status == "completed" and again.output_file_id == done.output_file_id
+    assert results(sdk, again.output_file_id) == before  # every line once, as written
+
+
+def _waiting(client: httpx.Client, queue: str = "cpu") -> int:
+    [q] = [q for q in client.get("/v1/queues").json()["data"] if q["queue"] == queue]
+    return int(q["depth"])
+
+
+def test_a_batch_leaves_interactive_callers_room_below_the_queue_limit(
+        make_stack: Callable[..., Chatq]) -> None:
+    stack = make_stack(env={"CHATQ_API__MAX_QUEUE_DEPTH": "4"})
+    sdk = openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key=DEV_API_KEY, max_retries=0)
+    with stack.client() as client:
+        batch = run(sdk, [chat_line(f"q{i}", LONG, max_tokens=48) for i in range(40)])
+        # the batch at its share of the queue (half of 4 waiting), every slot busy
+        wait_batch(sdk, batch.id, ("in_progress",), lambda _: _waiting(client) >= 2)
+        assert _waiting(client) <= 2
+        jobs = [submit(client, hi(max_tokens=2)) for _ in range(2)]  # 202, never 429
+        assert sdk.batches.cancel(batch.id).status in ("cancelling", "cancelled")
+        assert wait_batch(sdk, batch.id).status == "cancelled"
+        assert all(wait_done(client, j["id"], timeout=WAIT_S)["status"] == "succeeded"
+                   for j in jobs)
 
 
 # --- interactive callers keep their priority ---------------------------------------
@@ -364,7 +446,7 @@ def test_an_interactive_request_does_not_wait_behind_a_200_line_batch(
     assert overtaken  # batch lines that were waiting when it came started after it
 
 
-# --- tenants and expiry (a stack of their own: keys, a short window, no worker) -----
+# --- tenants and expiry (a stack of their own: keys, a short window, no GPU worker) -
 
 KEYS = "key-alice=alice,key-bob=bob"
 
@@ -372,9 +454,10 @@ KEYS = "key-alice=alice,key-bob=bob"
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chatq]:
     stack = new_stack(tmp_path_factory.mktemp("batches"), "keyed")
-    stack.env.update({"CHATQ_API__KEYS": KEYS, "CHATQ_BATCHES__WINDOW_S": "2"})
+    stack.env.update({"CHATQ_API__KEYS": KEYS, "CHATQ_BATCHES__WINDOW_S": "2",
+                      "CHATQ_WEBHOOKS__ALLOW_HOSTS": '["127.0.0.1"]'})  # the receiver
     try:
-        yield start_chatq(stack, with_worker=False)
+        yield start_chatq(stack, with_worker=False, with_webhooks=True)
     finally:
         stack.stop()
 
@@ -403,8 +486,13 @@ def test_another_tenant_cannot_see_the_file_or_the_batch(keyed: Chatq) -> None:
 def test_lines_not_run_by_the_windows_end_are_batch_expired(keyed: Chatq) -> None:
     alice = _as(keyed, "key-alice")
     lines = [chat_line(f"e{i}", "Hi") for i in range(3)]
-    batch = run(alice, lines)  # no worker: nothing can run before the 2 s window ends
-    done = wait_batch(alice, batch.id)
+    with Receiver() as hook:
+        # no worker: nothing can run before the 2 s window ends
+        batch = run(alice, lines, extra_body={"webhook": hook.url})
+        done = wait_batch(alice, batch.id)
+        [delivery] = hook.wait(1)
+    event = json.loads(delivery.body)
+    assert (event["type"], event["data"]["id"]) == ("batch.expired", batch.id)
     assert done.status == "expired" and done.expired_at and done.output_file_id is None
     assert done.request_counts is not None
     assert (done.request_counts.total, done.request_counts.failed) == (3, 3)
@@ -412,6 +500,10 @@ def test_lines_not_run_by_the_windows_end_are_batch_expired(keyed: Chatq) -> Non
     assert set(err) == {"e0", "e1", "e2"}
     assert all(r["error"]["code"] == "batch_expired" and r["response"] is None
                for r in err.values())
+    with keyed.client(key=None) as anyone:  # development without admin keys: open
+        metrics = anyone.get("/metrics").text
+    assert 'chatq_batches_total{status="expired"}' in metrics
+    assert 'chatq_batch_lines_total{outcome="expired"}' in metrics
 
 
 # --- faults -----------------------------------------------------------------------
