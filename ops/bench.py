@@ -58,7 +58,7 @@ from llama_cpp import Llama
 
 from ops import bench_batch as batch
 from ops import bench_multiturn as multiturn
-from ops.bench_client import Stream, ask, client
+from ops.bench_client import Stream, ask, client, run_threads
 from ops.bench_peer import start_server
 from ops.bench_stats import Side, percentile, ratio, ratio_table, show, turns_label, verdict
 from ops.devstack import Stack, free_port, wait_worker
@@ -148,12 +148,7 @@ def run_round(name: str, callers: int, base_url: str, prompts: list[str],
 
     threads = [threading.Thread(target=caller, args=(prompts[i::callers],))
                for i in range(callers)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return Round(name, callers, streams, time.perf_counter() - started)
+    return Round(name, callers, streams, run_threads(threads))
 
 
 @dataclass

@@ -37,7 +37,7 @@ from typing import Any
 
 import httpx
 
-from ops.bench_client import Stream, ask, client
+from ops.bench_client import Stream, ask, client, run_threads
 from ops.bench_stats import percentile
 
 ENDED = ("completed", "failed", "expired", "cancelled")
@@ -156,12 +156,7 @@ def one_by_one(base_url: str, callers: int, lines: int, max_tokens: int
 
     threads = [threading.Thread(target=caller, args=(range(c, lines, callers),))
                for c in range(callers)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return time.perf_counter() - started, len(done)
+    return run_threads(threads), len(done)
 
 
 def idle_probes(base_url: str, count: int, max_tokens: int) -> list[Stream]:

@@ -17,6 +17,7 @@ What must hold, and why:
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -105,3 +106,13 @@ def stream_chat(http: httpx.Client, messages: Messages, max_tokens: int) -> Stre
 def ask(http: httpx.Client, prompt: str, max_tokens: int) -> Stream:
     """One user message, no history."""
     return stream_chat(http, [{"role": "user", "content": prompt}], max_tokens)
+
+
+def run_threads(threads: list[threading.Thread]) -> float:
+    """Start the callers together and wait for all; the seconds they took."""
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - started

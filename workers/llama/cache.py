@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -108,6 +108,19 @@ def covers(new: Entry, old: Entry) -> bool:
         new.tokens[:len(old.tokens)] == old.tokens
 
 
+def best_of(entries: Iterable[Entry], tokens: list[int], scope: str,
+            sharing: Sharing) -> tuple[Entry | None, int]:
+    """The entry a job of ``scope`` reading ``tokens`` may take the most tokens from,
+    and how many (0: none)."""
+    found: Entry | None = None
+    most = 0
+    for entry in entries:
+        n = sharing.usable(tokens, scope, entry)
+        if n > most:
+            found, most = entry, n
+    return found, most
+
+
 class Spill(Protocol):
     """The tier below host memory (:class:`workers.llama.disk_cache.DiskCache`)."""
 
@@ -168,12 +181,7 @@ class HostCache:
 
     def best(self, tokens: list[int], scope: str, sharing: Sharing) -> tuple[Entry | None, int]:
         """The entry a job may take the most tokens from, and how many (0: none)."""
-        found: Entry | None = None
-        most = 0
-        for entry in self._entries.values():
-            n = sharing.usable(tokens, scope, entry)
-            if n > most:
-                found, most = entry, n
+        found, most = best_of(self._entries.values(), tokens, scope, sharing)
         if self.spill is not None:
             on_disk, n = self.spill.best(tokens, scope, sharing)
             if n > most:

@@ -30,7 +30,7 @@ import logging
 import os
 from pathlib import Path
 
-from workers.llama.cache import Entry, Sharing, covers, tick
+from workers.llama.cache import Entry, Sharing, best_of, covers, tick
 
 log = logging.getLogger(__name__)
 
@@ -138,13 +138,7 @@ class DiskCache:
 
     def best(self, tokens: list[int], scope: str, sharing: Sharing) -> tuple[Entry | None, int]:
         """The entry a job may take the most tokens from, and how many (0: none)."""
-        found: Entry | None = None
-        most = 0
-        for entry in self._entries.values():
-            n = sharing.usable(tokens, scope, entry)
-            if n > most:
-                found, most = entry, n
-        return found, most
+        return best_of(self._entries.values(), tokens, scope, sharing)
 
     def holds(self, entry: Entry) -> bool:
         return any(held is entry for held in self._entries.values())

@@ -7,10 +7,7 @@ folder, with the cache-off answer; another model layout never sees those files."
 from __future__ import annotations
 
 import stat
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.workers.llama.test_prompt_cache import (
     FOLLOW_UP,
@@ -18,6 +15,7 @@ from tests.workers.llama.test_prompt_cache import (
     cached_engine,
     chat,
     office,
+    plain,
     whole_chunks,
 )
 from workers.llama import LlamaEngine
@@ -25,6 +23,7 @@ from workers.llama.cache import Entry, HostCache, Sharing
 from workers.llama.disk_cache import DiskCache
 
 NOBODY = Sharing([])
+__all__ = ["plain"]  # the cache-off reference engine, a fixture
 
 
 def entry(tokens: list[int], scope: str = "acme", conversation: str | None = None,
@@ -105,14 +104,6 @@ def test_host_memory_spills_to_disk_and_finds_it_there(tmp_path: Path) -> None:
 
 
 # The engine
-
-
-@pytest.fixture(scope="module")
-def plain() -> Iterator[LlamaEngine]:
-    from tests.workers.llama.test_engine import make_engine
-    eng = make_engine(slots=1, prompt_cache=False)
-    yield eng
-    eng.close()
 
 
 def test_a_restarted_engine_resumes_a_conversation_from_disk(
