@@ -30,7 +30,9 @@ def submit(client: httpx.Client, body: dict[str, Any], **headers: str) -> dict[s
     return job
 
 
-def wait_done(client: httpx.Client, job_id: str, timeout: float = 60) -> dict[str, Any]:
+def wait_done(client: httpx.Client, job_id: str, timeout: float = 600) -> dict[str, Any]:
+    """The job once it has ended. ``timeout`` only catches a job that never ends: a busy
+    2-core CI machine runs these jobs many times slower than a quiet one."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         response = client.get(f"/v1/jobs/{job_id}")
@@ -214,7 +216,7 @@ def all_slots_busy(client: httpx.Client, queue: str = "cpu",
         for job_id in fillers:
             client.post(f"/v1/jobs/{job_id}/cancel")
         for job_id in fillers:
-            wait_done(client, job_id, timeout=60)
+            wait_done(client, job_id)
 
 
 def as_if_its_worker_died(client: redis.Redis, job_id: str, attempts: int | None = None) -> None:

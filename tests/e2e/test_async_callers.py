@@ -202,7 +202,7 @@ def test_cancel_after_passing_while_running_fails_it_with_timeout_keeping_output
     wait_idle(client)
     deadline = datetime.fromtimestamp(time.time() + 3).astimezone().isoformat()
     job = submit(client, long_job(1500, cancel_after=deadline))  # as an ISO 8601 time
-    done = wait_done(client, job["id"], timeout=30)
+    done = wait_done(client, job["id"])
     assert done["status"] == "failed", done
     assert done["error"]["code"] == "timeout" and "cancel_after" in done["error"]["message"]
     assert done["finish_reason"] == "timeout"

@@ -123,10 +123,12 @@ def test_a_long_prompt_does_not_freeze_the_streams_of_others(client: httpx.Clien
     essay = " ".join(f"Paragraph {i}: the quick brown fox jumps over the lazy dog."
                      for i in range(120))  # about 1,800 prompt tokens
     reader = submit(client, hi(f"{essay}\n\nSummarise this in one sentence.", max_tokens=8))
-    read = wait_done(client, reader["id"], timeout=120)
-    stop.set()
-    watcher.join()
-    wait_done(client, streaming["id"], timeout=120)
+    try:
+        read = wait_done(client, reader["id"])
+    finally:  # the watcher shares the client: it stops before the client closes
+        stop.set()
+        watcher.join()
+    wait_done(client, streaming["id"])
     assert read["status"] == "succeeded" and read["usage"]["prompt_tokens"] > 1500
     read_s = read["timings"]["ttft_ms"] / 1000  # how long its prompt took to read
     assert read_s > 2  # long enough for a freeze to show
@@ -148,7 +150,7 @@ def test_a_fifth_job_waits_at_the_head_of_the_line_until_a_slot_frees(
     waiting = client.get(f"/v1/jobs/{fifth['id']}").json()
     assert waiting["status"] == "queued" and waiting["position"] == 0
     client.post(f"/v1/jobs/{jobs['numbers']['id']}/cancel")  # a slot frees
-    done = wait_done(client, fifth["id"], timeout=60)
+    done = wait_done(client, fifth["id"])
     assert done["status"] == "succeeded" and done["output"]
     others = [client.get(f"/v1/jobs/{jobs[n]['id']}").json()["status"]
               for n in ("hello", "apple", "banana")]

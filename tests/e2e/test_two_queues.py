@@ -50,7 +50,7 @@ def test_each_model_runs_on_its_own_queue_and_worker(two: Chatq, c: httpx.Client
     jobs = {q: submit(c, hi(model=m, max_tokens=8)) for q, m in MODELS.items()}  # both at once
     for queue, job in jobs.items():
         assert job["queue"] == queue and job["model"] == MODELS[queue], job
-        done = wait_done(c, job["id"], timeout=120)
+        done = wait_done(c, job["id"])
         assert done["status"] == "succeeded", done
         assert done["queue"] == queue and done["model"] == MODELS[queue]
         assert done["output"]

@@ -78,5 +78,5 @@ def test_make_run_starts_a_dead_worker_again(
                    300, "a new worker", log)
     assert second != first and proc.poll() is None  # the stack stayed up
     assert "worker-cpu exited (-9); starting it again" in log.read_text()
-    job = wait_done(client, submit(client, hi(max_tokens=4))["id"], timeout=120)
+    job = wait_done(client, submit(client, hi(max_tokens=4))["id"])
     assert job["status"] == "succeeded"

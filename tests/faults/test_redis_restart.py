@@ -39,7 +39,7 @@ def test_a_stream_outlives_a_redis_restart(make_stack: Callable[..., Chatq]) -> 
     listener.join(180)
     assert not listener.is_alive() and not errors, errors
     with stack.client() as c:
-        final = wait_done(c, job["id"], timeout=120)
+        final = wait_done(c, job["id"])
         after = c.get("/v1/queues").json()["data"][0]["totals"].get("succeeded", 0)
     assert final["status"] == "succeeded" and final["attempts"] == 1
     assert stream.text == final["output"]
