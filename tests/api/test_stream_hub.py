@@ -10,6 +10,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
 import redis.asyncio as aredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -141,3 +142,23 @@ def test_a_broken_connection_resubscribes_and_tells_readers_to_reread(redis_url:
         await until(lambda: _is(subscribers(other, "r"), 0))
 
     run(redis_url, body)
+
+
+def test_a_subscriber_gives_up_on_an_unreachable_redis_after_its_patience() -> None:
+    from ops.devstack import free_port
+    from shared.errors import Unavailable
+
+    async def main() -> None:
+        hub = StreamHub(aredis.Redis(port=free_port(), health_check_interval=0,
+                                     retry=Retry(NoBackoff(), retries=0)),
+                        KEYS, patience_s=0.5)
+        await hub.start()
+        try:
+            with pytest.raises(Unavailable, match="pub/sub"):
+                async with hub.subscribe("x"):
+                    raise AssertionError("handed a queue without a subscription")
+            assert hub.subscriber_count == 0 and not hub._channels
+        finally:
+            await hub.stop()
+
+    asyncio.run(main())
