@@ -100,9 +100,10 @@ async def wait_terminal(svc: Services, job_id: str, tenant: str,
     """The job once it is finished, or as it is when ``timeout`` seconds have passed.
 
     Event-driven: it wakes on the job's status events (or a hub reconnect), not by polling.
+    The job is read after the subscription is confirmed, so an end between the two is seen.
     """
-    async with svc.hub.subscribe(job_id) as events:
-        with anyio.move_on_after(timeout):
+    with anyio.move_on_after(timeout):
+        async with svc.hub.subscribe(job_id) as events:
             while True:
                 record, output = await fetch(svc, job_id, tenant)
                 if record.status.terminal:

@@ -10,7 +10,7 @@ import anyio
 import redis.asyncio as aredis
 from pymongo import AsyncMongoClient
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -47,6 +47,18 @@ def api_redis(settings: Settings) -> aredis.Redis:
         # Ride out a blip; a real outage answers 503 quickly (streams wait longer).
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3),
         retry_on_error=[RedisConnectionError, RedisTimeoutError])
+
+
+def pubsub_redis(settings: Settings) -> aredis.Redis:
+    """The stream hub's own client (one pub/sub connection): no retries and no
+    health-check PINGs, so a broken connection surfaces to the hub, which drops it and
+    subscribes again on a new one (see :mod:`api.streams`); through Sentinel, on the
+    current master."""
+    return async_client(
+        settings.redis_url, decode_responses=True, socket_connect_timeout=2,
+        socket_timeout=None, socket_keepalive=True, health_check_interval=0,
+        client_name="chatq-api-pubsub", max_connections=4, pool_timeout=2,
+        retry=Retry(NoBackoff(), retries=0))
 
 
 @dataclass
@@ -88,7 +100,9 @@ class Services:
         return cls(
             settings=settings, registry=registry, redis=client, jobs=AsyncJobs(client, config),
             mongo=mongo, dispatcher=dispatcher,
-            hub=StreamHub(client, config.keys), api_keys=KeyRing(settings),
+            hub=StreamHub(pubsub_redis(settings), config.keys,
+                          settings.api.stream_patience_s),
+            api_keys=KeyRing(settings),
             tokens=TokenCounter(registry, settings.limits.tokenizers_per_model),
             sweeper=sweeper, finals=FinalViews(),
             idempotency=Idempotency(client, config.keys),

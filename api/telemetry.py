@@ -27,6 +27,7 @@ from prometheus_client.process_collector import ProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.queues import QueueView
+from api.streams import StreamHub
 from shared.opstats import BATCH_SIZE, CACHE_COUNTERS, HISTOGRAMS
 
 
@@ -182,9 +183,38 @@ class QueueCollector:
             yield family
 
 
-def render(app: FastAPI, collector: QueueCollector) -> bytes:
-    """The exposition: this process's HTTP metrics, then the queue metrics."""
+class HubCollector:
+    """This process's stream hub: what its pub/sub connection received and follows.
+    Per process by design: with several API replicas each shows its own clients' share
+    (:mod:`api.streams`)."""
+
+    def __init__(self, hub: StreamHub) -> None:
+        self.hub = hub
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.hub.stats
+        yield CounterMetricFamily(
+            "chatq_pubsub_messages", "Pub/sub messages (batches of job events) this API "
+            "process received: only the jobs its clients follow.", value=stats.messages)
+        yield CounterMetricFamily(
+            "chatq_pubsub_subscribes", "Job channel subscriptions confirmed to this process.",
+            value=stats.subscribes)
+        yield CounterMetricFamily(
+            "chatq_pubsub_reconnects", "Pub/sub connections this process made again after "
+            "one broke (each resubscribes every channel still followed).",
+            value=stats.reconnects)
+        yield GaugeMetricFamily("chatq_pubsub_channels", "Job channels this process is "
+                                "subscribed to now.", value=self.hub.channel_count)
+        yield GaugeMetricFamily("chatq_stream_subscribers", "Local followers of job events "
+                                "(streams, wait-mode requests) now.",
+                                value=self.hub.subscriber_count)
+
+
+def render(app: FastAPI, collector: QueueCollector, hub: StreamHub | None = None) -> bytes:
+    """The exposition: this process's HTTP and pub/sub metrics, then the queue metrics."""
     scrape = CollectorRegistry()
     scrape.register(collector)
+    if hub is not None:
+        scrape.register(HubCollector(hub))
     registry: CollectorRegistry = app.state.metrics_registry
     return generate_latest(registry) + generate_latest(scrape)

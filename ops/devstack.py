@@ -197,11 +197,12 @@ class Stack:
                  f"llama-cpp-python's server on port {port}", proc)
         return base_url
 
-    def start_api(self, port: int, host: str = "127.0.0.1") -> Proc:
+    def start_api(self, port: int, host: str = "127.0.0.1", name: str = "api") -> Proc:
+        """An API process (several may run on one stack: replicas behind a balancer)."""
         argv = [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app",
                 "--host", host, "--port", str(port), "--no-access-log",
                 "--log-config", str(ROOT / "ops" / "logging.json")]
-        proc = self.spawn("api", argv)
+        proc = self.spawn(name, argv)
         wait_for(lambda: httpx.get(f"http://{host}:{port}/healthz").status_code == 200,
                  60, f"the API on port {port}", proc)
         return proc

@@ -70,8 +70,10 @@ class Keys:
         """Pub/sub channel: live stream events of one job."""
         return f"{self.prefix}:chan:{job_id}"
 
-    def channel_pattern(self) -> str:
-        return f"{self.prefix}:chan:*"
+    def hub_anchor(self) -> str:
+        """Pub/sub channel nobody publishes on: each API process's stream hub holds it so
+        its connection stays in subscribed mode while it follows no job."""
+        return f"{self.prefix}:hub"
 
     def cancel(self, job_id: str) -> str:
         """String flag: set when the job is cancelled; the worker checks it between tokens."""

@@ -41,4 +41,5 @@ async def prometheus_metrics(request: Request, svc: ServicesDep) -> Response:
     except (Unavailable, RedisError) as exc:  # still serve the HTTP metrics, and say Redis is down
         log.warning("metrics without queue data", extra={"error": str(exc)})
         collector = telemetry.QueueCollector([], redis_up=False)
-    return Response(telemetry.render(request.app, collector), media_type=CONTENT_TYPE_LATEST)
+    return Response(telemetry.render(request.app, collector, svc.hub),
+                    media_type=CONTENT_TYPE_LATEST)

@@ -146,7 +146,7 @@ def test_fifty_clients_get_identical_text_over_one_pubsub_connection(
             await asyncio.sleep(0.02)
         # all 50 are connected (the job is still generating): the API holds one
         # pub/sub connection, and the 50 clients added none
-        assert pubsub_connections(chatq, name="chatq-api") == 1
+        assert pubsub_connections(chatq, name="chatq-api-pubsub") == 1
         assert pubsub_connections(chatq) == before
         return await asyncio.gather(*tasks)
 
@@ -156,7 +156,7 @@ def test_fifty_clients_get_identical_text_over_one_pubsub_connection(
     assert {s.text for s in streams} == {final["output"]}
     for s in streams:
         assert_complete(s, final)
-    assert pubsub_connections(chatq, name="chatq-api") == 1
+    assert pubsub_connections(chatq, name="chatq-api-pubsub") == 1
     assert client.get("/healthz").json()["stream_subscribers"] == 0
 
 
